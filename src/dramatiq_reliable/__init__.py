@@ -1,0 +1,69 @@
+"""dramatiq-reliable: "job accepted" becomes "job done, or a person knows exactly why not".
+
+A bundle of Dramatiq middlewares for a stock ``RedisBroker`` or ``RabbitmqBroker``::
+
+    import dramatiq
+    import dramatiq_reliable as dr
+    from dramatiq.brokers.redis import RedisBroker
+
+    broker = RedisBroker(url="redis://127.0.0.1:6379/0")
+    store = dr.RedisStore("redis://127.0.0.1:6379/1")
+    dr.install(broker, store)
+    dramatiq.set_broker(broker)
+
+Importing this package touches no network, file or environment variable.
+"""
+
+from __future__ import annotations
+
+from .actors import CurrentJob, current_job, once
+from .errors import (
+    ArgumentsError,
+    BrokerUnavailable,
+    ConfigurationError,
+    DramatiqReliableError,
+    DuplicateJob,
+    MalformedMessage,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from .install import install
+from .middleware import Idempotency, JobState
+from .records import Event, JobError, JobRecord, Page
+from .status import Status
+from .store import MemoryStore, RedisStore, Store, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # Errors
+    "ArgumentsError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    # Jobs
+    "CurrentJob",
+    "DramatiqReliableError",
+    "DuplicateJob",
+    "Event",
+    # Middlewares
+    "Idempotency",
+    "JobError",
+    "JobRecord",
+    "JobState",
+    "MalformedMessage",
+    # Stores
+    "MemoryStore",
+    "NotFound",
+    "Page",
+    "RedisStore",
+    "Status",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "__version__",
+    "current_job",
+    "install",
+    "once",
+    "open_store",
+]

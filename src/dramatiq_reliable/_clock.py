@@ -1,0 +1,77 @@
+"""Time helpers. The stores keep times as integer milliseconds since the epoch, UTC."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+
+def now_ms() -> int:
+    """The current time in milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+def from_ms(ms: float | None) -> datetime | None:
+    """Milliseconds since the epoch to an aware UTC datetime (``None`` stays ``None``)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    """An aware datetime as an ISO 8601 string in UTC with millisecond precision."""
+    if dt is None:
+        return None
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ago(ms: float | None, *, now: float | None = None) -> str:
+    """A short human duration since ``ms``: ``"3s ago"``, ``"5m ago"``, ``"2h ago"``, ``"4d ago"``."""
+    if ms is None:
+        return "never"
+    seconds = ((now if now is not None else now_ms()) - ms) / 1000
+    suffix = "ago" if seconds >= 0 else "from now"
+    return f"{format_duration(abs(seconds))} {suffix}"
+
+
+def format_duration(seconds: float) -> str:
+    """``42`` → ``"42s"``, ``330`` → ``"5m30s"``, ``7200`` → ``"2h"``, ``90000`` → ``"1d1h"``."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s" if s or seconds == 0 else f"{seconds:.1f}s"
+    if s < 3600:
+        m, r = divmod(s, 60)
+        return f"{m}m{r}s" if r else f"{m}m"
+    if s < 86400:
+        h, r = divmod(s, 3600)
+        return f"{h}h{r // 60}m" if r // 60 else f"{h}h"
+    d, r = divmod(s, 86400)
+    return f"{d}d{r // 3600}h" if r // 3600 else f"{d}d"
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``"90"``, ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``, ``"1h30m"`` into seconds.
+
+    Raises:
+      ValueError: when the text is not a duration.
+    """
+    import re
+
+    raw = text.strip().lower()
+    if not raw:
+        raise ValueError("empty duration")
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        if value < 0:
+            raise ValueError(f"negative duration: {text!r}")
+        return value
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", raw)
+    if not parts or "".join(n + u for n, u in parts) != raw:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h, 7d)")
+    return sum(float(n) * _UNITS[u] for n, u in parts)

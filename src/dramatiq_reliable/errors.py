@@ -1,0 +1,104 @@
+"""The exception tree of dramatiq-reliable.
+
+::
+
+    DramatiqReliableError
+    ├── ConfigurationError (also ValueError)   a bad option, URL, template, cron expression
+    │   └── ArgumentsError                     arguments that cannot be recorded (not JSON)
+    ├── StoreError                             the store answered with an error
+    │   └── StoreUnavailable                   the store cannot be reached
+    ├── BrokerUnavailable                      the broker cannot be reached
+    ├── NotFound (also KeyError)               no job or dead letter with that id
+    ├── MalformedMessage                       a stored message that cannot be decoded
+    └── DuplicateJob                           ``unique=True`` refused a second enqueue
+
+The root derives from Dramatiq's ``MiddlewareError``: Dramatiq swallows every other exception
+raised by a middleware hook, and errors such as ``ConfigurationError`` at declaration or
+``DuplicateJob`` at ``send()`` must reach the caller.
+"""
+
+from __future__ import annotations
+
+from dramatiq.middleware import MiddlewareError, SkipMessage
+
+
+class DramatiqReliableError(MiddlewareError):
+    """Root of every error raised by dramatiq-reliable.
+
+    It derives from Dramatiq's ``MiddlewareError`` so that an error raised in a hook (an
+    invalid actor option at declaration, a refused ``send()``) reaches the caller instead of
+    being logged and swallowed by Dramatiq.
+
+    Catch this to handle any of them::
+
+        try:
+            dr.replay(store, broker, ids)
+        except dr.DramatiqReliableError as exc:
+            print(exc)
+    """
+
+
+class ConfigurationError(DramatiqReliableError, ValueError):
+    """An option, URL, template or expression is invalid. The message names it; fix it and retry."""
+
+
+class ArgumentsError(ConfigurationError):
+    """A job's arguments cannot be recorded: they are not JSON-serializable.
+
+    Dramatiq messages are JSON; pass ids and plain values instead of objects.
+    """
+
+
+class StoreError(DramatiqReliableError):
+    """The store answered with an error (a bug, or a Redis that refuses the command)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached. Check the store URL and that its Redis is running."""
+
+
+class BrokerUnavailable(DramatiqReliableError):
+    """The broker cannot be reached. Check the broker URL and that the server is running."""
+
+
+class NotFound(DramatiqReliableError, KeyError):
+    """No job or dead letter has that id (it may never have existed, or its record expired)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else "not found"
+
+
+class MalformedMessage(DramatiqReliableError):
+    """A stored message cannot be decoded. List it, then purge it; it cannot be replayed."""
+
+
+class DuplicateJob(DramatiqReliableError):
+    """``send()`` of a ``unique=True`` actor found a job with the same key queued or running.
+
+    Attributes:
+      key(str): the idempotency key.
+      job_id(str): the id of the job that holds the key.
+    """
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(f"a job with key {key!r} is already queued or running: {job_id}")
+        self.key = key
+        self.job_id = job_id
+
+
+class DuplicateSkip(SkipMessage):
+    """Raised inside a worker to skip (and ack) a message that is an idempotent duplicate."""
+
+
+__all__ = [
+    "ArgumentsError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DramatiqReliableError",
+    "DuplicateJob",
+    "DuplicateSkip",
+    "MalformedMessage",
+    "NotFound",
+    "StoreError",
+    "StoreUnavailable",
+]

@@ -1,0 +1,82 @@
+"""``install``: add the bundle's middlewares to a broker, in the one correct order."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Retries
+
+from .errors import ConfigurationError
+from .middleware.base import ReliableMiddleware
+from .middleware.idempotency import Idempotency
+from .middleware.job_state import JobState
+from .store.base import Store
+
+#: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
+#: last: it commits a job's start itself, because it needs the answer, and so the start
+#: sections of the others go in the same store call.
+ORDER: list[type[ReliableMiddleware]] = [JobState, Idempotency]
+
+
+def _options_of(cls: type[ReliableMiddleware]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def install(
+    broker: dramatiq.Broker,
+    store: Store,
+    **options: Any,
+) -> list[ReliableMiddleware]:
+    """Add every middleware of the bundle to ``broker`` and return them, in order.
+
+    Each keyword goes to the middleware whose constructor takes it (``retention`` to JobState,
+    ``ttl`` and ``lease`` to Idempotency, …). Call it before the modules that declare actors
+    are imported, as for any middleware that adds actor options.
+
+    Example::
+
+        broker = RedisBroker(url="redis://127.0.0.1:6379/0")
+        store = dr.RedisStore("redis://127.0.0.1:6379/1")
+        dr.install(broker, store, retention=3 * 86400)
+        dramatiq.set_broker(broker)
+
+    Raises:
+      ConfigurationError: an unknown option, or a middleware of the bundle already on ``broker``.
+    """
+    if not isinstance(store, Store):
+        raise ConfigurationError(f"install() needs a store (dr.RedisStore or dr.MemoryStore), not {store!r}")
+    owners: dict[str, type[ReliableMiddleware]] = {}
+    for cls in ORDER:
+        for name in _options_of(cls):
+            owners.setdefault(name, cls)
+    unknown = sorted(set(options) - set(owners))
+    if unknown:
+        raise ConfigurationError(
+            f"install(): unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(owners))}"
+        )
+    for cls in ORDER:
+        if any(isinstance(m, cls) for m in broker.middleware):
+            raise ConfigurationError(f"{cls.__name__} is already on this broker; add each middleware once")
+    added = []
+    for cls in ORDER:
+        kwargs = {k: v for k, v in options.items() if owners[k] is cls}
+        middleware = _build(cls, store, kwargs)
+        add(broker, middleware)
+        added.append(middleware)
+    return added
+
+
+def _build(cls: Callable[..., ReliableMiddleware], store: Store, kwargs: dict[str, Any]) -> ReliableMiddleware:
+    return cls(store, **kwargs)
+
+
+def add(broker: dramatiq.Broker, middleware: ReliableMiddleware) -> None:
+    """Add one middleware before Retries (or last, without Retries), after the bundle's others."""
+    if any(isinstance(m, Retries) for m in broker.middleware):
+        broker.add_middleware(middleware, before=Retries)
+    else:
+        broker.add_middleware(middleware)

@@ -1,0 +1,8 @@
+"""The bundle's middlewares, one module each."""
+
+from __future__ import annotations
+
+from .idempotency import Idempotency
+from .job_state import JobState
+
+__all__ = ["Idempotency", "JobState"]

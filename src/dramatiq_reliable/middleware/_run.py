@@ -1,0 +1,180 @@
+"""Per-message state shared by the middlewares of one process, and their staged writes.
+
+Each middleware adds its section to the op of a message (:meth:`JobRun.stage`); the op is
+committed once per phase, by the last of the bundle's middlewares in the broker's list (see
+:class:`~.base.ReliableMiddleware`), so a job's start and its end are one store op each.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import SkipMessage
+
+from .._clock import now_ms
+
+if TYPE_CHECKING:
+    from ..store.journal import Journal, Slot
+
+_ATTR = "_dramatiq_reliable_run"
+_HOST = socket.gethostname()
+
+#: Longest error message and traceback kept in a record (characters).
+MAX_ERROR_MESSAGE = 1_000
+MAX_TRACEBACK = 8_000
+
+
+def worker_name() -> str:
+    """``host:pid:thread`` of the calling thread."""
+    return f"{_HOST}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def error_of(exc: BaseException | None) -> dict[str, str] | None:
+    """The ``{type, message, traceback}`` of an exception, capped."""
+    if exc is None:
+        return None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(text) > MAX_TRACEBACK:
+        text = "…\n" + text[-MAX_TRACEBACK:]
+    message = str(exc)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "…"
+    return {"type": type(exc).__name__, "message": message, "traceback": text}
+
+
+def one_line(err: dict[str, str] | None) -> str:
+    if not err:
+        return ""
+    message = err.get("message", "").strip().splitlines()
+    return f"{err['type']}: {message[0]}" if message else err["type"]
+
+
+class JobRun:
+    """What the bundle knows about one message while a worker processes it."""
+
+    __slots__ = (
+        "args",
+        "attempt",
+        "bound",
+        "data",
+        "finished",
+        "id",
+        "keys",
+        "message",
+        "outcome",
+        "requeued_eta",
+        "results",
+        "skip_recorded",
+        "skipped",
+        "started",
+        "started_ms",
+        "txns",
+        "worker",
+    )
+
+    def __init__(self, message: MessageProxy) -> None:
+        self.message = message
+        self.id: str = message.message_id
+        self.attempt: int = int(message.options.get("retries") or 0) + 1
+        self.worker = worker_name()
+        self.started = False
+        self.started_ms = now_ms()
+        self.finished = False
+        #: Bound arguments, args snapshot (JSON text) and business keys, once computed.
+        self.bound: dict[str, Any] | None = None
+        self.args: str | None = None
+        self.keys: dict[str, str] | None = None
+        self.skipped = False
+        #: Set when the skip was already written by the start op (an idempotent duplicate).
+        self.skip_recorded = False
+        #: The eta of the retry Dramatiq's Retries enqueued for this message, if any.
+        self.requeued_eta: int | None = None
+        #: ``(outcome, error, detail)`` once decided at ack/nack time.
+        self.outcome: tuple[str, dict[str, str] | None, str] | None = None
+        #: Middleware-specific values (Idempotency's key and lease token, …).
+        self.data: dict[str, Any] = {}
+        #: journal -> staged op
+        self.txns: dict[Journal, dict[str, Any]] = {}
+        #: journal -> result of the last committed op
+        self.results: dict[Journal, dict[str, Any]] = {}
+
+    @classmethod
+    def of(cls, message: MessageProxy, *, create: bool = True) -> JobRun | None:
+        run: JobRun | None = message.__dict__.get(_ATTR)
+        if run is None and create:
+            run = cls(message)
+            message.__dict__[_ATTR] = run
+        return run
+
+    # -- staged writes --------------------------------------------------------------------------
+
+    def stage(self, journal: Journal, kind: str, section: str, value: dict[str, Any]) -> None:
+        """Add ``section`` to this message's ``kind`` op for ``journal``."""
+        op = self.txns.get(journal)
+        if op is not None and op["k"] != kind:
+            journal.submit(op, wait=False)
+            op = None
+        if op is None:
+            op = self.txns[journal] = {"k": kind, "id": self.id}
+        op[section] = value
+
+    def commit(self, journal: Journal, *, wait: bool, retry: bool = True) -> Slot | None:
+        """Submit the staged op for ``journal``; with ``wait``, return once applied."""
+        op = self.txns.pop(journal, None)
+        if op is None:
+            return None
+        slot = journal.submit(op, wait=wait, retry=retry)
+        if wait and slot.result is not None:
+            self.results[journal] = slot.result
+        return slot
+
+    def staged(self, journal: Journal) -> dict[str, Any] | None:
+        return self.txns.get(journal)
+
+    # -- the verdict ----------------------------------------------------------------------------
+
+    def decide(self, nacked: bool) -> tuple[str, dict[str, str] | None, str]:
+        """``(outcome, error, detail)`` of this attempt, decided once Retries has spoken.
+
+        Called from ``before_ack``/``before_nack``, which run after every
+        ``after_process_message`` hook, so the decision does not depend on where the
+        middleware sits relative to Retries.
+        """
+        if self.outcome is not None:
+            return self.outcome
+        message = self.message
+        exc = getattr(message, "_exception", None)
+        err = error_of(exc)
+        n = self.attempt
+        if "deferred" in self.data and not nacked:
+            self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
+        elif nacked:
+            if isinstance(exc, SkipMessage):
+                detail = f"dead-lettered by a middleware: {one_line(err) or 'skipped and failed'}"
+            elif err is None:
+                detail = "dead-lettered"
+            elif self.data.get("throws"):
+                detail = f"dead-lettered: {one_line(err)} (a 'throws' error, not retried)"
+            else:
+                detail = f"dead-lettered after {n} attempt{'s' if n > 1 else ''}: {one_line(err)}"
+            self.outcome = ("failed", err, detail)
+        elif self.skipped:
+            self.outcome = ("skipped", None, "skipped by a middleware")
+        elif exc is not None:
+            if self.requeued_eta is not None:
+                self.outcome = ("retrying", err, f"attempt {n} failed: {one_line(err)}")
+            else:
+                self.outcome = ("failed", err, f"attempt {n} failed and was not retried: {one_line(err)}")
+        else:
+            self.outcome = ("done", None, f"attempt {n} done in {now_ms() - self.started_ms} ms")
+        return self.outcome
+
+
+def message_of(message: Message[Any] | MessageProxy) -> Message[Any]:
+    return message._message if isinstance(message, MessageProxy) else message

@@ -1,0 +1,145 @@
+"""The base of the bundle's middlewares: one start op and one finish op per message.
+
+Every middleware of the bundle stages its part of a message's transition on the shared
+:class:`~._run.JobRun`; the last of them in the broker's list (among those sharing a store)
+commits it: at the start without waiting (unless a middleware needs an answer, as
+Idempotency does, and commits itself), at the end waiting, in ``before_ack``/``before_nack``,
+so a message is acked only once its final state is written (or buffered, if the store is down).
+
+Deciding the outcome in ``before_ack``/``before_nack`` rather than ``after_process_message``
+means the bundle sees Retries' verdict wherever it sits in the middleware list.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Retries
+
+from ..actors.context import set_current
+from ._run import JobRun
+
+if TYPE_CHECKING:
+    from ..store.base import Store
+    from ..store.journal import Journal
+
+Outcome = tuple[str, "dict[str, str] | None", str]
+
+
+class ReliableMiddleware(dramatiq.Middleware):
+    """Shared hook plumbing. Subclasses implement ``on_start`` and ``on_finish``."""
+
+    store: Store
+
+    def __init__(self, store: Store) -> None:
+        from ..store.base import Store as _Store
+
+        if not isinstance(store, _Store):
+            raise TypeError(f"{type(self).__name__} needs a store (dr.RedisStore or dr.MemoryStore), not {store!r}")
+        self.store = store
+        self.logger = logging.getLogger(f"dramatiq_reliable.middleware.{type(self).__name__}")
+        self._last_cache: tuple[int, int, bool] = (0, -1, False)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} store={self.store.url}>"
+
+    @property
+    def journal(self) -> Journal:
+        return self.store.journal
+
+    # -- ordering -------------------------------------------------------------------------------
+
+    def is_last(self, broker: Broker) -> bool:
+        """True if this is the last middleware of the bundle on this store in ``broker``'s list."""
+        middleware = broker.middleware
+        key, size, last = self._last_cache
+        if key == id(middleware) and size == len(middleware):
+            return last
+        ours = [m for m in middleware if isinstance(m, ReliableMiddleware) and m.store is self.store]
+        last = bool(ours) and ours[-1] is self
+        self._last_cache = (id(middleware), len(middleware), last)
+        return last
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        run = JobRun.of(message)
+        assert run is not None
+        set_current(run)
+        self.on_start(broker, message, run)
+        if self.is_last(broker):
+            run.commit(self.journal, wait=False)
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None:
+            return
+        run = JobRun.of(message)
+        assert run is not None
+        if "throws" not in run.data:
+            actor = broker.actors.get(message.actor_name)
+            throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+            run.data["throws"] = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        run = JobRun.of(message)
+        assert run is not None
+        run.skipped = True
+
+    def before_ack(self, broker: Broker, message: MessageProxy) -> None:
+        self._finish(broker, message, nacked=False)
+
+    def before_nack(self, broker: Broker, message: MessageProxy) -> None:
+        self._finish(broker, message, nacked=True)
+
+    def _finish(self, broker: Broker, message: MessageProxy, *, nacked: bool) -> None:
+        run = JobRun.of(message, create=False)
+        if run is None:
+            if "eta" in message.options or message.queue_name.endswith(".DQ"):
+                return  # a delayed message moved to its queue: not the end of anything
+            run = JobRun.of(message)  # dead-lettered before any hook of ours saw it start
+            assert run is not None
+        try:
+            self.on_finish(broker, message, run, run.decide(nacked))
+        finally:
+            if self.is_last(broker):
+                try:
+                    run.commit(self.journal, wait=True)
+                finally:
+                    run.finished = True
+                    set_current(None)
+
+    # -- for subclasses -------------------------------------------------------------------------
+
+    def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
+        """Stage this middleware's part of the start of ``message`` (``before_process_message``)."""
+
+    def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
+        """Stage this middleware's part of the end of ``message`` (``before_ack``/``before_nack``)."""
+
+
+def retries_of(broker: Broker) -> Retries | None:
+    """The broker's Retries middleware, if it has one."""
+    for m in broker.middleware:
+        if isinstance(m, Retries):
+            return m
+    return None
+
+
+def resolve(message: MessageProxy | dramatiq.Message[Any], actor: Any, name: str, default: Any) -> Any:
+    """An option's value: the message's, else the actor's, else ``default`` (``None``-aware)."""
+    options = message.options
+    if name in options:
+        return options[name]
+    if actor is not None and name in actor.options:
+        return actor.options[name]
+    return default

@@ -1,0 +1,298 @@
+"""Idempotency: a re-run is harmless. Completed keys, leases, unique jobs, step checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import threading
+from typing import Any
+
+import dramatiq
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import SkipMessage
+
+from .. import metrics
+from .._snapshot import signature
+from ..actors.context import current_run
+from ..errors import ConfigurationError, DuplicateJob, DuplicateSkip, StoreUnavailable
+from ..store.base import Store
+from ..store.ops import compact
+from ._heartbeat import heartbeat_for
+from ._keys import KeyTemplate
+from ._run import JobRun
+from .base import Outcome, ReliableMiddleware
+
+#: Seconds a completed key is remembered: 24 hours.
+DEFAULT_TTL = 24 * 3600
+#: Seconds a lease outlives its last renewal; a dead worker's key frees itself after this.
+DEFAULT_LEASE = 60
+#: Seconds before a message whose check failed (store unreachable) is tried again.
+STORE_ERROR_DELAY = 10
+#: Milliseconds a ``unique`` key stays reserved before its enqueue is confirmed.
+UNIQUE_PENDING_MS = 60_000
+#: Option counting how many times a message was put back because its key was busy.
+PUT_BACK_OPTION = "dr_put_back"
+#: Option a replayed dead letter carries, so that its earlier completion does not skip it.
+REPLAY_OPTION = "dr_replayed_at"
+
+_tokens = itertools.count(1)
+
+
+class Idempotency(ReliableMiddleware):
+    """Makes redeliveries and duplicate sends harmless.
+
+    * **Redelivery protection, always on**: a message whose id already completed is skipped
+      and acked (it keeps its ``done`` record, with a "skipped" event); never dead-lettered.
+    * ``idempotency_key``: a job whose key already completed is skipped, recorded as
+      ``skipped`` with ``duplicate_of`` the job that did the work. Keys are remembered ``ttl``.
+    * **Leases**: while a key's job runs it holds a lease, renewed by the process heartbeat
+      and released when it ends, so a retry can run; a dead worker's lease expires after
+      ``lease``. A second delivery of a key whose lease is held is put back with a delay and
+      checked again: not lost, not run concurrently.
+    * ``unique=True``: ``send()`` raises :class:`~dramatiq_reliable.DuplicateJob` while a job
+      with the same key is queued or running.
+    * :func:`~dramatiq_reliable.once` checkpoints steps inside a job across attempts.
+
+    When the store cannot be reached, a message is not run unchecked: it is put back with a
+    delay (``on_store_error="retry"``, the default). ``on_store_error="run"`` runs it anyway,
+    with a warning and the ``idempotency_unchecked_total`` counter.
+
+    Parameters:
+      store(Store): where keys and leases are kept.
+      ttl(float): seconds a completed key is remembered. Defaults to 24 hours.
+      lease(float): seconds a lease outlives its holder's last heartbeat. Defaults to 60.
+      on_store_error(str): ``"retry"`` (default) or ``"run"``.
+
+    Actor options:
+      idempotency_key(str | callable): a ``str.format`` template over the arguments
+        (``"invoice:{order_id}"``), or ``callable(*args, **kwargs) -> str``.
+      idempotency_ttl(float): seconds this actor's completed keys are remembered.
+      unique(bool): refuse a second ``send()`` while one with this key is queued or running.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float = DEFAULT_TTL,
+        lease: float = DEFAULT_LEASE,
+        on_store_error: str = "retry",
+    ) -> None:
+        super().__init__(store)
+        for name, value in (("ttl", ttl), ("lease", lease)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+        if on_store_error not in ("retry", "run"):
+            raise ConfigurationError(f"on_store_error must be 'retry' or 'run', not {on_store_error!r}")
+        self.ttl = ttl
+        self.lease = lease
+        self.on_store_error = on_store_error
+        self._templates: dict[str, KeyTemplate | None] = {}
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
+        #: Seconds between two renewals of the leases this process holds.
+        self.interval = max(lease / 3, 0.5)
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {"idempotency_key", "idempotency_ttl", "unique"}
+
+    # -- declaration ----------------------------------------------------------------------------
+
+    def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        options = actor.options
+        name = actor.actor_name
+        template = options.get("idempotency_key")
+        self._templates[name] = KeyTemplate(name, actor.fn, template) if template is not None else None
+        unique = options.get("unique", False)
+        if not isinstance(unique, bool):
+            raise ConfigurationError(f"actor {name!r}: unique must be True or False, not {unique!r}")
+        ttl = options.get("idempotency_ttl")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigurationError(f"actor {name!r}: idempotency_ttl must be a positive number of seconds")
+
+    # -- send -----------------------------------------------------------------------------------
+
+    def before_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        actor = broker.actors.get(message.actor_name)
+        if actor is None or (not actor.options.get("unique") and self._templates.get(actor.actor_name) is None):
+            return
+        if self._not_a_send(message):
+            return
+        key = self.key_of(actor, message)  # raises ConfigurationError for a bad key, before anything runs
+        if not actor.options.get("unique"):
+            return
+        op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl": UNIQUE_PENDING_MS}}
+        slot = self.journal.submit(op, wait=True, retry=False)
+        result = slot.result or {}
+        if slot.error is not None or "error" in result:
+            if self.on_store_error == "run":
+                self.logger.warning("Could not check uniqueness of %r (store error); sending anyway.", key)
+                metrics.inc("idempotency_unchecked_total", actor=message.actor_name)
+                return
+            raise StoreUnavailable(f"cannot check that {key!r} is unique: {slot.error or result['error']}")
+        if result.get("outcome") == "refused":
+            raise DuplicateJob(key, str(result.get("holder")))
+
+    def after_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        actor = broker.actors.get(message.actor_name)
+        if actor is None or not actor.options.get("unique") or self._not_a_send(message):
+            return
+        op = {
+            "k": "confirm",
+            "id": message.message_id,
+            "idem": {"key": self.key_of(actor, message), "ttl": self._ttl_ms(actor)},
+        }
+        self.journal.submit(op, wait=False, retry=True)
+
+    def _not_a_send(self, message: dramatiq.Message[Any]) -> bool:
+        from dramatiq.worker import ConsumerThread
+
+        run = current_run()
+        if run is not None and run.id == message.message_id and not run.finished:
+            return True  # a retry or a put-back of the running message
+        return isinstance(threading.current_thread(), ConsumerThread)
+
+    # -- processing -----------------------------------------------------------------------------
+
+    def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
+        actor = broker.actors.get(message.actor_name)
+        if actor is None:
+            return
+        run.data["idem_middleware"] = (self.store, self._ttl_ms(actor))
+        journal = self.journal
+        try:
+            key = self.key_of(actor, message)
+        except ConfigurationError as exc:
+            self.logger.error("Message %r: %s; it is dead-lettered.", message.message_id, exc)
+            message.fail()
+            raise SkipMessage(str(exc)) from None
+        by_record = key.startswith("msg:") and self._has_job_state(broker)
+        token = f"{run.id}|{run.worker}|{next(_tokens)}"
+        section = {
+            "key": key,
+            "token": token,
+            "lease": int(self.lease * 1000),
+            "by_record": by_record or None,
+            "replay": message.options.get(REPLAY_OPTION),
+        }
+        staged = run.staged(journal)
+        with_record = staged is not None and staged["k"] == "start" and "job" in staged
+        run.stage(journal, "start", "idem", compact(section))
+        slot = run.commit(journal, wait=True, retry=False)
+        result = (slot.result if slot else None) or {}
+        if slot is None or slot.error is not None or "error" in result:
+            reason = (slot.error if slot else None) or result.get("error")
+            if self.on_store_error == "run":
+                self.logger.warning("Message %r runs unchecked: store error (%s).", message.message_id, reason)
+                metrics.inc("idempotency_unchecked_total", actor=message.actor_name)
+                return
+            self._put_back(broker, message, run, STORE_ERROR_DELAY * 1000, f"store unavailable ({reason})")
+        outcome = result.get("outcome")
+        if outcome == "duplicate":
+            dup = str(result.get("dup"))
+            run.data["dup"] = dup
+            run.skip_recorded = with_record
+            metrics.inc("idempotent_skips_total", actor=message.actor_name)
+            if dup == run.id:
+                self.logger.info("Message %r already completed; skipped.", message.message_id)
+                raise DuplicateSkip(f"job {run.id} already completed")
+            self.logger.info("Message %r: key %r was completed by job %r; skipped.", message.message_id, key, dup)
+            raise DuplicateSkip(f"key {key!r} already completed by job {dup}")
+        if outcome == "busy":
+            run.skip_recorded = with_record
+            # Check again soon, then less and less often, never later than the lease expires.
+            tries = int(message.options.get(PUT_BACK_OPTION) or 0)
+            delay = min(int(result.get("retry_in", 1000)), 1000 * 2 ** min(tries, 6)) + random.randint(0, 250)
+            owner = str(result.get("owner", "")).split("|")[0]
+            self._put_back(broker, message, run, delay, f"key {key!r} is held by a running delivery of job {owner}")
+        run.data["idem"] = (key, token, by_record, bool(actor.options.get("unique")), self._ttl_ms(actor))
+        with self._held_lock:
+            self._held[key] = token
+        heartbeat_for(self.store).add(self)
+
+    def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
+        info = run.data.get("idem")
+        if info is None:
+            return
+        key, token, by_record, unique, ttl_ms = info
+        with self._held_lock:
+            if self._held.get(key) == token:
+                del self._held[key]
+        section = {
+            "key": key,
+            "token": token,
+            "outcome": outcome[0],
+            "ttl": ttl_ms,
+            "by_record": by_record or None,
+            "unique": unique or None,
+        }
+        run.stage(self.journal, "finish", "idem", compact(section))
+
+    def _put_back(self, broker: Broker, message: MessageProxy, run: JobRun, delay_ms: int, reason: str) -> None:
+        """Enqueue the message again with a delay, then skip (ack) this delivery."""
+        run.data["deferred"] = reason
+        again = message._message.copy(options={PUT_BACK_OPTION: int(message.options.get(PUT_BACK_OPTION) or 0) + 1})
+        try:
+            broker.enqueue(again, delay=delay_ms)
+        except Exception as exc:
+            self.logger.error(
+                "Message %r could not be put back (%s: %s); it is dead-lettered so it is not lost.",
+                message.message_id,
+                type(exc).__name__,
+                exc,
+            )
+            message.fail()
+            raise SkipMessage(f"{reason}; could not be put back") from None
+        self.logger.info("Message %r put back for %d ms: %s.", message.message_id, delay_ms, reason)
+        metrics.inc("idempotency_deferred_total", actor=message.actor_name)
+        raise SkipMessage(reason)
+
+    # -- the heartbeat --------------------------------------------------------------------------
+
+    def beat_ops(self) -> list[dict[str, Any]]:
+        with self._held_lock:
+            held = dict(self._held)
+        if not held:
+            return []
+        return [{"k": "renew", "id": "-", "idem": {"leases": held, "lease": int(self.lease * 1000)}}]
+
+    def beat_results(self, results: list[dict[str, Any]] | None, error: BaseException | None) -> None:
+        if error is not None:
+            self.logger.warning("Could not renew leases: %s", error)
+            return
+        for result in results or []:
+            lost = result.get("lost")
+            for key in lost if isinstance(lost, list) else []:
+                self.logger.warning("Lost the lease of key %r (expired); another delivery may run it.", key)
+                metrics.inc("idempotency_leases_lost_total")
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def key_of(self, actor: dramatiq.Actor[Any, Any], message: Any) -> str:
+        """The idempotency key of a message: ``k:<rendered>``, or ``msg:<id>`` without one.
+
+        Raises:
+          ConfigurationError: the template or callable cannot make a string key from the args.
+        """
+        template = self._templates.get(actor.actor_name)
+        if template is None:
+            if actor.options.get("unique"):
+                digest = hashlib.sha1(
+                    json.dumps([message.args, message.kwargs], sort_keys=True, default=str).encode()
+                ).hexdigest()
+                return f"k:{actor.actor_name}:{digest}"
+            return f"msg:{message.message_id}"
+        return "k:" + template.render(
+            signature(actor.fn).bind(message.args, message.kwargs), message.args, message.kwargs
+        )
+
+    def _ttl_ms(self, actor: dramatiq.Actor[Any, Any]) -> int:
+        return int(float(actor.options.get("idempotency_ttl", self.ttl)) * 1000)
+
+    def _has_job_state(self, broker: Broker) -> bool:
+        from .job_state import JobState
+
+        return any(isinstance(m, JobState) and m.store is self.store for m in broker.middleware)

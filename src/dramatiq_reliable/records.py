@@ -1,0 +1,167 @@
+"""Typed records returned by the stores, and their JSON shapes.
+
+The stores keep a compact form (integer milliseconds, short field names); these dataclasses
+are what readers get: aware UTC datetimes, a :class:`~dramatiq_reliable.Status`, and
+``to_json()`` for the stable ``--json`` output of the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ._clock import from_ms, iso
+from .status import Status
+
+
+@dataclass(frozen=True)
+class JobError:
+    """The last error of a job, in plain words."""
+
+    #: The exception's class name, e.g. ``"SMTPTimeout"``.
+    type: str
+    #: ``str(exception)``.
+    message: str
+    #: The formatted traceback, or ``None`` when none was captured.
+    traceback: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's history."""
+
+    at: datetime
+    status: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "status": self.status, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Everything recorded about one job (one Dramatiq message id)."""
+
+    id: str
+    actor: str
+    queue: str
+    status: Status
+    attempts: int = 0
+    max_retries: int | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_retry_at: datetime | None = None
+    #: When a delayed job (``delay=``/``eta``) is due to run.
+    due_at: datetime | None = None
+    updated_at: datetime | None = None
+    #: ``host:pid:thread`` of the worker thread that ran (or runs) the last attempt.
+    worker: str | None = None
+    #: Business keys from the actor's ``track`` option, as strings.
+    keys: dict[str, str] = field(default_factory=dict)
+    #: The redacted, size-capped snapshot of the arguments.
+    args: Any = None
+    error: JobError | None = None
+    #: For a skipped duplicate: the id of the job that did the work.
+    duplicate_of: str | None = None
+    #: For a stuck job: the frames of the thread running it, outermost first.
+    stack: list[dict[str, Any]] | None = None
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def since(self) -> datetime | None:
+        """When the job entered its current status."""
+        for event in reversed(self.events):
+            if event.status == self.status.value:
+                return event.at
+        return self.updated_at
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON shape of ``jobs show --json``."""
+        return {
+            "id": self.id,
+            "actor": self.actor,
+            "queue": self.queue,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "enqueued_at": iso(self.enqueued_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "next_retry_at": iso(self.next_retry_at),
+            "due_at": iso(self.due_at),
+            "updated_at": iso(self.updated_at),
+            "worker": self.worker,
+            "keys": dict(self.keys),
+            "args": self.args,
+            "error": self.error.to_json() if self.error else None,
+            "duplicate_of": self.duplicate_of,
+            "stack": self.stack,
+            "events": [e.to_json() for e in self.events],
+        }
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> JobRecord:
+        """Build a record from the stores' compact form (see ``store/redis.py``)."""
+        err = data.get("err")
+        args = data.get("args")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                args = {"_unreadable": args[:200]}
+        keys = data.get("keys") or {}
+        stack = data.get("stack") or None
+        return cls(
+            id=data["id"],
+            actor=data.get("actor") or "?",
+            queue=data.get("queue") or "?",
+            status=Status(data["status"]),
+            attempts=int(data.get("att") or 0),
+            max_retries=data.get("maxr"),
+            enqueued_at=from_ms(data.get("enq")),
+            started_at=from_ms(data.get("start")),
+            finished_at=from_ms(data.get("fin")),
+            next_retry_at=from_ms(data.get("next")),
+            due_at=from_ms(data.get("due")),
+            updated_at=from_ms(data.get("upd")),
+            worker=data.get("worker") or None,
+            keys={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
+            args=args,
+            error=JobError(err.get("type", "?"), err.get("message", ""), err.get("traceback"))
+            if isinstance(err, dict)
+            else None,
+            duplicate_of=data.get("dup") or None,
+            stack=list(stack) if isinstance(stack, list) else None,
+            events=[Event(from_ms(e[0]) or datetime.min, str(e[1]), str(e[2])) for e in _events(data)],
+        )
+
+
+def _events(data: Mapping[str, Any]) -> list[list[Any]]:
+    ev = data.get("ev")
+    # Lua's cjson encodes an empty table as an object; treat it as an empty list.
+    return [e for e in ev if isinstance(e, list) and len(e) >= 3] if isinstance(ev, list) else []
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing. Iterate it for the items; pass ``cursor`` back for the next page."""
+
+    items: list[Any]
+    #: Opaque; ``None`` when this is the last page.
+    cursor: str | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

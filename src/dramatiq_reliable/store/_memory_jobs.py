@@ -1,0 +1,141 @@
+"""JobState's op handlers for ``MemoryStore``: the Python twin of ``lua/10_jobs.lua``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .memory import Batch, Ctx, Entry, on
+
+CREATION = ("actor", "queue", "maxr", "enq", "args")
+RUNNING_LIKE = ("running", "stuck", "abandoned")
+
+
+def event(b: Batch, rec: dict[str, Any], status: str, detail: str | None, hist: Any) -> None:
+    ev = rec.get("ev")
+    if not isinstance(ev, list):
+        ev = rec["ev"] = []
+    ev.append([b.now, status, detail or ""])
+    cap = int(hist) if hist is not None else 50
+    del ev[: max(len(ev) - cap, 0)]
+
+
+def fill(rec: dict[str, Any], s: dict[str, Any]) -> None:
+    for f in CREATION:
+        if rec.get(f) is None and s.get(f) is not None:
+            rec[f] = s[f]
+    if not rec.get("keys") and s.get("keys"):
+        rec["keys"] = s["keys"]
+
+
+def ensure(b: Batch, job_id: str, s: dict[str, Any], status: str) -> Entry:
+    entry = b.load(job_id)
+    if entry.rec is None:
+        entry.rec = {"id": job_id, "status": status, "att": 0, "keys": {}, "ev": []}
+        entry.new = True
+        fill(entry.rec, s)
+    return entry
+
+
+def set_status(b: Batch, entry: Entry, status: str, detail: str | None, s: dict[str, Any]) -> None:
+    assert entry.rec is not None
+    entry.rec["status"] = status
+    entry.rec["upd"] = b.now
+    event(b, entry.rec, status, detail, s.get("hist"))
+    entry.dirty = True
+
+
+@on("enqueue", 20, "job")
+def enqueue(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    entry = b.load(ctx.op["id"])
+    if entry.rec is None:
+        entry = ensure(b, ctx.op["id"], s, "queued")
+        assert entry.rec is not None
+        if s.get("due"):
+            entry.rec["due"] = s["due"]
+        set_status(b, entry, "queued", s.get("detail"), s)
+    else:
+        fill(entry.rec, s)
+        entry.dirty = True
+
+
+@on("start", 20, "job")
+def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    job_id = ctx.op["id"]
+    if ctx.outcome == "duplicate":
+        entry = ensure(b, job_id, s, "skipped")
+        assert entry.rec is not None
+        dup = ctx.res.get("dup")
+        if dup == job_id:
+            event(b, entry.rec, "skipped", "skipped: a redelivery of this completed job", s.get("hist"))
+            entry.dirty = True
+        else:
+            entry.rec["dup"] = dup
+            entry.rec["fin"] = b.now
+            entry.rec["att"] = max(entry.rec.get("att", 0), s.get("att", 0))
+            set_status(b, entry, "skipped", f"skipped: duplicate of job {dup}, which completed its key", s)
+        return
+    if ctx.outcome == "busy":
+        owner = str(ctx.res.get("owner", "")).split("|")[0] or "?"
+        busy = f"put back: its key is held by a running delivery of job {owner}"
+        entry = ensure(b, job_id, s, "queued")
+        assert entry.rec is not None
+        status = entry.rec["status"]
+        if not entry.new and status in RUNNING_LIKE:
+            event(b, entry.rec, status, busy, s.get("hist"))
+            entry.dirty = True
+        else:
+            set_status(b, entry, "queued", busy, s)
+        return
+    entry = ensure(b, job_id, s, "running")
+    rec = entry.rec
+    assert rec is not None
+    attempt = int(s.get("att", 1))
+    again = not entry.new and rec["status"] in RUNNING_LIKE and rec.get("att", 0) >= attempt
+    rec["att"] = max(rec.get("att", 0), attempt)
+    rec["start"] = b.now
+    if s.get("worker") is not None:
+        rec["worker"] = s["worker"]
+    for f in ("next", "fin", "stack"):
+        rec.pop(f, None)
+    detail = f"attempt {rec['att']} on {s.get('worker', '?')}"
+    set_status(b, entry, "running", f"redelivered: {detail}" if again else detail, s)
+
+
+@on("finish", 20, "job")
+def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    entry = ensure(b, ctx.op["id"], s, "running")
+    rec = entry.rec
+    assert rec is not None
+    attempt = s.get("att")
+    if attempt is not None and rec.get("att", 0) > attempt:
+        event(b, rec, rec["status"], f"late result of attempt {attempt}: {s['outcome']}", s.get("hist"))
+        entry.dirty = True
+        return
+    outcome = s["outcome"]
+    if outcome == "skipped" and s.get("dup") == ctx.op["id"]:
+        event(b, rec, "skipped", s.get("detail"), s.get("hist"))
+        entry.dirty = True
+        return
+    if attempt is not None:
+        rec["att"] = max(rec.get("att", 0), attempt)
+    if s.get("err"):
+        rec["err"] = s["err"]
+    rec.pop("stack", None)
+    if outcome == "retrying":
+        if s.get("next") is not None:
+            rec["next"] = s["next"]
+        rec.pop("fin", None)
+    else:
+        rec["fin"] = b.now
+        rec.pop("next", None)
+        if outcome == "skipped" and s.get("dup"):
+            rec["dup"] = s["dup"]
+    set_status(b, entry, outcome, s.get("detail"), s)
+
+
+@on("due", 20, "job")
+def due(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    entry = b.load(ctx.op["id"])
+    if entry.rec is not None and entry.rec["status"] == "retrying":
+        detail = s.get("detail") or f"due: attempt {entry.rec.get('att', 0) + 1}"
+        set_status(b, entry, "queued", detail, s)

@@ -1,0 +1,140 @@
+"""Cursor paging over sorted indexes, shared by the stores.
+
+Every index orders job ids by a score in milliseconds, newest first; ties are broken by id,
+descending. A cursor is ``"<score>:<id>"`` of the last item returned, and the next page starts
+strictly after it. Filters that the chosen index does not cover are applied to the loaded
+records; a page that needs more than ``SCAN_BUDGET`` candidates returns early with a cursor.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..records import JobRecord, Page
+from ..status import Status
+
+#: Index entries examined for one page at most.
+SCAN_BUDGET = 5_000
+#: The largest page a caller may ask for.
+MAX_LIMIT = 1_000
+
+Entry = tuple[float, str]
+#: ``fetch(index, after, count)`` → up to ``count`` entries of one index strictly after ``after``.
+Fetch = Callable[[str, "Entry | None", int], list[Entry]]
+Load = Callable[[Sequence[str]], list["dict[str, Any] | None"]]
+
+
+def encode_cursor(entry: Entry) -> str:
+    return f"{int(entry[0])}:{entry[1]}"
+
+
+def decode_cursor(cursor: str | None) -> Entry | None:
+    if cursor is None or cursor == "":
+        return None
+    score, sep, job_id = cursor.partition(":")
+    if not sep or not job_id or not score.lstrip("-").isdigit():
+        raise ConfigurationError(f"malformed cursor: {cursor!r}")
+    return (float(score), job_id)
+
+
+def after(entry: Entry, cursor: Entry | None) -> bool:
+    """True if ``entry`` comes after ``cursor`` in newest-first order."""
+    if cursor is None:
+        return True
+    return entry[0] < cursor[0] or (entry[0] == cursor[0] and entry[1] < cursor[1])
+
+
+def check_query(status: Status | str | None, limit: int) -> str | None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, not {limit!r}")
+    if status is None:
+        return None
+    try:
+        return Status(status).value
+    except ValueError:
+        names = ", ".join(s.value for s in Status)
+        raise ConfigurationError(f"unknown status {status!r} (one of: {names})") from None
+
+
+def find(
+    *,
+    fetch: Fetch,
+    load: Load,
+    status: str | None,
+    actor: str | None,
+    key: tuple[str, str] | None,
+    limit: int,
+    cursor: str | None,
+) -> Page:
+    """Run a ``find_jobs`` query over the indexes ``fetch`` reads."""
+    position = decode_cursor(cursor)
+    if key is not None:
+        indexes = [f"key:{key[0]}={key[1]}"]
+    elif actor is not None:
+        indexes = [f"actor:{actor}"]
+    elif status is not None:
+        indexes = [f"status:{status}"]
+    else:
+        indexes = [f"status:{s.value}" for s in Status]
+
+    def keep(data: dict[str, Any]) -> bool:
+        if status is not None and data.get("status") != status:
+            return False
+        if actor is not None and data.get("actor") != actor:
+            return False
+        if key is not None:
+            keys = data.get("keys")
+            if not isinstance(keys, dict) or keys.get(key[0]) != key[1]:
+                return False
+        return True
+
+    items: list[JobRecord] = []
+    scanned = 0
+    chunk = max(limit, 50)
+    while scanned < SCAN_BUDGET:
+        candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
+        if not candidates:
+            return Page(items, None)
+        scanned += len(candidates)
+        for (score, job_id), data in zip(candidates, load([c[1] for c in candidates]), strict=True):
+            position = (score, job_id)
+            if data is not None and keep(data):
+                items.append(JobRecord.from_stored(data))
+                if len(items) == limit:
+                    return Page(items, encode_cursor(position))
+        if len(candidates) < chunk:
+            return Page(items, None)
+    return Page(items, encode_cursor(position) if position else None)
+
+
+def _merge(lists: list[list[Entry]], count: int) -> list[Entry]:
+    if len(lists) == 1:
+        return lists[0][:count]
+    merged = heapq.merge(*lists, key=lambda e: (-e[0], _neg(e[1])))
+    out: list[Entry] = []
+    for entry in merged:
+        out.append(entry)
+        if len(out) == count:
+            break
+    return out
+
+
+class _neg(str):
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+
+def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "id" in data and "status" in data else None

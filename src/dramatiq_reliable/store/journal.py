@@ -1,0 +1,330 @@
+"""Group commit: the writes of all worker threads of a process, flushed together.
+
+A thread that must know its write landed (a job's final transition, before its message is
+acked) calls ``submit(op, wait=True)``. If no flush is in progress it becomes the leader: it
+takes every pending op and applies them in one :meth:`Store.apply` call; threads that arrive
+meanwhile queue up, and the next leader takes them all. Writes that need no answer
+(``wait=False``: "running", "due") ride along with the next flush, or a background thread
+flushes them after ``linger`` seconds.
+
+When the store cannot be reached, the journal degrades: waiting threads are released at once
+with :class:`StoreUnavailable`, writes marked ``retry`` are buffered (up to ``max_backlog``,
+oldest dropped first) and replayed in order when the store answers again; the rest fail fast.
+Nothing here ever blocks a job for longer than one store timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import metrics
+from .._clock import now_ms
+from ..errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .base import Store
+
+logger = logging.getLogger("dramatiq_reliable.store.journal")
+
+#: Seconds a write that nobody waits for may sit before the background thread flushes it.
+DEFAULT_LINGER = 0.02
+#: Writes kept while the store is unreachable; beyond this the oldest are dropped (and counted).
+DEFAULT_MAX_BACKLOG = 10_000
+#: Seconds between reconnection attempts while degraded.
+DEFAULT_RETRY_INTERVAL = 1.0
+#: Ops applied in one call at most.
+BATCH_MAX = 500
+
+
+class Slot:
+    """One submitted op and, once ``done``, its ``result`` or ``error``."""
+
+    __slots__ = ("done", "error", "op", "result", "retry")
+
+    def __init__(self, op: dict[str, Any], retry: bool) -> None:
+        self.op = op
+        self.retry = retry
+        self.done = False
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.done and self.error is None and not (self.result and "error" in self.result)
+
+
+class Journal:
+    """The group-commit queue of one store in one process. Get it with ``store.journal``.
+
+    Parameters:
+      store(Store): where ops are applied.
+      linger(float): seconds an unwaited write may wait for company before it is flushed.
+      max_backlog(int): writes buffered while the store is unreachable.
+      retry_interval(float): seconds between reconnection attempts while degraded.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        linger: float = DEFAULT_LINGER,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.linger = linger
+        self.max_backlog = max_backlog
+        self.retry_interval = retry_interval
+        #: Merged into every batch (JobState puts its retention here).
+        self.header: dict[str, Any] = {}
+        self._reset()
+        _journals.add(self)
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[Slot] = []
+        self._backlog: deque[Slot] = deque()
+        self._flushing = False
+        self._armed = False
+        self._degraded: StoreUnavailable | None = None
+        self._closed = False
+        self._thread: _Flusher | None = None
+
+    @property
+    def degraded(self) -> bool:
+        """True while the store is unreachable and writes are being buffered."""
+        return self._degraded is not None
+
+    @property
+    def backlog(self) -> int:
+        """How many writes are buffered, waiting for the store to come back."""
+        return len(self._backlog)
+
+    def submit(self, op: dict[str, Any], *, wait: bool, retry: bool = True) -> Slot:
+        """Queue ``op``; with ``wait``, return once it was applied (or failed).
+
+        Parameters:
+          op(dict): the op (see :mod:`.ops`).
+          wait(bool): block until the op's batch was applied.
+          retry(bool): if the store is unreachable, buffer the op and apply it later; without,
+            the op fails at once (use for questions, such as an idempotency check).
+
+        Returns:
+          Slot: with ``result`` (the op's result) or ``error`` once ``done``.
+        """
+        if self._pid != os.getpid():
+            self._reset()
+        slot = Slot(op, retry)
+        with self._cond:
+            if self._thread is None:
+                self._thread = _Flusher(self)
+                self._thread.start()
+            if self._degraded is not None:
+                self._give_up(slot, self._degraded)
+                return slot
+            self._pending.append(slot)
+            if not wait:
+                if not self._armed:
+                    self._armed = True
+                    self._cond.notify_all()
+                return slot
+        while True:
+            with self._cond:
+                while not slot.done and self._flushing:
+                    self._cond.wait()
+                if slot.done:
+                    return slot
+                batch = self._take()
+            self._lead(batch)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Apply every pending write now. Returns False if some could not be applied in time."""
+        if self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                if self._degraded is not None:
+                    break
+                if not self._pending and not self._flushing:
+                    return not self._backlog
+                if self._flushing:
+                    self._cond.wait(timeout=0.05)
+                    continue
+                batch = self._take()
+            self._lead(batch)
+        return False
+
+    def close(self) -> None:
+        """Flush what can be flushed and stop the background thread."""
+        self.flush(timeout=2.0)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._backlog:
+            logger.warning("Closing with %d buffered store writes that could not be applied.", len(self._backlog))
+
+    # -- machinery (lock held where noted) ------------------------------------------------------
+
+    def _take(self) -> list[Slot]:
+        """(lock held) Become the leader and take the next batch."""
+        self._flushing = True
+        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        return batch
+
+    def _batch(self, slots: list[Slot]) -> dict[str, Any]:
+        return {**self.header, "now": now_ms(), "ops": [s.op for s in slots]}
+
+    def _lead(self, batch: list[Slot]) -> None:
+        """Apply ``batch`` (lock not held), then hand the leadership back."""
+        try:
+            results = self.store.apply(self._batch(batch)) if batch else []
+        except StoreUnavailable as exc:
+            with self._cond:
+                self._enter_degraded(exc, batch)
+                self._flushing = False
+                self._cond.notify_all()
+            return
+        except Exception as exc:
+            logger.exception("The store rejected a batch of %d writes; they are dropped.", len(batch))
+            metrics.inc("store_errors_total", op="apply")
+            metrics.inc("store_writes_dropped_total", len(batch))
+            with self._cond:
+                for slot in batch:
+                    slot.error = exc
+                    slot.done = True
+                self._flushing = False
+                self._cond.notify_all()
+            return
+        with self._cond:
+            for slot, result in zip(batch, results, strict=False):
+                slot.result = result
+                slot.done = True
+                if "error" in result:
+                    logger.error("The store rejected a write for job %r: %s", slot.op.get("id"), result["error"])
+                    metrics.inc("store_errors_total", op=str(slot.op.get("k")))
+            for slot in batch:
+                slot.done = True
+            self._flushing = False
+            self._cond.notify_all()
+
+    def _enter_degraded(self, exc: StoreUnavailable, batch: list[Slot]) -> None:
+        """(lock held) The store is unreachable: buffer or fail everything in flight."""
+        if self._degraded is None:
+            logger.error(
+                "Store unreachable (%s). Jobs keep running; their records are buffered "
+                "(up to %d writes) and written when it answers again.",
+                exc,
+                self.max_backlog,
+            )
+        self._degraded = exc
+        metrics.inc("store_errors_total", op="apply")
+        for slot in [*batch, *self._pending]:
+            self._give_up(slot, exc)
+        self._pending = []
+
+    def _give_up(self, slot: Slot, exc: StoreUnavailable) -> None:
+        """(lock held) Fail ``slot`` now; buffer it for later if it is a retryable write."""
+        slot.error = exc
+        slot.done = True
+        if slot.retry:
+            if len(self._backlog) >= self.max_backlog:
+                self._backlog.popleft()
+                metrics.inc("store_writes_dropped_total")
+                if len(self._backlog) % 1000 == 0:
+                    logger.error("Store write buffer full (%d); dropping the oldest writes.", self.max_backlog)
+            self._backlog.append(slot)
+            metrics.inc("store_writes_buffered_total")
+
+    def _recover(self) -> None:
+        """(background thread) Try the store; when it answers, replay the backlog in order."""
+        try:
+            self.store.ping()
+        except StoreUnavailable:
+            return
+        replayed = 0
+        while True:
+            with self._cond:
+                if self._flushing:
+                    return
+                chunk = [self._backlog.popleft() for _ in range(min(BATCH_MAX, len(self._backlog)))]
+                if not chunk:
+                    self._degraded = None
+                    self._cond.notify_all()
+                    logger.warning("Store reachable again; %d buffered writes applied.", replayed)
+                    return
+                self._flushing = True
+            try:
+                self.store.apply(self._batch(chunk))
+                replayed += len(chunk)
+            except StoreUnavailable:
+                with self._cond:
+                    self._backlog.extendleft(reversed(chunk))
+                    self._flushing = False
+                return
+            except Exception:
+                logger.exception("The store rejected %d buffered writes; they are dropped.", len(chunk))
+                metrics.inc("store_writes_dropped_total", len(chunk))
+            with self._cond:
+                self._flushing = False
+
+    def _tick(self) -> None:
+        """(background thread) One round: flush lingering writes, or try to recover."""
+        with self._cond:
+            while not self._closed and not self._armed and self._degraded is None:
+                self._cond.wait()
+            if self._closed:
+                return
+            degraded = self._degraded is not None
+        if degraded:
+            time.sleep(self.retry_interval)
+            self._recover()
+            return
+        time.sleep(self.linger)
+        with self._cond:
+            self._armed = False
+            if not self._pending or self._flushing or self._degraded is not None:
+                return
+            batch = self._take()
+        self._lead(batch)
+
+
+class _Flusher(threading.Thread):
+    """Flushes writes nobody waits for, and reconnects while degraded. Never dies on an error."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__(name="dramatiq-reliable-journal", daemon=True)
+        self.journal = weakref.proxy(journal)
+
+    def run(self) -> None:
+        while True:
+            try:
+                if self.journal._closed:
+                    return
+                self.journal._tick()
+            except ReferenceError:
+                return
+            except Exception:
+                logger.exception("Unexpected error in the journal thread.")
+                time.sleep(1.0)
+
+
+_journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for journal in list(_journals):
+        if journal._pid == os.getpid():
+            try:
+                journal.flush(timeout=2.0)
+            except Exception:  # pragma: no cover - best effort at interpreter exit
+                logger.debug("Journal flush at exit failed.", exc_info=True)

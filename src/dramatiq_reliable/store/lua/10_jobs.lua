@@ -1,0 +1,162 @@
+-- JobState: the job record. Section "job".
+
+local CREATION = {'actor', 'queue', 'maxr', 'enq', 'args'}
+
+local function event(rec, status, detail, hist)
+  local ev = rec.ev
+  if type(ev) ~= 'table' then ev = {}; rec.ev = ev end
+  table.insert(ev, {NOW, status, detail or ''})
+  local cap = tonumber(hist) or 50
+  while #ev > cap do table.remove(ev, 1) end
+end
+
+local function fill(rec, s)
+  for _, f in ipairs(CREATION) do
+    if rec[f] == nil and s[f] ~= nil then rec[f] = s[f] end
+  end
+  if (rec.keys == nil or next(rec.keys) == nil) and type(s.keys) == 'table' and next(s.keys) ~= nil then
+    rec.keys = s.keys
+  end
+end
+
+-- Load the record of op.id, creating it (in ``status``) from the section's fields if missing.
+local function ensure(id, s, status)
+  local e = load(id)
+  if not e.rec then
+    e.rec = {id = id, status = status, att = 0, keys = {}, ev = {}}
+    e.new = true
+    fill(e.rec, s)
+  end
+  return e
+end
+
+local function set_status(e, status, detail, s)
+  e.rec.status = status
+  e.rec.upd = NOW
+  event(e.rec, status, detail, s.hist)
+  touch(e)
+end
+
+on('enqueue', 20, 'job', function(ctx, s)
+  if ctx.outcome == 'refused' then return end
+  local e = load(ctx.op.id)
+  if not e.rec then
+    e = ensure(ctx.op.id, s, 'queued')
+    if s.due then e.rec.due = s.due end
+    set_status(e, 'queued', s.detail, s)
+  else
+    fill(e.rec, s)
+    touch(e)
+  end
+end)
+
+on('start', 20, 'job', function(ctx, s)
+  local id = ctx.op.id
+  if ctx.outcome == 'duplicate' then
+    local e = ensure(id, s, 'skipped')
+    if ctx.res.dup == id then
+      -- A redelivery of a job that already completed: it keeps its status.
+      event(e.rec, 'skipped', 'skipped: a redelivery of this completed job', s.hist)
+      touch(e)
+    else
+      e.rec.dup = ctx.res.dup
+      e.rec.fin = NOW
+      e.rec.att = math.max(e.rec.att or 0, s.att or 0)
+      set_status(e, 'skipped', 'skipped: duplicate of job ' .. ctx.res.dup .. ', which completed its key', s)
+    end
+    return
+  end
+  if ctx.outcome == 'busy' then
+    local owner = string.match(ctx.res.owner or '', '^[^|]*') or '?'
+    local busy = 'put back: its key is held by a running delivery of job ' .. owner
+    local e = ensure(id, s, 'queued')
+    local st = e.rec.status
+    if not e.new and (st == 'running' or st == 'stuck' or st == 'abandoned') then
+      event(e.rec, st, busy, s.hist)
+      touch(e)
+    else
+      set_status(e, 'queued', busy, s)
+    end
+    return
+  end
+  local e = ensure(id, s, 'running')
+  local rec = e.rec
+  local prev = rec.status
+  local att = tonumber(s.att) or 1
+  local again = (not e.new) and (prev == 'running' or prev == 'stuck' or prev == 'abandoned')
+    and (rec.att or 0) >= att
+  rec.att = math.max(rec.att or 0, att)
+  rec.start = NOW
+  rec.worker = s.worker
+  rec.next = nil
+  rec.fin = nil
+  rec.stack = nil
+  local detail = 'attempt ' .. rec.att .. ' on ' .. (s.worker or '?')
+  if again then detail = 'redelivered: ' .. detail end
+  set_status(e, 'running', detail, s)
+end)
+
+on('finish', 20, 'job', function(ctx, s)
+  local e = ensure(ctx.op.id, s, 'running')
+  local rec = e.rec
+  local att = tonumber(s.att)
+  if att and (rec.att or 0) > att then
+    -- The late result of an older attempt; a newer one has started since. Keep its status.
+    event(rec, rec.status, 'late result of attempt ' .. att .. ': ' .. s.outcome, s.hist)
+    touch(e)
+    return
+  end
+  local out = s.outcome
+  if out == 'skipped' and s.dup == ctx.op.id then
+    -- A redelivery of a job that already completed: it keeps its status.
+    event(rec, 'skipped', s.detail, s.hist)
+    touch(e)
+    return
+  end
+  if att then rec.att = math.max(rec.att or 0, att) end
+  if s.err then rec.err = s.err end
+  rec.stack = nil
+  if out == 'done' then
+    rec.fin = NOW
+    rec.next = nil
+  elseif out == 'retrying' then
+    rec.next = s.next
+    rec.fin = nil
+  elseif out == 'failed' then
+    rec.fin = NOW
+    rec.next = nil
+  elseif out == 'skipped' then
+    rec.fin = NOW
+    if s.dup then rec.dup = s.dup end
+  end
+  set_status(e, out, s.detail, s)
+end)
+
+on('due', 20, 'job', function(ctx, s)
+  local e = load(ctx.op.id)
+  if e.rec and e.rec.status == 'retrying' then
+    set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s)
+  end
+end)
+
+-- Drop records whose terminal status is older than their retention, with their index entries.
+local function cleanup()
+  if type(B.cleanup) ~= 'table' then return end
+  local limit = tonumber(B.limit) or 100
+  for status, retention in pairs(B.cleanup) do
+    if limit <= 0 then return end
+    local ids = redis.call('ZRANGEBYSCORE', P .. 'jobs:status:' .. status, '-inf', NOW - retention,
+      'LIMIT', 0, limit)
+    for _, id in ipairs(ids) do
+      local raw = redis.call('GET', jkey(id))
+      local rec = raw and cjson.decode(raw) or nil
+      if rec and rec.status ~= status then
+        redis.call('ZREM', P .. 'jobs:status:' .. status, id)  -- stale entry only
+      else
+        forget(id, rec)
+        redis.call('ZREM', P .. 'jobs:status:' .. status, id)
+      end
+      limit = limit - 1
+    end
+  end
+end

@@ -1,0 +1,98 @@
+-- Idempotency: completed keys, leases, unique keys, step checkpoints. Section "idem".
+
+local function ikey(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
+
+-- Has this key (or, without JobState's record, this message) already completed?
+local function completed_by(ctx, s)
+  local id = ctx.op.id
+  if s.by_record then
+    local e = load(id)
+    if e.rec and e.rec.status == 'done' and not s.replay then return id end
+    return nil
+  end
+  local by = redis.call('GET', ikey('done', s.key))
+  if by and by == id and s.replay then return nil end
+  return by or nil
+end
+
+on('start', 10, 'idem', function(ctx, s)
+  local by = completed_by(ctx, s)
+  if by then
+    ctx.outcome = 'duplicate'
+    ctx.res.outcome = 'duplicate'
+    ctx.res.dup = by
+    return
+  end
+  local lk = ikey('lease', s.key)
+  if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease) then
+    local owner = redis.call('GET', lk)
+    ctx.outcome = 'busy'
+    ctx.res.outcome = 'busy'
+    ctx.res.retry_in = math.max(redis.call('PTTL', lk), 100)
+    ctx.res.owner = owner or ''
+    return
+  end
+  ctx.res.outcome = 'run'
+end)
+
+on('finish', 10, 'idem', function(ctx, s)
+  local id = ctx.op.id
+  if s.outcome == 'done' then
+    if not s.by_record then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl) end
+    redis.call('DEL', ikey('once', id))
+  end
+  if s.token then
+    local lk = ikey('lease', s.key)
+    if redis.call('GET', lk) == s.token then redis.call('DEL', lk) end
+  end
+  if s.unique and s.outcome ~= 'retrying' then
+    local uk = ikey('unique', s.key)
+    if redis.call('GET', uk) == id then redis.call('DEL', uk) end
+  end
+end)
+
+-- unique=True: reserve the key for this job at enqueue, unless a pending job holds it.
+on('reserve', 10, 'idem', function(ctx, s)
+  local id = ctx.op.id
+  local uk = ikey('unique', s.key)
+  local holder = redis.call('GET', uk)
+  if holder and holder ~= id then
+    local raw = redis.call('GET', jkey(holder))
+    local stale = false
+    if raw then stale = TERMINAL[cjson.decode(raw).status] or false end
+    if not stale then
+      ctx.outcome = 'refused'
+      ctx.res.outcome = 'refused'
+      ctx.res.holder = holder
+      return
+    end
+  end
+  redis.call('SET', uk, id, 'PX', s.ttl)
+  ctx.res.outcome = 'reserved'
+end)
+
+-- Release a reservation whose enqueue did not happen.
+on('unreserve', 10, 'idem', function(ctx, s)
+  local uk = ikey('unique', s.key)
+  if redis.call('GET', uk) == ctx.op.id then redis.call('DEL', uk) end
+end)
+
+-- unique=True: the enqueue happened; hold the key until the job ends (or ``ttl``).
+on('confirm', 10, 'idem', function(ctx, s)
+  local uk = ikey('unique', s.key)
+  if redis.call('GET', uk) == ctx.op.id then redis.call('PEXPIRE', uk, s.ttl) end
+end)
+
+-- The heartbeat: extend the leases this process holds; report the ones it lost.
+on('renew', 10, 'idem', function(ctx, s)
+  local lost = {}
+  for key, token in pairs(s.leases) do
+    local lk = ikey('lease', key)
+    if redis.call('GET', lk) == token then
+      redis.call('PEXPIRE', lk, s.lease)
+    else
+      table.insert(lost, key)
+    end
+  end
+  ctx.res.lost = lost
+end)

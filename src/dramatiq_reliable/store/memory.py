@@ -1,0 +1,257 @@
+"""``MemoryStore``: the store in this process, for tests, the demo and ``StubBroker``.
+
+It implements the same contract as ``RedisStore`` with Python structures under one lock;
+the op handlers (``_memory_jobs.py``, ``_memory_idem.py``) are the Python twins of the Lua
+sections in ``store/lua/``, and ``tests/contract`` runs one suite over both stores. State is
+per instance and per process: worker processes do not share a ``MemoryStore``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._clock import now_ms
+from ..records import JobRecord, Page
+from ..status import TERMINAL, Status
+from . import _paging
+from .base import Store
+
+DAY_MS = 86_400_000
+
+Handler = Callable[["Batch", "Ctx", dict[str, Any]], None]
+#: kind -> [(priority, section, handler)], filled by the ``_memory_*`` modules.
+HANDLERS: dict[str, list[tuple[int, str, Handler]]] = {}
+
+
+def on(kind: str, priority: int, section: str) -> Callable[[Handler], Handler]:
+    """Register a handler, as ``on(kind, priority, section, fn)`` does in the Lua prelude."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS.setdefault(kind, []).append((priority, section, fn))
+        HANDLERS[kind].sort(key=lambda h: h[0])
+        return fn
+
+    return register
+
+
+@dataclass
+class Ctx:
+    """What the handlers of one op share."""
+
+    op: dict[str, Any]
+    res: dict[str, Any] = field(default_factory=dict)
+    outcome: str | None = None
+
+
+@dataclass
+class Entry:
+    """A job record loaded for a batch; written back once at the end (see ``Batch.save``)."""
+
+    id: str
+    rec: dict[str, Any] | None
+    st0: str | None
+    dirty: bool = False
+    new: bool = False
+
+
+class Batch:
+    """One ``apply`` call: the clock, the record cache, and the store's state."""
+
+    def __init__(self, store: MemoryStore, batch: dict[str, Any]) -> None:
+        self.store = store
+        self.now = int(batch["now"])
+        self.spec = batch
+        self.entries: dict[str, Entry] = {}
+
+    def load(self, job_id: str) -> Entry:
+        entry = self.entries.get(job_id)
+        if entry is None:
+            rec = self.store._get_record(job_id, self.now)
+            entry = Entry(job_id, json.loads(json.dumps(rec)) if rec else None, rec["status"] if rec else None)
+            self.entries[job_id] = entry
+        return entry
+
+    def save(self) -> None:
+        store = self.store
+        ttl_spec = self.spec.get("ttl") or {}
+        for entry in self.entries.values():
+            if not (entry.dirty and entry.rec):
+                continue
+            rec = entry.rec
+            status = rec["status"]
+            default_ttl = 8 * DAY_MS if status in TERMINAL else 30 * DAY_MS
+            store.records[entry.id] = (rec, self.now + int(ttl_spec.get(status, default_ttl)))
+            if entry.st0 != status:
+                if entry.st0:
+                    store.index(f"status:{entry.st0}").pop(entry.id, None)
+                store.index(f"status:{status}")[entry.id] = self.now
+            if entry.new:
+                score = rec.get("enq", self.now)
+                store.index(f"actor:{rec.get('actor', '?')}")[entry.id] = score
+                for name, value in (rec.get("keys") or {}).items():
+                    store.index(f"key:{name}={value}")[entry.id] = score
+            entry.st0, entry.new, entry.dirty = status, False, False
+
+
+class MemoryStore(Store):
+    """The store in this process's memory. Same contract as :class:`RedisStore`.
+
+    Parameters:
+      clock(callable): returns the current time in milliseconds (for reads and expiry).
+    """
+
+    def __init__(self, *, clock: Callable[[], int] = now_ms) -> None:
+        super().__init__()
+        self.url = "memory://"
+        self.clock = clock
+        self.lock = threading.RLock()
+        #: job id -> (record, expires at ms)
+        self.records: dict[str, tuple[dict[str, Any], int]] = {}
+        #: "status:<s>" | "actor:<a>" | "key:<n>=<v>" -> {job id: score}
+        self.indexes: dict[str, dict[str, float]] = {}
+        #: (kind, key) -> (value, expires at ms): idempotency strings (done, lease, unique).
+        self.strings: dict[tuple[str, str], tuple[str, int]] = {}
+        #: job id -> ({step: JSON}, expires at ms)
+        self.checkpoints: dict[str, tuple[dict[str, str], int]] = {}
+
+    # -- state helpers (lock held) ------------------------------------------------------------
+
+    def index(self, name: str) -> dict[str, float]:
+        return self.indexes.setdefault(name, {})
+
+    def _get_record(self, job_id: str, now: int) -> dict[str, Any] | None:
+        item = self.records.get(job_id)
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self.records[job_id]
+            return None
+        return item[0]
+
+    def sget(self, kind: str, key: str, now: int) -> str | None:
+        item = self.strings.get((kind, key))
+        if item is None:
+            return None
+        if item[1] <= now:
+            del self.strings[(kind, key)]
+            return None
+        return item[0]
+
+    def sset(self, kind: str, key: str, value: str, ttl_ms: int, now: int) -> None:
+        self.strings[(kind, key)] = (value, now + int(ttl_ms))
+
+    def sdel(self, kind: str, key: str) -> None:
+        self.strings.pop((kind, key), None)
+
+    def forget(self, job_id: str, rec: dict[str, Any] | None) -> None:
+        if rec is not None:
+            self.index(f"actor:{rec.get('actor', '?')}").pop(job_id, None)
+            for name, value in (rec.get("keys") or {}).items():
+                self.index(f"key:{name}={value}").pop(job_id, None)
+            self.index(f"status:{rec['status']}").pop(job_id, None)
+        self.records.pop(job_id, None)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        from . import _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
+
+        spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
+        results: list[dict[str, Any]] = []
+        with self.lock:
+            run = Batch(self, spec)
+            for op in spec.get("ops", []):
+                ctx = Ctx(op)
+                handlers = HANDLERS.get(op.get("k", ""))
+                if handlers is None:
+                    ctx.res["error"] = f"unknown op kind: {op.get('k')}"
+                for _priority, section, fn in handlers or []:
+                    if section in op:
+                        try:
+                            fn(run, ctx, op[section])
+                        except Exception as exc:  # as the Lua dispatcher's pcall
+                            ctx.res["error"] = f"{type(exc).__name__}: {exc}"
+                            break
+                results.append(ctx.res)
+            run.save()
+            self._cleanup(spec, run.now)
+        return results
+
+    def _cleanup(self, spec: dict[str, Any], now: int) -> None:
+        limit = int(spec.get("limit", 100))
+        for status, retention in (spec.get("cleanup") or {}).items():
+            index = self.index(f"status:{status}")
+            expired = sorted((score, jid) for jid, score in index.items() if score <= now - retention)
+            for _score, job_id in expired[: max(limit, 0)]:
+                item = self.records.get(job_id)
+                rec = item[0] if item else None
+                if rec is not None and rec["status"] != status:
+                    index.pop(job_id, None)
+                else:
+                    self.forget(job_id, rec)
+                    index.pop(job_id, None)
+                limit -= 1
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self.lock:
+            rec = self._get_record(job_id, self.clock())
+            return JobRecord.from_stored(json.loads(json.dumps(rec))) if rec else None
+
+    def find_jobs(
+        self,
+        *,
+        status: Status | str | None = None,
+        actor: str | None = None,
+        key: tuple[str, str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        status_value = _paging.check_query(status, limit)
+        return _paging.find(
+            fetch=self._fetch_index,
+            load=self._load_records,
+            status=status_value,
+            actor=actor,
+            key=key,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
+        with self.lock:
+            entries = [(float(score), job_id) for job_id, score in self.indexes.get(index, {}).items()]
+        entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return [e for e in entries if _paging.after(e, position)][:count]
+
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        with self.lock:
+            now = self.clock()
+            out = []
+            for job_id in ids:
+                rec = self._get_record(job_id, now)
+                out.append(json.loads(json.dumps(rec)) if rec else None)
+            return out
+
+    # -- step checkpoints -----------------------------------------------------------------------
+
+    def once_get(self, job_id: str, name: str) -> str | None:
+        with self.lock:
+            item = self.checkpoints.get(job_id)
+            if item is None or item[1] <= self.clock():
+                return None
+            return item[0].get(name)
+
+    def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
+        with self.lock:
+            steps = self.checkpoints.get(job_id, ({}, 0))[0]
+            steps[name] = result_json
+            self.checkpoints[job_id] = (steps, self.clock() + ttl_ms)
+
+    def ping(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+"""The op schema: what a batch passed to :meth:`Store.apply` holds.
+
+An op is the transition of one job: ``{"k": kind, "id": job id, <section>: {...}, ...}``.
+Each middleware contributes its own section to the op of a message (``job`` for JobState,
+``idem`` for Idempotency, …); the store runs, for each op, the handlers of its kind in a fixed
+priority order, and a handler runs only when the op carries its section. Handlers of one op
+share an outcome (``duplicate``, ``busy``, ``refused``) so that, for instance, JobState records
+``skipped`` when Idempotency found a duplicate in the same op.
+
+Kinds and sections (priority in brackets):
+
+``enqueue``   ``job`` [20]: create the record as ``queued`` (fields below), or fill the missing
+              fields of an existing one without changing its status.
+``reserve``   ``idem`` [10]: ``unique=True``: reserve the key, or answer ``refused`` + ``holder``.
+``unreserve`` ``idem`` [10]: release a reservation whose enqueue failed.
+``start``     ``idem`` [10]: answer ``duplicate`` (+ ``dup``), ``busy`` (+ ``retry_in`` ms, ``owner``)
+              or ``run`` (lease taken); ``job`` [20]: ``running`` (or ``skipped``/``queued``).
+``finish``    ``idem`` [10]: complete the key, release the lease and the unique key;
+              ``job`` [20]: ``done``/``retrying``/``failed``/``skipped``.
+``due``       ``job`` [20]: a retry's delay is over: ``retrying`` → ``queued``.
+
+``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
+record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
+``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),
+``hist`` (events kept).
+
+``idem`` section fields: ``key``, ``token`` (lease owner), ``lease`` / ``ttl`` (ms),
+``by_record`` (check completion on the job record instead of a key), ``replay``, ``unique``,
+``outcome``.
+
+Values are never ``None``: absent fields are left out (Lua's cjson turns ``null`` into a
+truthy sentinel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Op = dict[str, Any]
+
+
+def compact(section: dict[str, Any]) -> dict[str, Any]:
+    """The section without its ``None`` values."""
+    return {k: v for k, v in section.items() if v is not None}
