@@ -14,11 +14,30 @@ from collections import defaultdict
 _lock = threading.Lock()
 _values: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
 
-#: Every counter name the bundle increments, with its help text.
+#: Every counter name the bundle increments, with its help text and labels.
 COUNTERS: dict[str, str] = {
+    "jobs_total": "Job attempts that ended, by actor, queue and outcome (done, retrying, failed, skipped).",
+    "retries_total": "Attempts that failed and will be retried, by actor.",
+    "dead_letters_total": "Jobs dead-lettered, by actor and queue.",
+    "idempotent_skips_total": "Deliveries skipped as idempotent duplicates, by actor.",
+    "idempotency_deferred_total": "Deliveries put back because their key was busy or the store was down, by actor.",
+    "idempotency_unchecked_total": "Deliveries run unchecked (on_store_error='run'): the store failed. By actor.",
+    "idempotency_leases_lost_total": "Leases that expired while their job still ran.",
+    "stuck_jobs_total": "Jobs marked stuck, by actor.",
+    "abandoned_jobs_total": "Jobs marked abandoned (their worker died), by actor.",
+    "alerts_sent_total": "Notifications sent, by kind and notifier.",
+    "alerts_suppressed_total": "Notifications suppressed by throttling, by kind.",
+    "alerts_dropped_total": "Notifications dropped because the send queue was full.",
+    "notifier_errors_total": "Notifier calls that failed or timed out, by notifier.",
     "store_errors_total": "Store calls that failed, by operation.",
     "store_writes_buffered_total": "Job-state writes buffered while the store was unreachable.",
     "store_writes_dropped_total": "Job-state writes given up (buffer full, or rejected by the store).",
+}
+
+#: Histograms (seconds): how long attempts ran, and how long jobs waited from enqueue to first start.
+HISTOGRAMS: dict[str, str] = {
+    "job_run_seconds": "Time an attempt ran, by actor and queue.",
+    "job_wait_seconds": "Time from enqueue to the start of the first attempt, by actor and queue.",
 }
 
 
@@ -38,5 +57,18 @@ def value(name: str, **labels: str) -> float:
         return sum(v for (n, _), v in _values.items() if n == name)
 
 
+def observe_job(actor: str, queue: str, outcome: str, run_seconds: float | None, wait_seconds: float | None) -> None:
+    """Called once per attempt when it ends (by the last middleware of the bundle)."""
+    inc("jobs_total", actor=actor, queue=queue, outcome=outcome)
+    if outcome == "retrying":
+        inc("retries_total", actor=actor)
+    _observe("job_run_seconds", run_seconds, actor, queue)
+    _observe("job_wait_seconds", wait_seconds, actor, queue)
+
+
 def _mirror(name: str, amount: float, labels: dict[str, str]) -> None:
-    """Hook for the Prometheus integration; replaced by ``metrics`` setup when enabled."""
+    """Hook for the Prometheus integration: mirrors counters when it is enabled."""
+
+
+def _observe(name: str, seconds: float | None, actor: str, queue: str) -> None:
+    """Hook for the Prometheus integration: records histogram samples when it is enabled."""

@@ -61,6 +61,7 @@ class JobRun:
     __slots__ = (
         "args",
         "attempt",
+        "began",
         "bound",
         "data",
         "finished",
@@ -83,6 +84,9 @@ class JobRun:
         self.id: str = message.message_id
         self.attempt: int = int(message.options.get("retries") or 0) + 1
         self.worker = worker_name()
+        #: True once a bundle middleware saw ``before_process_message`` (the actor was about to run).
+        self.began = False
+        #: True once JobState staged the start (so the record's creation fields were sent).
         self.started = False
         self.started_ms = now_ms()
         self.finished = False

@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
+from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
+from .. import metrics
+from .._clock import now_ms
 from ..actors.context import set_current
 from ._run import JobRun
 
@@ -68,6 +71,7 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
         assert run is not None
+        run.began = True
         set_current(run)
         self.on_start(broker, message, run)
         if self.is_last(broker):
@@ -108,8 +112,12 @@ class ReliableMiddleware(dramatiq.Middleware):
                 return  # a delayed message moved to its queue: not the end of anything
             run = JobRun.of(message)  # dead-lettered before any hook of ours saw it start
             assert run is not None
+        outcome = run.decide(nacked)
         try:
-            self.on_finish(broker, message, run, run.decide(nacked))
+            self.on_finish(broker, message, run, outcome)
+        except Exception:
+            # A before_ack hook must never raise: Dramatiq would then neither ack nor nack.
+            self.logger.exception("Could not record the end of message %r.", message.message_id)
         finally:
             if self.is_last(broker):
                 try:
@@ -117,6 +125,15 @@ class ReliableMiddleware(dramatiq.Middleware):
                 finally:
                     run.finished = True
                     set_current(None)
+                    self._observe(message, run, outcome[0])
+
+    def _observe(self, message: MessageProxy, run: JobRun, outcome: str) -> None:
+        if outcome == "deferred":
+            return
+        now = now_ms()
+        ran = (now - run.started_ms) / 1000 if run.began else None
+        waited = (run.started_ms - message.message_timestamp) / 1000 if run.began and run.attempt == 1 else None
+        metrics.observe_job(message.actor_name, q_name(message.queue_name), outcome, ran, waited)
 
     # -- for subclasses -------------------------------------------------------------------------
 

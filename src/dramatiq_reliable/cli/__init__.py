@@ -1,0 +1,89 @@
+"""The ``dramatiq-reliable`` command: a thin layer over the library's calls.
+
+Every command calls the same functions a user can call (``store.get_job``,
+``store.find_jobs``, …) and maps errors to exit codes, one line on stderr each:
+
+* ``RET_OK`` (0): success.
+* ``RET_FAILED`` (1): a check failed, or an id was not found.
+* ``RET_USAGE`` (2): bad usage, a malformed URL or option included.
+* ``RET_CONNECT`` (3): the store or the broker cannot be reached (as ``dramatiq``'s own).
+
+Environment variables are read here and nowhere else: ``DRAMATIQ_RELIABLE_STORE`` and
+``DRAMATIQ_RELIABLE_BROKER``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .._context import CliState, run_command
+from ..errors import ConfigurationError
+from .jobs import jobs
+
+#: Exit codes.
+RET_OK = 0
+RET_FAILED = 1
+RET_USAGE = 2
+RET_CONNECT = 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--store",
+    "store_url",
+    envvar="DRAMATIQ_RELIABLE_STORE",
+    metavar="URL",
+    help="Store URL: redis://host:port/db or memory://. [env DRAMATIQ_RELIABLE_STORE; default redis://127.0.0.1:6379/1]",
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    envvar="DRAMATIQ_RELIABLE_BROKER",
+    metavar="URL",
+    help="Broker URL: redis://… or amqp://…. [env DRAMATIQ_RELIABLE_BROKER]",
+)
+@click.version_option(package_name="dramatiq-reliable")
+@click.pass_context
+def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> None:
+    """Inspect and operate the jobs of Dramatiq workers that use dramatiq-reliable.
+
+    \b
+    Exit codes: 0 ok, 1 check failed or not found, 2 usage, 3 store or broker unreachable.
+    """
+    ctx.obj = CliState(store_url=store_url, broker_url=broker_url)
+
+
+cli.add_command(jobs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return its exit code."""
+    try:
+        result: Any = cli.main(args=argv, prog_name="dramatiq-reliable", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return RET_FAILED
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        if exc.ctx is not None:
+            click.echo(f"(see: {exc.ctx.command_path} --help)", err=True)
+        return RET_USAGE
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return RET_USAGE
+    except ConfigurationError as exc:  # raised while the group itself was set up
+        click.echo(f"error: {exc}", err=True)
+        return RET_USAGE
+    return int(result or 0)
+
+
+def entry() -> None:  # pragma: no cover - the console script
+    sys.exit(main())
+
+
+__all__ = ["RET_CONNECT", "RET_FAILED", "RET_OK", "RET_USAGE", "cli", "main", "run_command"]

@@ -1,0 +1,193 @@
+"""Fixtures shared by every tier.
+
+Servers: Redis at ``DR_TEST_REDIS`` (default ``redis://127.0.0.1:6379``) and RabbitMQ at
+``DR_TEST_AMQP`` (default ``amqp://guest:guest@127.0.0.1:5672/%2F``). A test that needs one
+that does not answer is skipped with the reason on a laptop, and fails when ``CI`` is set.
+
+Isolation: every test gets its own key prefix in the store, its own Dramatiq namespace on
+Redis and its own queue names on RabbitMQ, and deletes them afterwards, so suites can run in
+parallel and never touch other data on the servers.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+import dramatiq_reliable as dr
+
+CI = bool(os.getenv("CI"))
+REDIS = os.getenv("DR_TEST_REDIS", "redis://127.0.0.1:6379")
+AMQP = os.getenv("DR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+#: Databases the tests use (keys are prefixed per test; nothing is flushed).
+BROKER_DB = 14
+STORE_DB = 15
+
+
+def _unreachable(what: str, url: str, exc: BaseException) -> None:
+    reason = f"{what} not reachable at {url}: {exc}"
+    if CI:
+        pytest.fail(f"{reason} (CI is set, so this is an error)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        _unreachable("Redis", REDIS, exc)
+    return REDIS
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> str:
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP + "?connection_attempts=1&socket_timeout=3")).close()
+    except Exception as exc:
+        _unreachable("RabbitMQ", AMQP, exc)
+    return AMQP
+
+
+@pytest.fixture
+def ns() -> str:
+    """A short unique name for this test's keys, namespaces and queues."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+@pytest.fixture
+def redis_store(redis_server: str, ns: str) -> Iterator[dr.RedisStore]:
+    store = dr.RedisStore(f"{redis_server}/{STORE_DB}", prefix=ns)
+    yield store
+    store.close()
+    delete_prefix(redis.Redis.from_url(f"{redis_server}/{STORE_DB}"), ns + ":")
+
+
+@pytest.fixture
+def memory_store() -> dr.MemoryStore:
+    return dr.MemoryStore()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> dr.Store:
+    """Each store implementation in turn: the contract tests run over both."""
+    if request.param == "memory":
+        return dr.MemoryStore()
+    return request.getfixturevalue("redis_store")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def stub_broker() -> Iterator[StubBroker]:
+    broker = StubBroker(fail_fast_default=False)
+    broker.emit_after("process_boot")
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+@pytest.fixture
+def stub_worker(stub_broker: StubBroker) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+class ServerEnv(dict[str, str]):
+    """Environment for ``tests/apps`` modules: which broker and store, under which names."""
+
+    kind: str
+    queue: str
+    broker_url: str
+    store_url: str
+    prefix: str
+
+    def store(self) -> dr.RedisStore:
+        return dr.RedisStore(self.store_url, prefix=self.prefix)
+
+    def redis(self) -> redis.Redis:
+        """A client on the store's database (tests count side effects there)."""
+        return redis.Redis.from_url(self.store_url, decode_responses=True)
+
+    def with_options(self, **options: Any) -> ServerEnv:
+        """A copy whose app passes ``options`` to ``dr.install``."""
+        import json
+
+        env = ServerEnv(self)
+        env.__dict__.update(self.__dict__)
+        env["DR_TEST_OPTIONS"] = json.dumps(options)
+        return env
+
+    def broker(self, **options: Any) -> dramatiq.Broker:
+        """A broker like the app's, for sending from the test."""
+        from dramatiq_reliable.brokers import broker_from_url
+
+        if self.kind == "redis":
+            options.setdefault("namespace", self["DR_TEST_NAMESPACE"])
+        return broker_from_url(self.broker_url, **options)
+
+
+def make_env(kind: str, redis_server: str, amqp: str | None, ns: str) -> ServerEnv:
+    env = ServerEnv()
+    env.kind = kind
+    env.queue = f"{ns}_q"
+    env.prefix = ns
+    env.store_url = f"{redis_server}/{STORE_DB}"
+    env.broker_url = f"{redis_server}/{BROKER_DB}" if kind == "redis" else str(amqp)
+    env.update(
+        DR_TEST_BROKER=env.broker_url,
+        DR_TEST_STORE=env.store_url,
+        DR_TEST_PREFIX=ns,
+        DR_TEST_QUEUE=env.queue,
+        DR_TEST_NAMESPACE=f"dramatiq-{ns}",
+    )
+    return env
+
+
+def cleanup_env(env: ServerEnv, redis_server: str) -> None:
+    delete_prefix(redis.Redis.from_url(env.store_url), env.prefix + ":")
+    if env.kind == "redis":
+        delete_prefix(redis.Redis.from_url(env.broker_url), env["DR_TEST_NAMESPACE"] + ":")
+    else:
+        import pika
+
+        conn = pika.BlockingConnection(pika.URLParameters(env.broker_url))
+        channel = conn.channel()
+        for suffix in ("", ".DQ", ".XQ"):
+            channel.queue_delete(env.queue + suffix)
+        conn.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def server_env(request: pytest.FixtureRequest, redis_server: str, ns: str) -> Iterator[ServerEnv]:
+    """Each real broker in turn (with a Redis store), isolated under this test's names."""
+    amqp = request.getfixturevalue("rabbitmq_server") if request.param == "rabbitmq" else None
+    env = make_env(request.param, redis_server, amqp, ns)
+    yield env
+    cleanup_env(env, redis_server)
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """A folder for this test's logs (kept under tests/artifacts/ for a failed CI run)."""
+    name = request.node.nodeid.replace("/", "_").replace("::", "__").replace("[", "_").replace("]", "")
+    path = Path(__file__).parent / "artifacts" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
