@@ -15,7 +15,7 @@ def completed_by(b: Batch, ctx: Ctx, s: dict[str, Any]) -> str | None:
         if entry.rec is not None and entry.rec["status"] == "done" and not s.get("replay"):
             return job_id
         return None
-    by = b.store.sget("done", str(s["key"]), b.now)
+    by = b.store.sget("done", str(s["key"]))
     if by is not None and by == job_id and s.get("replay"):
         return None
     return by
@@ -28,14 +28,13 @@ def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
         ctx.outcome = ctx.res["outcome"] = "duplicate"
         ctx.res["dup"] = by
         return
-    owner = b.store.sget("lease", s["key"], b.now)
+    owner = b.store.sget("lease", s["key"])
     if owner is not None:
         ctx.outcome = ctx.res["outcome"] = "busy"
-        expires = b.store.strings[("lease", s["key"])][1]
-        ctx.res["retry_in"] = max(expires - b.now, 100)
+        ctx.res["retry_in"] = max(b.store.pttl("lease", s["key"]), 100)
         ctx.res["owner"] = owner
         return
-    b.store.sset("lease", s["key"], s["token"], s["lease"], b.now)
+    b.store.sset("lease", s["key"], s["token"], s["lease"])
     ctx.res["outcome"] = "run"
 
 
@@ -45,47 +44,47 @@ def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     store = b.store
     if s.get("outcome") == "done":
         if not s.get("by_record"):
-            store.sset("done", s["key"], job_id, s["ttl"], b.now)
+            store.sset("done", s["key"], job_id, s["ttl"])
         store.checkpoints.pop(job_id, None)
-    if s.get("token") and store.sget("lease", s["key"], b.now) == s["token"]:
+    if s.get("token") and store.sget("lease", s["key"]) == s["token"]:
         store.sdel("lease", s["key"])
-    if s.get("unique") and s.get("outcome") != "retrying" and store.sget("unique", s["key"], b.now) == job_id:
+    if s.get("unique") and s.get("outcome") != "retrying" and store.sget("unique", s["key"]) == job_id:
         store.sdel("unique", s["key"])
 
 
 @on("reserve", 10, "idem")
 def reserve(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     job_id = ctx.op["id"]
-    holder = b.store.sget("unique", s["key"], b.now)
+    holder = b.store.sget("unique", s["key"])
     if holder is not None and holder != job_id:
-        rec = b.store._get_record(holder, b.now)
+        rec = b.store._get_record(holder)
         stale = rec is not None and rec["status"] in TERMINAL
         if not stale:
             ctx.outcome = ctx.res["outcome"] = "refused"
             ctx.res["holder"] = holder
             return
-    b.store.sset("unique", s["key"], job_id, s["ttl"], b.now)
+    b.store.sset("unique", s["key"], job_id, s["ttl"])
     ctx.res["outcome"] = "reserved"
 
 
 @on("unreserve", 10, "idem")
 def unreserve(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
-    if b.store.sget("unique", s["key"], b.now) == ctx.op["id"]:
+    if b.store.sget("unique", s["key"]) == ctx.op["id"]:
         b.store.sdel("unique", s["key"])
 
 
 @on("confirm", 10, "idem")
 def confirm(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
-    if b.store.sget("unique", s["key"], b.now) == ctx.op["id"]:
-        b.store.sset("unique", s["key"], ctx.op["id"], s["ttl"], b.now)
+    if b.store.sget("unique", s["key"]) == ctx.op["id"]:
+        b.store.sset("unique", s["key"], ctx.op["id"], s["ttl"])
 
 
 @on("renew", 10, "idem")
 def renew(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     lost = []
     for key, token in s["leases"].items():
-        if b.store.sget("lease", key, b.now) == token:
-            b.store.sset("lease", key, token, s["lease"], b.now)
+        if b.store.sget("lease", key) == token:
+            b.store.sset("lease", key, token, s["lease"])
         else:
             lost.append(key)
     ctx.res["lost"] = lost

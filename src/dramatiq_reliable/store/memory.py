@@ -70,7 +70,7 @@ class Batch:
     def load(self, job_id: str) -> Entry:
         entry = self.entries.get(job_id)
         if entry is None:
-            rec = self.store._get_record(job_id, self.now)
+            rec = self.store._get_record(job_id)
             entry = Entry(job_id, json.loads(json.dumps(rec)) if rec else None, rec["status"] if rec else None)
             self.entries[job_id] = entry
         return entry
@@ -84,7 +84,7 @@ class Batch:
             rec = entry.rec
             status = rec["status"]
             default_ttl = 8 * DAY_MS if status in TERMINAL else 30 * DAY_MS
-            store.records[entry.id] = (rec, self.now + int(ttl_spec.get(status, default_ttl)))
+            store.records[entry.id] = (rec, store.clock() + int(ttl_spec.get(status, default_ttl)))
             if entry.st0 != status:
                 if entry.st0:
                     store.index(f"status:{entry.st0}").pop(entry.id, None)
@@ -123,26 +123,33 @@ class MemoryStore(Store):
     def index(self, name: str) -> dict[str, float]:
         return self.indexes.setdefault(name, {})
 
-    def _get_record(self, job_id: str, now: int) -> dict[str, Any] | None:
+    def _get_record(self, job_id: str) -> dict[str, Any] | None:
         item = self.records.get(job_id)
         if item is None:
             return None
-        if item[1] <= now:
+        if item[1] <= self.clock():
             del self.records[job_id]
             return None
         return item[0]
 
-    def sget(self, kind: str, key: str, now: int) -> str | None:
+    # Expiry follows this store's clock, as Redis' PX follows the server's: a TTL counts from
+    # when it is set, whatever time the batch says it is.
+
+    def sget(self, kind: str, key: str) -> str | None:
         item = self.strings.get((kind, key))
         if item is None:
             return None
-        if item[1] <= now:
+        if item[1] <= self.clock():
             del self.strings[(kind, key)]
             return None
         return item[0]
 
-    def sset(self, kind: str, key: str, value: str, ttl_ms: int, now: int) -> None:
-        self.strings[(kind, key)] = (value, now + int(ttl_ms))
+    def sset(self, kind: str, key: str, value: str, ttl_ms: int) -> None:
+        self.strings[(kind, key)] = (value, self.clock() + int(ttl_ms))
+
+    def pttl(self, kind: str, key: str) -> int:
+        item = self.strings.get((kind, key))
+        return max(item[1] - self.clock(), 0) if item else 0
 
     def sdel(self, kind: str, key: str) -> None:
         self.strings.pop((kind, key), None)
@@ -200,7 +207,7 @@ class MemoryStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self.lock:
-            rec = self._get_record(job_id, self.clock())
+            rec = self._get_record(job_id)
             return JobRecord.from_stored(json.loads(json.dumps(rec))) if rec else None
 
     def find_jobs(
@@ -231,10 +238,9 @@ class MemoryStore(Store):
 
     def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
         with self.lock:
-            now = self.clock()
             out = []
             for job_id in ids:
-                rec = self._get_record(job_id, now)
+                rec = self._get_record(job_id)
                 out.append(json.loads(json.dumps(rec)) if rec else None)
             return out
 

@@ -1,0 +1,148 @@
+"""The store contract for job records: the same tests over MemoryStore and RedisStore."""
+
+from __future__ import annotations
+
+import pytest
+
+import dramatiq_reliable as dr
+from dramatiq_reliable.errors import ConfigurationError
+
+NOW = 1_763_700_000_000
+
+
+def creation(**extra):
+    base = {"actor": "invoice", "queue": "default", "maxr": 3, "enq": NOW, "args": '{"order_id":1}', "keys": {}}
+    return {**base, **extra}
+
+
+def apply(store, *ops, now=NOW, **header):
+    return store.apply({"now": now, "ops": list(ops), **header})
+
+
+def test_enqueue_start_finish(store) -> None:
+    apply(store, {"k": "enqueue", "id": "j1", "job": creation(detail="enqueued")})
+    record = store.get_job("j1")
+    assert record.status is dr.Status.QUEUED and record.attempts == 0 and record.args == {"order_id": 1}
+
+    apply(store, {"k": "start", "id": "j1", "job": {"att": 1, "worker": "h:1:T"}}, now=NOW + 10)
+    apply(store, {"k": "finish", "id": "j1", "job": {"outcome": "done", "att": 1, "detail": "ok"}}, now=NOW + 20)
+    record = store.get_job("j1")
+    assert record.status is dr.Status.DONE
+    assert [e.status for e in record.events] == ["queued", "running", "done"]
+    assert record.worker == "h:1:T" and record.attempts == 1
+    assert record.started_at.timestamp() * 1000 == NOW + 10
+    assert record.finished_at.timestamp() * 1000 == NOW + 20
+
+
+def test_start_before_enqueue_creates_the_record_and_the_late_enqueue_keeps_the_status(store) -> None:
+    apply(store, {"k": "start", "id": "j2", "job": {**creation(), "att": 1, "worker": "w"}})
+    apply(store, {"k": "enqueue", "id": "j2", "job": creation(keys={"order_id": "1"})})
+    record = store.get_job("j2")
+    assert record.status is dr.Status.RUNNING
+    assert record.actor == "invoice"
+
+
+def test_running_again_without_a_retry_is_a_redelivery(store) -> None:
+    apply(store, {"k": "start", "id": "j3", "job": {**creation(), "att": 1, "worker": "w1"}})
+    apply(store, {"k": "start", "id": "j3", "job": {"att": 1, "worker": "w2"}}, now=NOW + 5)
+    record = store.get_job("j3")
+    assert record.events[-1].detail.startswith("redelivered: attempt 1 on w2")
+    assert record.attempts == 1
+
+
+def test_retrying_then_due_then_failed(store) -> None:
+    apply(store, {"k": "start", "id": "j4", "job": {**creation(), "att": 1, "worker": "w"}})
+    err = {"type": "ValueError", "message": "boom", "traceback": "Traceback..."}
+    apply(store, {"k": "finish", "id": "j4", "job": {"outcome": "retrying", "att": 1, "err": err, "next": NOW + 500}})
+    record = store.get_job("j4")
+    assert record.status is dr.Status.RETRYING and record.next_retry_at.timestamp() * 1000 == NOW + 500
+    apply(store, {"k": "due", "id": "j4", "job": {}}, now=NOW + 500)
+    assert store.get_job("j4").status is dr.Status.QUEUED
+    apply(store, {"k": "start", "id": "j4", "job": {"att": 2, "worker": "w"}}, now=NOW + 600)
+    assert store.get_job("j4").next_retry_at is None
+    apply(store, {"k": "finish", "id": "j4", "job": {"outcome": "failed", "att": 2, "err": err}}, now=NOW + 700)
+    record = store.get_job("j4")
+    assert record.status is dr.Status.FAILED and record.error.message == "boom" and record.attempts == 2
+
+
+def test_a_late_result_of_an_older_attempt_does_not_move_the_status(store) -> None:
+    apply(store, {"k": "start", "id": "j5", "job": {**creation(), "att": 2, "worker": "w"}})
+    apply(store, {"k": "finish", "id": "j5", "job": {"outcome": "retrying", "att": 1}})
+    record = store.get_job("j5")
+    assert record.status is dr.Status.RUNNING
+    assert "late result of attempt 1" in record.events[-1].detail
+
+
+def test_due_only_moves_retrying_jobs(store) -> None:
+    apply(store, {"k": "enqueue", "id": "j6", "job": creation(due=NOW + 1000)})
+    apply(store, {"k": "due", "id": "j6", "job": {}})
+    apply(store, {"k": "due", "id": "missing", "job": {}})
+    assert store.get_job("j6").status is dr.Status.QUEUED and len(store.get_job("j6").events) == 1
+    assert store.get_job("missing") is None
+
+
+def test_indexes_follow_status_changes(store) -> None:
+    for i in range(3):
+        apply(store, {"k": "start", "id": f"s{i}", "job": {**creation(keys={"order_id": str(i)}), "att": 1}})
+    apply(store, {"k": "finish", "id": "s1", "job": {"outcome": "done", "att": 1}})
+    assert sorted(r.id for r in store.find_jobs(status="running")) == ["s0", "s2"]
+    assert [r.id for r in store.find_jobs(status="done")] == ["s1"]
+    assert [r.id for r in store.find_jobs(key=("order_id", "1"))] == ["s1"]
+    assert [r.id for r in store.find_jobs(key=("order_id", "1"), status="running")] == []
+    assert len(store.find_jobs(actor="invoice")) == 3
+    assert len(store.find_jobs()) == 3
+
+
+def test_paging_is_complete_and_newest_first(store) -> None:
+    ops = [
+        {"k": "enqueue", "id": f"p{i:03d}", "job": creation(enq=NOW + (i // 3), keys={"customer": "c"})}
+        for i in range(40)
+    ]
+    apply(store, *ops)
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = store.find_jobs(key=("customer", "c"), limit=7, cursor=cursor)
+        seen += [r.id for r in page]
+        pages += 1
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert len(seen) == 40 and len(set(seen)) == 40
+    assert seen[0] == "p039" and seen[-1] == "p000"
+    assert pages == 6
+
+
+def test_retention_removes_records_and_their_index_entries(store) -> None:
+    apply(store, {"k": "start", "id": "old", "job": {**creation(keys={"order_id": "9"}), "att": 1}})
+    apply(store, {"k": "finish", "id": "old", "job": {"outcome": "done", "att": 1}})
+    apply(store, {"k": "start", "id": "young", "job": {**creation(), "att": 1}}, now=NOW + 5_000)
+    apply(store, {"k": "finish", "id": "young", "job": {"outcome": "done", "att": 1}}, now=NOW + 5_000)
+    # A later batch cleans up what is older than the retention (here 3 s)
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 6_000, cleanup={"done": 3_000}, limit=10)
+    assert store.get_job("old") is None
+    assert store.get_job("young") is not None
+    assert [r.id for r in store.find_jobs(actor="invoice")] == ["young"]
+    assert not store.find_jobs(key=("order_id", "9")).items
+
+
+def test_history_is_capped(store) -> None:
+    apply(store, {"k": "start", "id": "h", "job": {**creation(), "att": 1, "hist": 3}})
+    for i in range(2, 6):
+        apply(store, {"k": "start", "id": "h", "job": {"att": i, "hist": 3}})
+    events = store.get_job("h").events
+    assert len(events) == 3 and events[-1].detail.startswith("attempt 5")
+
+
+def test_bad_queries(store) -> None:
+    with pytest.raises(ConfigurationError, match="unknown status"):
+        store.find_jobs(status="lost")
+    with pytest.raises(ConfigurationError, match="limit"):
+        store.find_jobs(limit=0)
+    with pytest.raises(ConfigurationError, match="malformed cursor"):
+        store.find_jobs(cursor="nope")
+
+
+def test_an_unknown_op_kind_is_an_error_result_not_a_crash(store) -> None:
+    results = apply(store, {"k": "bogus", "id": "z"}, {"k": "enqueue", "id": "z2", "job": creation()})
+    assert "unknown op kind" in results[0]["error"]
+    assert store.get_job("z2") is not None
