@@ -191,3 +191,60 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     path = Path(__file__).parent / "artifacts" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test's own, on a free port, that the test may stop and start."""
+
+    def __init__(self, folder: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: Any = None
+        #: Extra ``redis-server`` arguments for the next start (e.g. an append-only file).
+        self.start_args: list[str] = []
+
+    def start(self) -> PrivateRedis:
+        import shutil
+        import subprocess
+
+        from tests.helpers import wait_until
+
+        server = shutil.which("redis-server")
+        if server is None:
+            _unreachable("redis-server", "PATH", FileNotFoundError("redis-server"))
+        self.proc = subprocess.Popen(
+            [
+                str(server),
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.folder)),
+                *(self.start_args or ["--appendonly", "no"]),
+            ],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping())
+            except Exception:
+                return False
+
+        wait_until(up, timeout=10, what="private redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, redis_server: str) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path).start()
+    yield server
+    server.stop()

@@ -28,6 +28,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .install import add as install_one
 from .install import install
 from .middleware import Idempotency, JobState
 from .records import Event, JobError, JobRecord, Page
@@ -64,6 +65,7 @@ __all__ = [
     "__version__",
     "current_job",
     "install",
+    "install_one",
     "once",
     "open_store",
 ]

@@ -75,7 +75,16 @@ def _build(cls: Callable[..., ReliableMiddleware], store: Store, kwargs: dict[st
 
 
 def add(broker: dramatiq.Broker, middleware: ReliableMiddleware) -> None:
-    """Add one middleware before Retries (or last, without Retries), after the bundle's others."""
+    """Add one middleware of the bundle where ``install`` would put it: before Retries.
+
+    Use it to install a part of the bundle only (``broker.add_middleware`` works too; the bundle
+    does not depend on its place relative to Retries).
+
+    Raises:
+      ConfigurationError: a middleware of the same class is already on ``broker``.
+    """
+    if any(isinstance(m, type(middleware)) for m in broker.middleware):
+        raise ConfigurationError(f"{type(middleware).__name__} is already on this broker; add each middleware once")
     if any(isinstance(m, Retries) for m in broker.middleware):
         broker.add_middleware(middleware, before=Retries)
     else:

@@ -29,17 +29,26 @@ def build(env: Mapping[str, str]) -> Any:
     prefix = env["DR_TEST_PREFIX"]
     queue = env["DR_TEST_QUEUE"]
     broker = broker_from_url(url, **({"namespace": env["DR_TEST_NAMESPACE"]} if url.startswith("redis") else {}))
-    store = dr.RedisStore(env["DR_TEST_STORE"], prefix=prefix)
-    dr.install(broker, store, **json.loads(env.get("DR_TEST_OPTIONS") or "{}"))
+    store = dr.RedisStore(env["DR_TEST_STORE"], prefix=prefix, socket_timeout=1, socket_connect_timeout=1)
+    options = json.loads(env.get("DR_TEST_OPTIONS") or "{}")
+    only = env.get("DR_TEST_MIDDLEWARE")
+    if only:  # a subset of the bundle, e.g. "JobState" or "JobState,Idempotency"
+        for name in only.split(","):
+            dr.install_one(broker, getattr(dr, name)(store, **options.get(name, {})))
+    else:
+        dr.install(broker, store, **options)
 
-    # Side effects are counted here, outside the worker, under the test's prefix.
-    effects = redis.Redis.from_url(env["DR_TEST_STORE"], decode_responses=True)
+    # Side effects are counted here, outside the worker, under the test's prefix (on the shared
+    # test Redis even when the store is a private server that a test stops).
+    effects = redis.Redis.from_url(env.get("DR_TEST_EFFECTS") or env["DR_TEST_STORE"], decode_responses=True)
 
     def fx(name: str) -> str:
         return f"{prefix}:fx:{name}"
 
     def actor(**options: Any) -> Any:
-        return dramatiq.actor(broker=broker, queue_name=queue, **options)
+        # With a subset of the bundle, options of the middlewares left out are dropped.
+        known = {k: v for k, v in options.items() if k in broker.actor_options}
+        return dramatiq.actor(broker=broker, queue_name=queue, **known)
 
     @actor(max_retries=0)
     def ok(i: int) -> None:
@@ -73,12 +82,22 @@ def build(env: Mapping[str, str]) -> Any:
 
     @actor(max_retries=5, track=("order_id", "customer_id"), idempotency_key="invoice:{order_id}", **FAST)
     def invoice(order_id: int, customer_id: int, work: float = 0.0) -> None:
-        receipt = dr.once("charge", charge, order_id)
+        effects.rpush(fx("starts"), f"{order_id} {time.time()}")
+        receipt = dr.once("charge", charge, order_id) if "idempotency_key" in broker.actor_options else {}
         if work:
+            # Between the two steps: a marker tells a test this process is safely mid-job.
+            effects.set(fx(f"mid:{os.getpid()}"), order_id)
             time.sleep(work)
+            effects.delete(fx(f"mid:{os.getpid()}"))
         if effects.get(fx("break_email")):
             raise ConnectionError("SMTP server timed out")
-        dr.once("email", email, customer_id, receipt)
+        if "idempotency_key" in broker.actor_options:
+            dr.once("email", email, customer_id, receipt)
+        effects.rpush(fx("ends"), f"{order_id} {time.time()}")
+
+    @actor(max_retries=0, idempotency_key="ping:{key}", idempotency_ttl=1)
+    def ping(key: str) -> None:
+        effects.incr(fx(f"ping:{key}"))
 
     @actor(max_retries=0, unique=True, idempotency_key="report:{day}")
     def report(day: str, seconds: float = 0.5) -> None:
@@ -95,6 +114,7 @@ def build(env: Mapping[str, str]) -> Any:
         doomed=doomed,
         sleepy=sleepy,
         invoice=invoice,
+        ping=ping,
         report=report,
     )
 

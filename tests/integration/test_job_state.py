@@ -109,3 +109,49 @@ def test_retention_drops_finished_records_and_their_index_entries(server_env: Se
     assert r.zcard(f"{prefix}:jobs:key:order_id=3") == 0
     done = set(r.zrange(f"{prefix}:jobs:status:done", 0, -1))
     assert not done & {m.message_id for m in old}
+
+
+def test_store_outage_jobs_still_run_and_are_acked(server_env: ServerEnv, private_redis, artifacts: Path) -> None:
+    # Given JobState alone, its store on a Redis server of its own that keeps its data (AOF)
+    env = server_env.with_options()
+    env["DR_TEST_MIDDLEWARE"] = "JobState"
+    env["DR_TEST_EFFECTS"] = server_env.store_url
+    env["DR_TEST_STORE"] = env.store_url = private_redis.url + "/0"
+    private_redis.stop()
+    private_redis.start_args = ["--appendonly", "yes", "--appendfsync", "always"]
+    private_redis.start()
+    basic = build(env)
+    r, prefix = server_env.redis(), server_env.prefix
+    workers = DramatiqProcess("apps.basic", env, artifacts / "worker.log").start()
+    try:
+        before = [basic.ok.send(i) for i in range(20)]
+        wait_until(lambda: r.get(f"{prefix}:fx:ok") == "20", timeout=30)
+
+        # When the store goes away while jobs keep coming (sent by a producer without the bundle)
+        private_redis.stop()
+        producer = server_env.broker()
+        from dramatiq import Message
+
+        during = [
+            Message(queue_name=env.queue, actor_name="ok", args=(i,), kwargs={}, options={}) for i in range(20, 60)
+        ]
+        for message in during:
+            producer.enqueue(message)
+
+        # Then every job still runs, and its message is acked (the queue drains)
+        wait_until(lambda: r.get(f"{prefix}:fx:ok") == "60", timeout=30, what="jobs run during the outage")
+        time.sleep(1.0)
+        assert "Store unreachable" in workers.log()
+
+        # And once the store is back, the buffered writes land: every record is complete
+        private_redis.start()
+        store = env.store()
+        wait_until(
+            lambda: all(s == "done" for s in statuses(store, [m.message_id for m in before + during])),
+            timeout=30,
+            what="buffered records written",
+        )
+        assert "buffered writes applied" in workers.log()
+    finally:
+        workers.stop()
+    assert r.get(f"{prefix}:fx:ok") == "60"  # each job ran once

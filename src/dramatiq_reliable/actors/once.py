@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ArgumentsError, ConfigurationError
+from ..errors import ArgumentsError, ConfigurationError, StoreUnavailable
 from .context import current_run
 
+if TYPE_CHECKING:
+    from ..store.base import Store
+
 T = TypeVar("T")
+logger = logging.getLogger("dramatiq_reliable.once")
+
+#: Seconds a step whose function already ran keeps trying to store its result while the store
+#: is unreachable (the side effect happened: giving up would run it again on the next attempt).
+CHECKPOINT_PATIENCE = 120.0
 
 
 def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
@@ -24,9 +34,13 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
 
     The result must be JSON (it is stored, and later attempts get it back decoded, so a tuple
     comes back as a list; the first attempt gets the decoded value too). Checkpoints live in
-    the Idempotency store for its ``ttl`` and are dropped when the job completes. If the store
-    cannot be reached the step raises :class:`StoreUnavailable` and the job is retried later;
-    a step whose worker dies after ``fn`` returned but before the result was stored runs again.
+    the Idempotency store for its ``ttl`` and are dropped when the job completes.
+
+    If the store cannot be reached before ``fn`` runs, the step raises :class:`StoreUnavailable`
+    and the job is retried later. If it cannot be reached after ``fn`` ran, the step keeps
+    trying to store the result for up to ``CHECKPOINT_PATIENCE`` seconds, so the store coming
+    back in that time costs no duplicate. What no library can close: a worker killed after
+    ``fn`` returned and before its result was stored (a few hundred microseconds) runs it again.
 
     Raises:
       ConfigurationError: outside a job, or without the Idempotency middleware, or a bad name.
@@ -53,5 +67,33 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
             f"dr.once({name!r}): {getattr(fn, '__name__', fn)!s} returned a {type(result).__name__}, which is "
             "not JSON; the step ran but its result cannot be checkpointed (return plain values)"
         ) from None
-    store.once_set(run.id, name, text, ttl_ms)
+    _keep(store, run.id, name, text, ttl_ms)
     return json.loads(text)
+
+
+def _keep(store: Store, job_id: str, name: str, text: str, ttl_ms: int) -> None:
+    """Store a step's result, waiting out a store outage for up to ``CHECKPOINT_PATIENCE``."""
+    deadline = time.monotonic() + CHECKPOINT_PATIENCE
+    pause = 0.2
+    while True:
+        try:
+            store.once_set(job_id, name, text, ttl_ms)
+            return
+        except StoreUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                logger.error(
+                    "Job %r: step %r ran but its result could not be stored (%s); a retry will run it again.",
+                    job_id,
+                    name,
+                    exc,
+                )
+                raise
+            if pause == 0.2:
+                logger.warning(
+                    "Job %r: step %r ran but the store is unreachable (%s); keeping its result until it answers.",
+                    job_id,
+                    name,
+                    exc,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
