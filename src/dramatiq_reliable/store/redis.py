@@ -34,7 +34,7 @@ import json
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -74,8 +74,9 @@ class RedisStore(Store):
     """The store on a Redis server. See the module docstring for the key layout.
 
     Parameters:
-      url(str): ``redis://[:password@]host[:port][/db]`` or ``rediss://…`` (TLS). Keep it
-        apart from the broker's database: ``redis://127.0.0.1:6379/1``.
+      url(str): ``redis://[:password@]host[:port][/db][?prefix=name]`` or ``rediss://…`` (TLS).
+        Keep it apart from the broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix``
+        query parameter overrides ``prefix`` (so one URL names the store for the CLI too).
       prefix(str): prepended to every key. Defaults to ``"dr"``.
       socket_timeout(float): seconds to wait for an answer. Defaults to 5.
       socket_connect_timeout(float): seconds to wait for a connection. Defaults to 2.
@@ -96,6 +97,13 @@ class RedisStore(Store):
     ) -> None:
         super().__init__()
         parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "prefix"]
+        if prefixes:
+            prefix = prefixes[-1]
+            if not prefix:
+                raise ConfigurationError(f"empty prefix in store URL {hide_password(url)!r}")
+            url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {hide_password(url)!r} (expected redis:// or rediss://)")
         try:
@@ -110,7 +118,7 @@ class RedisStore(Store):
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {exc}") from None
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
-        self.url = hide_password(url)
+        self.url = hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
         self.prefix = prefix + ":"
         self._script = self.client.register_script(_script_source())
 
