@@ -65,6 +65,14 @@ def test_retrying_then_due_then_failed(store) -> None:
     assert record.status is dr.Status.FAILED and record.error.message == "boom" and record.attempts == 2
 
 
+def test_a_start_that_overtakes_the_due_write_keeps_the_history_whole(store) -> None:
+    apply(store, {"k": "start", "id": "j7", "job": {**creation(), "att": 1, "worker": "w"}})
+    apply(store, {"k": "finish", "id": "j7", "job": {"outcome": "retrying", "att": 1, "next": NOW + 5}})
+    apply(store, {"k": "start", "id": "j7", "job": {"att": 2, "worker": "w"}})
+    apply(store, {"k": "due", "id": "j7", "job": {}})  # late: ignored
+    assert [e.status for e in store.get_job("j7").events] == ["running", "retrying", "queued", "running"]
+
+
 def test_a_late_result_of_an_older_attempt_does_not_move_the_status(store) -> None:
     apply(store, {"k": "start", "id": "j5", "job": {**creation(), "att": 2, "worker": "w"}})
     apply(store, {"k": "finish", "id": "j5", "job": {"outcome": "retrying", "att": 1}})

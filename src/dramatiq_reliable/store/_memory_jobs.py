@@ -91,6 +91,9 @@ def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     assert rec is not None
     attempt = int(s.get("att", 1))
     again = not entry.new and rec["status"] in RUNNING_LIKE and rec.get("att", 0) >= attempt
+    if rec["status"] == "retrying" and not entry.new:
+        # The "due" write of the delay's end may arrive after this start: keep the history whole.
+        event(b, rec, "queued", f"due: attempt {attempt}", s.get("hist"))
     rec["att"] = max(rec.get("att", 0), attempt)
     rec["start"] = b.now
     if s.get("worker") is not None:

@@ -85,6 +85,10 @@ on('start', 20, 'job', function(ctx, s)
   local att = tonumber(s.att) or 1
   local again = (not e.new) and (prev == 'running' or prev == 'stuck' or prev == 'abandoned')
     and (rec.att or 0) >= att
+  if prev == 'retrying' and not e.new then
+    -- The "due" write of the delay's end may arrive after this start: keep the history whole.
+    event(rec, 'queued', 'due: attempt ' .. att, s.hist)
+  end
   rec.att = math.max(rec.att or 0, att)
   rec.start = NOW
   rec.worker = s.worker
