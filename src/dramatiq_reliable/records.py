@@ -110,7 +110,7 @@ class JobRecord:
         }
 
     @classmethod
-    def from_stored(cls, data: Mapping[str, Any]) -> JobRecord:
+    def from_stored(cls, data: Mapping[str, Any], job_id: str) -> JobRecord:
         """Build a record from the stores' compact form (see ``store/redis.py``)."""
         err = data.get("err")
         args = data.get("args")
@@ -122,7 +122,7 @@ class JobRecord:
         keys = data.get("keys") or {}
         stack = data.get("stack") or None
         return cls(
-            id=data["id"],
+            id=job_id,
             actor=data.get("actor") or "?",
             queue=data.get("queue") or "?",
             status=Status(data["status"]),
@@ -133,7 +133,7 @@ class JobRecord:
             finished_at=from_ms(data.get("fin")),
             next_retry_at=from_ms(data.get("next")),
             due_at=from_ms(data.get("due")),
-            updated_at=from_ms(data.get("upd")),
+            updated_at=from_ms(_events(data)[-1][0]) if _events(data) else None,
             worker=data.get("worker") or None,
             keys={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
             args=args,

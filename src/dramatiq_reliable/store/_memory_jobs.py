@@ -30,7 +30,7 @@ def fill(rec: dict[str, Any], s: dict[str, Any]) -> None:
 def ensure(b: Batch, job_id: str, s: dict[str, Any], status: str) -> Entry:
     entry = b.load(job_id)
     if entry.rec is None:
-        entry.rec = {"id": job_id, "status": status, "att": 0, "keys": {}, "ev": []}
+        entry.rec = {"status": status, "att": 0, "keys": {}, "ev": []}
         entry.new = True
         fill(entry.rec, s)
     return entry
@@ -39,7 +39,6 @@ def ensure(b: Batch, job_id: str, s: dict[str, Any], status: str) -> Entry:
 def set_status(b: Batch, entry: Entry, status: str, detail: str | None, s: dict[str, Any]) -> None:
     assert entry.rec is not None
     entry.rec["status"] = status
-    entry.rec["upd"] = b.now
     event(b, entry.rec, status, detail, s.get("hist"))
     entry.dirty = True
 

@@ -103,7 +103,7 @@ def find(
         for (score, job_id), data in zip(candidates, load([c[1] for c in candidates]), strict=True):
             position = (score, job_id)
             if data is not None and keep(data):
-                items.append(JobRecord.from_stored(data))
+                items.append(JobRecord.from_stored(data, job_id))
                 if len(items) == limit:
                     return Page(items, encode_cursor(position))
         if len(candidates) < chunk:
@@ -137,4 +137,4 @@ def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
         data = json.loads(raw)
     except ValueError:
         return None
-    return data if isinstance(data, dict) and "id" in data and "status" in data else None
+    return data if isinstance(data, dict) and "status" in data else None

@@ -208,7 +208,7 @@ class MemoryStore(Store):
     def get_job(self, job_id: str) -> JobRecord | None:
         with self.lock:
             rec = self._get_record(job_id)
-            return JobRecord.from_stored(json.loads(json.dumps(rec))) if rec else None
+            return JobRecord.from_stored(json.loads(json.dumps(rec)), job_id) if rec else None
 
     def find_jobs(
         self,

@@ -17,9 +17,10 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
 
-The job record: ``id actor queue status att(empts) maxr(max_retries) enq start fin next due
-upd(ated) worker keys args(JSON text) err{type,message,traceback} dup stack ev[[ms, status,
-detail], ...]``; absent fields are left out.
+The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
+start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack
+ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
+time of the last update.
 
 Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
 assembled in name order), which keeps the indexes in step with the records: a job is in
@@ -150,7 +151,7 @@ class RedisStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         data = _paging.decode_record(self._call("a read", self.client.get, self.k("job", job_id)))
-        return JobRecord.from_stored(data) if data else None
+        return JobRecord.from_stored(data, job_id) if data else None
 
     def find_jobs(
         self,

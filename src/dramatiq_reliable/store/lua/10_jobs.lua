@@ -23,7 +23,7 @@ end
 local function ensure(id, s, status)
   local e = load(id)
   if not e.rec then
-    e.rec = {id = id, status = status, att = 0, keys = {}, ev = {}}
+    e.rec = {status = status, att = 0, keys = {}, ev = {}}
     e.new = true
     fill(e.rec, s)
   end
@@ -32,7 +32,6 @@ end
 
 local function set_status(e, status, detail, s)
   e.rec.status = status
-  e.rec.upd = NOW
   event(e.rec, status, detail, s.hist)
   touch(e)
 end
