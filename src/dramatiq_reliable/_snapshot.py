@@ -33,6 +33,9 @@ DEFAULT_REDACT = (
 #: What a redacted value is replaced with.
 REDACTED = "[redacted]"
 
+_SCALARS = (str, int, float, bool, type(None))
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 
 class _Signature:
     __slots__ = ("names", "varargs", "varkw")
@@ -138,7 +141,7 @@ class Snapshotter:
         if not bound:
             return "{}"
         try:
-            text = json.dumps(self._redact(bound), separators=(",", ":"), ensure_ascii=False)
+            text = _encode(self._redact(bound) if self._needs_redaction(bound) else bound)
         except (TypeError, ValueError):
             raise self._not_json(actor_name, bound) from None
         size = len(text.encode("utf-8"))
@@ -155,6 +158,11 @@ class Snapshotter:
                 value = bound[name]
                 out[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         return out
+
+    def _needs_redaction(self, bound: dict[str, Any]) -> bool:
+        """False when no name is secret and every value is a scalar (the common case, made cheap)."""
+        redact = self.redact
+        return any(not isinstance(value, _SCALARS) or _secret(name, redact) for name, value in bound.items())
 
     def _redact(self, value: Any) -> Any:
         if isinstance(value, dict):

@@ -58,8 +58,11 @@ def value(name: str, **labels: str) -> float:
 
 
 def observe_job(actor: str, queue: str, outcome: str, run_seconds: float | None, wait_seconds: float | None) -> None:
-    """Called once per attempt when it ends (by the last middleware of the bundle)."""
-    inc("jobs_total", actor=actor, queue=queue, outcome=outcome)
+    """Called once per attempt when it ends (by the last middleware of the bundle). On every job's path."""
+    key = ("jobs_total", (("actor", actor), ("outcome", outcome), ("queue", queue)))
+    with _lock:
+        _values[key] += 1.0
+    _mirror("jobs_total", 1.0, {"actor": actor, "queue": queue, "outcome": outcome})
     if outcome == "retrying":
         inc("retries_total", actor=actor)
     _observe("job_run_seconds", run_seconds, actor, queue)

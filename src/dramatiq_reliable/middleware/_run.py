@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
+from dramatiq.common import q_name
 from dramatiq.middleware import SkipMessage
 
 from .._clock import now_ms
@@ -30,9 +31,16 @@ MAX_ERROR_MESSAGE = 1_000
 MAX_TRACEBACK = 8_000
 
 
+_names = threading.local()
+
+
 def worker_name() -> str:
-    """``host:pid:thread`` of the calling thread."""
-    return f"{_HOST}:{os.getpid()}:{threading.current_thread().name}"
+    """``host:pid:thread`` of the calling thread (computed once per thread and process)."""
+    pid = os.getpid()
+    cached: tuple[int, str] | None = getattr(_names, "name", None)
+    if cached is None or cached[0] != pid:
+        cached = _names.name = (pid, f"{_HOST}:{pid}:{threading.current_thread().name}")
+    return cached[1]
 
 
 def error_of(exc: BaseException | None) -> dict[str, str] | None:
@@ -59,6 +67,7 @@ class JobRun:
     """What the bundle knows about one message while a worker processes it."""
 
     __slots__ = (
+        "actor",
         "args",
         "attempt",
         "began",
@@ -68,7 +77,9 @@ class JobRun:
         "id",
         "keys",
         "message",
+        "msg",
         "outcome",
+        "queue",
         "requeued_eta",
         "results",
         "skip_recorded",
@@ -80,9 +91,14 @@ class JobRun:
     )
 
     def __init__(self, message: MessageProxy) -> None:
+        msg: Message[Any] = message._message
         self.message = message
-        self.id: str = message.message_id
-        self.attempt: int = int(message.options.get("retries") or 0) + 1
+        #: The Dramatiq message itself (reading it through the proxy costs a lookup each time).
+        self.msg = msg
+        self.id: str = msg.message_id
+        self.actor: str = msg.actor_name
+        self.queue: str = q_name(msg.queue_name)
+        self.attempt: int = int(msg.options.get("retries") or 0) + 1
         self.worker = worker_name()
         #: True once a bundle middleware saw ``before_process_message`` (the actor was about to run).
         self.began = False

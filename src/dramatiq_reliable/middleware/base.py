@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.common import q_name
 from dramatiq.middleware import Retries
 
 from .. import metrics
@@ -51,6 +50,7 @@ class ReliableMiddleware(dramatiq.Middleware):
 
     @property
     def journal(self) -> Journal:
+        """This process's journal for the store."""
         return self.store.journal
 
     # -- ordering -------------------------------------------------------------------------------
@@ -90,8 +90,8 @@ class ReliableMiddleware(dramatiq.Middleware):
         run = JobRun.of(message)
         assert run is not None
         if "throws" not in run.data:
-            actor = broker.actors.get(message.actor_name)
-            throws = message.options.get("throws") or (actor.options.get("throws") if actor else None)
+            actor = broker.actors.get(run.actor)
+            throws = run.msg.options.get("throws") or (actor.options.get("throws") if actor else None)
             run.data["throws"] = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
@@ -108,7 +108,8 @@ class ReliableMiddleware(dramatiq.Middleware):
     def _finish(self, broker: Broker, message: MessageProxy, *, nacked: bool) -> None:
         run = JobRun.of(message, create=False)
         if run is None:
-            if "eta" in message.options or message.queue_name.endswith(".DQ"):
+            msg = message._message
+            if "eta" in msg.options or msg.queue_name.endswith(".DQ"):
                 return  # a delayed message moved to its queue: not the end of anything
             run = JobRun.of(message)  # dead-lettered before any hook of ours saw it start
             assert run is not None
@@ -130,10 +131,9 @@ class ReliableMiddleware(dramatiq.Middleware):
     def _observe(self, message: MessageProxy, run: JobRun, outcome: str) -> None:
         if outcome == "deferred":
             return
-        now = now_ms()
-        ran = (now - run.started_ms) / 1000 if run.began else None
-        waited = (run.started_ms - message.message_timestamp) / 1000 if run.began and run.attempt == 1 else None
-        metrics.observe_job(message.actor_name, q_name(message.queue_name), outcome, ran, waited)
+        ran = (now_ms() - run.started_ms) / 1000 if run.began else None
+        waited = (run.started_ms - run.msg.message_timestamp) / 1000 if run.began and run.attempt == 1 else None
+        metrics.observe_job(run.actor, run.queue, outcome, ran, waited)
 
     # -- for subclasses -------------------------------------------------------------------------
 

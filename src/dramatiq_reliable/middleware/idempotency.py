@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 import threading
 from typing import Any
@@ -18,7 +19,6 @@ from .._snapshot import signature
 from ..actors.context import current_run
 from ..errors import ConfigurationError, DuplicateJob, DuplicateSkip, StoreUnavailable
 from ..store.base import Store
-from ..store.ops import compact
 from ._heartbeat import heartbeat_for
 from ._keys import KeyTemplate
 from ._run import JobRun
@@ -94,6 +94,9 @@ class Idempotency(ReliableMiddleware):
         self._held_lock = threading.Lock()
         #: Seconds between two renewals of the leases this process holds.
         self.interval = max(lease / 3, 0.5)
+        self._lease_ms = int(lease * 1000)
+        self._beating = 0  # the pid whose heartbeat renews our leases
+        self._job_state: tuple[int, bool] = (-1, False)
 
     @property
     def actor_options(self) -> set[str]:
@@ -158,36 +161,49 @@ class Idempotency(ReliableMiddleware):
     # -- processing -----------------------------------------------------------------------------
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
-        actor = broker.actors.get(message.actor_name)
+        actor = broker.actors.get(run.actor)
         if actor is None:
             return
-        run.data["idem_middleware"] = (self.store, self._ttl_ms(actor))
-        journal = self.journal
+        msg = run.msg
+        ttl_ms = self._ttl_ms(actor)
+        run.data["idem_middleware"] = (self.store, ttl_ms)
+        journal = self.store.journal
         try:
-            key = self.key_of(actor, message)
+            key = self.key_of(actor, msg)
         except ConfigurationError as exc:
-            self.logger.error("Message %r: %s; it is dead-lettered.", message.message_id, exc)
+            self.logger.error("Message %r: %s; it is dead-lettered.", run.id, exc)
             message.fail()
             raise SkipMessage(str(exc)) from None
         by_record = key.startswith("msg:") and self._has_job_state(broker)
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
-        section = {
-            "key": key,
-            "token": token,
-            "lease": int(self.lease * 1000),
-            "by_record": by_record or None,
-            "replay": message.options.get(REPLAY_OPTION),
-        }
+        section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
+        if by_record:
+            section["by_record"] = True
+        replay = msg.options.get(REPLAY_OPTION)
+        if replay:
+            section["replay"] = replay
         staged = run.staged(journal)
         with_record = staged is not None and staged["k"] == "start" and "job" in staged
-        run.stage(journal, "start", "idem", compact(section))
+        run.stage(journal, "start", "idem", section)
         slot = run.commit(journal, wait=True, retry=False)
+        self._act_on(broker, message, run, key, slot, with_record)
+        run.data["idem"] = (key, token, by_record, bool(actor.options.get("unique")), ttl_ms)
+        with self._held_lock:
+            self._held[key] = token
+        if self._beating != os.getpid():
+            heartbeat_for(self.store).add(self)
+            self._beating = os.getpid()
+
+    def _act_on(
+        self, broker: Broker, message: MessageProxy, run: JobRun, key: str, slot: Any, with_record: bool
+    ) -> None:
+        """Run, skip or put back ``message`` per the answer to its start op (returns only to run)."""
         result = (slot.result if slot else None) or {}
         if slot is None or slot.error is not None or "error" in result:
             reason = (slot.error if slot else None) or result.get("error")
             if self.on_store_error == "run":
-                self.logger.warning("Message %r runs unchecked: store error (%s).", message.message_id, reason)
-                metrics.inc("idempotency_unchecked_total", actor=message.actor_name)
+                self.logger.warning("Message %r runs unchecked: store error (%s).", run.id, reason)
+                metrics.inc("idempotency_unchecked_total", actor=run.actor)
                 return
             self._put_back(broker, message, run, STORE_ERROR_DELAY * 1000, f"store unavailable ({reason})")
         outcome = result.get("outcome")
@@ -195,23 +211,19 @@ class Idempotency(ReliableMiddleware):
             dup = str(result.get("dup"))
             run.data["dup"] = dup
             run.skip_recorded = with_record
-            metrics.inc("idempotent_skips_total", actor=message.actor_name)
+            metrics.inc("idempotent_skips_total", actor=run.actor)
             if dup == run.id:
-                self.logger.info("Message %r already completed; skipped.", message.message_id)
+                self.logger.info("Message %r already completed; skipped.", run.id)
                 raise DuplicateSkip(f"job {run.id} already completed")
-            self.logger.info("Message %r: key %r was completed by job %r; skipped.", message.message_id, key, dup)
+            self.logger.info("Message %r: key %r was completed by job %r; skipped.", run.id, key, dup)
             raise DuplicateSkip(f"key {key!r} already completed by job {dup}")
         if outcome == "busy":
             run.skip_recorded = with_record
             # Check again soon, then less and less often, never later than the lease expires.
-            tries = int(message.options.get(PUT_BACK_OPTION) or 0)
+            tries = int(run.msg.options.get(PUT_BACK_OPTION) or 0)
             delay = min(int(result.get("retry_in", 1000)), 1000 * 2 ** min(tries, 6)) + random.randint(0, 250)
             owner = str(result.get("owner", "")).split("|")[0]
             self._put_back(broker, message, run, delay, f"key {key!r} is held by a running delivery of job {owner}")
-        run.data["idem"] = (key, token, by_record, bool(actor.options.get("unique")), self._ttl_ms(actor))
-        with self._held_lock:
-            self._held[key] = token
-        heartbeat_for(self.store).add(self)
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         info = run.data.get("idem")
@@ -221,15 +233,12 @@ class Idempotency(ReliableMiddleware):
         with self._held_lock:
             if self._held.get(key) == token:
                 del self._held[key]
-        section = {
-            "key": key,
-            "token": token,
-            "outcome": outcome[0],
-            "ttl": ttl_ms,
-            "by_record": by_record or None,
-            "unique": unique or None,
-        }
-        run.stage(self.journal, "finish", "idem", compact(section))
+        section: dict[str, Any] = {"key": key, "token": token, "outcome": outcome[0], "ttl": ttl_ms}
+        if by_record:
+            section["by_record"] = True
+        if unique:
+            section["unique"] = True
+        run.stage(self.store.journal, "finish", "idem", section)
 
     def _put_back(self, broker: Broker, message: MessageProxy, run: JobRun, delay_ms: int, reason: str) -> None:
         """Enqueue the message again with a delay, then skip (ack) this delivery."""
@@ -293,6 +302,11 @@ class Idempotency(ReliableMiddleware):
         return int(float(actor.options.get("idempotency_ttl", self.ttl)) * 1000)
 
     def _has_job_state(self, broker: Broker) -> bool:
-        from .job_state import JobState
+        """Whether JobState records jobs in this store on ``broker`` (checked when the list changes)."""
+        size, found = self._job_state
+        if size != len(broker.middleware):
+            from .job_state import JobState
 
-        return any(isinstance(m, JobState) and m.store is self.store for m in broker.middleware)
+            found = any(isinstance(m, JobState) and m.store is self.store for m in broker.middleware)
+            self._job_state = (len(broker.middleware), found)
+        return found

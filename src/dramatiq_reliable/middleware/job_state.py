@@ -15,9 +15,8 @@ from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
 from ..actors.context import current_run
 from ..errors import ConfigurationError
 from ..store.base import Store
-from ..store.ops import compact
 from ._run import JobRun
-from .base import Outcome, ReliableMiddleware, resolve, retries_of
+from .base import Outcome, ReliableMiddleware, retries_of
 
 #: Seconds finished records (done, failed, skipped) are kept: 7 days.
 DEFAULT_RETENTION = 7 * 86_400
@@ -25,6 +24,8 @@ DEFAULT_RETENTION = 7 * 86_400
 DEFAULT_HISTORY = 50
 #: Expired records removed per store call at most.
 CLEANUP_LIMIT = 100
+#: Option a message carries when its record (arguments, keys) was written when it was sent.
+RECORDED_OPTION = "dr_recorded"
 
 
 class JobState(ReliableMiddleware):
@@ -75,8 +76,9 @@ class JobState(ReliableMiddleware):
         self.retention = retention
         self.history = history
         self.snapshots = Snapshotter(redact, max_args_bytes)
-        self._configured: set[int] = set()
+        self._configured: Any = None
         self._enqueue = threading.local()
+        self._actors: dict[str, tuple[Any, Any, tuple[str, ...] | None]] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -94,6 +96,9 @@ class JobState(ReliableMiddleware):
         if self._not_a_send(message):
             return
         self._enqueue.current = (message.message_id, self._creation(broker, message))
+        # Tell the workers the record's arguments and keys are written at send: they need not
+        # snapshot them again (a write lost to a store outage leaves the record without them).
+        message.options[RECORDED_OPTION] = 1
 
     def after_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
         run = current_run()
@@ -109,9 +114,10 @@ class JobState(ReliableMiddleware):
         fields = pending[1] if pending and pending[0] == message.message_id else self._creation(broker, message)
         self._enqueue.current = None
         eta = message.options.get("eta")
-        fields["due"] = eta
+        if eta:
+            fields["due"] = eta
         fields["detail"] = f"enqueued, due at {iso(from_ms(eta))}" if eta else "enqueued"
-        self._configure().submit({"k": "enqueue", "id": message.message_id, "job": compact(fields)}, wait=True)
+        self._configure().submit({"k": "enqueue", "id": message.message_id, "job": fields}, wait=True)
 
     def _not_a_send(self, message: dramatiq.Message[Any]) -> bool:
         run = current_run()
@@ -122,11 +128,20 @@ class JobState(ReliableMiddleware):
     # -- processing -----------------------------------------------------------------------------
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
-        self._configure()
-        fields = self._creation(broker, message, run)
+        journal = self._configure()
+        msg = run.msg
+        if RECORDED_OPTION in msg.options:
+            fields = {"actor": run.actor, "queue": run.queue, "enq": msg.message_timestamp}
+            track = self._info(broker, run.actor)[2]
+            if track:  # for dr.current_job().keys
+                run.keys = self.snapshots.keys(
+                    track, self.snapshots.bind(self._info(broker, run.actor)[1], msg.args, msg.kwargs)
+                )
+        else:
+            fields = self._creation(broker, msg, run)
         fields["att"] = run.attempt
         fields["worker"] = run.worker
-        run.stage(self.journal, "start", "job", compact(fields))
+        run.stage(journal, "start", "job", fields)
         run.started = True
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
@@ -136,19 +151,20 @@ class JobState(ReliableMiddleware):
             return
         if status == "skipped" and run.data.get("dup"):
             detail = f"skipped: duplicate of job {run.data['dup']}"
-        fields = {} if run.started else self._creation(broker, message, run)
-        fields.update(
-            outcome=status,
-            att=run.attempt,
-            err=err,
-            detail=detail,
-            next=run.requeued_eta if status == "retrying" else None,
-            dup=run.data.get("dup"),
-            hist=self.history,
-        )
+        fields = {} if run.started else self._creation(broker, run.msg, run)
+        fields["outcome"] = status
+        fields["att"] = run.attempt
+        fields["detail"] = detail
+        if err is not None:
+            fields["err"] = err
+        if "dup" in run.data:
+            fields["dup"] = run.data["dup"]
         if status == "retrying" and run.requeued_eta:
+            fields["next"] = run.requeued_eta
             fields["detail"] = f"{detail}; next attempt at {iso(from_ms(run.requeued_eta))}"
-        run.stage(journal, "finish", "job", compact(fields))
+        if self.history != DEFAULT_HISTORY:
+            fields["hist"] = self.history
+        run.stage(journal, "finish", "job", fields)
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self.journal.flush()
@@ -157,33 +173,49 @@ class JobState(ReliableMiddleware):
 
     def _creation(self, broker: Broker, message: Any, run: JobRun | None = None) -> dict[str, Any]:
         """The fields a record is created from: actor, queue, max_retries, enqueue time, args, keys."""
-        actor = broker.actors.get(message.actor_name)
+        info = self._info(broker, message.actor_name)
         if run is not None and run.args is not None:
             args, keys = run.args, run.keys
         else:
-            fn = actor.fn if actor is not None else None
+            fn, track = info[1], info[2]
             bound = self.snapshots.bind(fn, message.args, message.kwargs) if fn else _raw(message)
             args = self.snapshots.snapshot(message.actor_name, bound)
-            track = actor.options.get("track") if actor is not None else None
             keys = self.snapshots.keys(track, bound) if track else {}
             if run is not None:
                 run.bound, run.args, run.keys = bound, args, keys
-        retries = retries_of(broker)
-        max_retries = resolve(message, actor, "max_retries", retries.max_retries if retries else 0)
-        return {
+        options = message.options
+        max_retries = options["max_retries"] if "max_retries" in options else info[0]
+        fields = {
             "actor": message.actor_name,
             "queue": q_name(message.queue_name),
-            "maxr": max_retries,
             "enq": message.message_timestamp,
             "args": args,
             "keys": keys,
-            "hist": self.history,
         }
+        if max_retries is not None:
+            fields["maxr"] = max_retries
+        if self.history != DEFAULT_HISTORY:
+            fields["hist"] = self.history
+        return fields
+
+    def _info(self, broker: Broker, actor_name: str) -> tuple[Any, Any, tuple[str, ...] | None]:
+        """``(default max_retries, fn, track)`` of an actor, computed once."""
+        info = self._actors.get(actor_name)
+        if info is not None:
+            return info
+        actor = broker.actors.get(actor_name)
+        retries = retries_of(broker)
+        default = retries.max_retries if retries else 0
+        if actor is None:
+            return (default, None, None)
+        info = (actor.options.get("max_retries", default), actor.fn, actor.options.get("track"))
+        self._actors[actor_name] = info
+        return info
 
     def _configure(self) -> Any:
         """This process's journal, told this middleware's retention (once)."""
-        journal = self.journal
-        if id(journal) not in self._configured:
+        journal = self.store.journal
+        if journal is not self._configured:
             retention_ms = int(self.retention * 1000)
             keep_ms = retention_ms + 86_400_000
             cleanup = journal.header.setdefault("cleanup", {})
@@ -194,7 +226,7 @@ class JobState(ReliableMiddleware):
             for status in ("queued", "running", "retrying", "stuck", "abandoned"):
                 ttl[status] = max(ttl.get(status, 0), keep_ms, 30 * 86_400_000)
             journal.header["limit"] = CLEANUP_LIMIT
-            self._configured.add(id(journal))
+            self._configured = journal
         return journal
 
 

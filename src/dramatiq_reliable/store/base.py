@@ -39,15 +39,15 @@ class Store(abc.ABC):
     def journal(self) -> Journal:
         """This process's group-commit journal for this store (created on first use)."""
         journal = self._journal
-        if journal is None or self._journal_pid != os.getpid():
-            from .journal import Journal
+        if journal is not None and self._journal_pid == os.getpid():
+            return journal
+        from .journal import Journal
 
-            with self._journal_lock:
-                if self._journal is None or self._journal_pid != os.getpid():
-                    self._journal = Journal(self)
-                    self._journal_pid = os.getpid()
-                journal = self._journal
-        return journal
+        with self._journal_lock:
+            if self._journal is None or self._journal_pid != os.getpid():
+                self._journal = Journal(self)
+                self._journal_pid = os.getpid()
+            return self._journal
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -46,14 +46,18 @@ BATCH_MAX = 500
 class Slot:
     """One submitted op and, once ``done``, its ``result`` or ``error``."""
 
-    __slots__ = ("done", "error", "op", "result", "retry")
+    __slots__ = ("done", "error", "lead", "op", "result", "retry", "wake")
 
     def __init__(self, op: dict[str, Any], retry: bool) -> None:
         self.op = op
         self.retry = retry
         self.done = False
+        #: Set when the previous leader hands this waiting slot's thread the next flush.
+        self.lead = False
         self.result: dict[str, Any] | None = None
         self.error: BaseException | None = None
+        #: Held while the submitting thread waits; released to wake it (done, or to lead).
+        self.wake: threading.Lock | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,7 +93,10 @@ class Journal:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._cond = threading.Condition(threading.Lock())
+        # Hot paths take the plain lock; the background thread and flush() wait on the condition,
+        # which shares it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pending: list[Slot] = []
         self._backlog: deque[Slot] = deque()
         self._flushing = False
@@ -123,7 +130,7 @@ class Journal:
         if self._pid != os.getpid():
             self._reset()
         slot = Slot(op, retry)
-        with self._cond:
+        with self._lock:
             if self._thread is None:
                 self._thread = _Flusher(self)
                 self._thread.start()
@@ -136,14 +143,38 @@ class Journal:
                     self._armed = True
                     self._cond.notify_all()
                 return slot
+            leader = not self._flushing
+            if leader:
+                batch = self._take()
+            else:
+                self._park(slot)
         while True:
-            with self._cond:
-                while not slot.done and self._flushing:
-                    self._cond.wait()
+            if not leader:
+                # Sleep until a leader applied our op, or handed us the next flush.
+                assert slot.wake is not None
+                slot.wake.acquire()
                 if slot.done:
                     return slot
-                batch = self._take()
+                with self._lock:
+                    slot.wake = None
+                    batch = self._take()
             self._lead(batch)
+            with self._lock:
+                if slot.done:
+                    return slot
+                # More than BATCH_MAX ops were ahead of ours: wait our turn.
+                leader = not self._flushing
+                if leader:
+                    batch = self._take()
+                else:
+                    self._park(slot)
+
+    @staticmethod
+    def _park(slot: Slot) -> None:
+        """(lock held) Give ``slot`` a held lock to sleep on until a leader releases it."""
+        slot.lead = False
+        slot.wake = threading.Lock()
+        slot.wake.acquire()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Apply every pending write now. Returns False if some could not be applied in time."""
@@ -151,7 +182,7 @@ class Journal:
             return True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._cond:
+            with self._lock:
                 if self._degraded is not None:
                     break
                 if not self._pending and not self._flushing:
@@ -166,7 +197,7 @@ class Journal:
     def close(self) -> None:
         """Flush what can be flushed and stop the background thread."""
         self.flush(timeout=2.0)
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
         if self._backlog:
@@ -188,33 +219,41 @@ class Journal:
         try:
             results = self.store.apply(self._batch(batch)) if batch else []
         except StoreUnavailable as exc:
-            with self._cond:
+            with self._lock:
                 self._enter_degraded(exc, batch)
-                self._flushing = False
-                self._cond.notify_all()
+                self._release([])
             return
         except Exception as exc:
             logger.exception("The store rejected a batch of %d writes; they are dropped.", len(batch))
             metrics.inc("store_errors_total", op="apply")
             metrics.inc("store_writes_dropped_total", len(batch))
-            with self._cond:
+            with self._lock:
                 for slot in batch:
                     slot.error = exc
-                    slot.done = True
-                self._flushing = False
-                self._cond.notify_all()
+                self._release(batch)
             return
-        with self._cond:
-            for slot, result in zip(batch, results, strict=False):
-                slot.result = result
-                slot.done = True
-                if "error" in result:
-                    logger.error("The store rejected a write for job %r: %s", slot.op.get("id"), result["error"])
-                    metrics.inc("store_errors_total", op=str(slot.op.get("k")))
-            for slot in batch:
-                slot.done = True
-            self._flushing = False
-            self._cond.notify_all()
+        for slot, result in zip(batch, results, strict=False):
+            slot.result = result
+            if "error" in result:
+                logger.error("The store rejected a write for job %r: %s", slot.op.get("id"), result["error"])
+                metrics.inc("store_errors_total", op=str(slot.op.get("k")))
+        with self._lock:
+            self._release(batch)
+
+    def _release(self, batch: list[Slot]) -> None:
+        """(lock held) Mark ``batch`` done, wake its waiters, and hand the next flush on."""
+        for slot in batch:
+            slot.done = True
+            if slot.wake is not None:
+                slot.wake.release()
+        # The next leader: the first pending op whose thread waits (others ride along).
+        for slot in self._pending:
+            if slot.wake is not None and not slot.lead:
+                slot.lead = True
+                slot.wake.release()
+                return
+        self._flushing = False
+        self._cond.notify_all()  # the background thread, if it waits for a flush to end
 
     def _enter_degraded(self, exc: StoreUnavailable, batch: list[Slot]) -> None:
         """(lock held) The store is unreachable: buffer or fail everything in flight."""
@@ -235,6 +274,8 @@ class Journal:
         """(lock held) Fail ``slot`` now; buffer it for later if it is a retryable write."""
         slot.error = exc
         slot.done = True
+        if slot.wake is not None:
+            slot.wake.release()
         if slot.retry:
             if len(self._backlog) >= self.max_backlog:
                 self._backlog.popleft()
@@ -252,7 +293,7 @@ class Journal:
             return
         replayed = 0
         while True:
-            with self._cond:
+            with self._lock:
                 if self._flushing:
                     return
                 chunk = [self._backlog.popleft() for _ in range(min(BATCH_MAX, len(self._backlog)))]
@@ -266,19 +307,19 @@ class Journal:
                 self.store.apply(self._batch(chunk))
                 replayed += len(chunk)
             except StoreUnavailable:
-                with self._cond:
+                with self._lock:
                     self._backlog.extendleft(reversed(chunk))
                     self._flushing = False
                 return
             except Exception:
                 logger.exception("The store rejected %d buffered writes; they are dropped.", len(chunk))
                 metrics.inc("store_writes_dropped_total", len(chunk))
-            with self._cond:
+            with self._lock:
                 self._flushing = False
 
     def _tick(self) -> None:
         """(background thread) One round: flush lingering writes, or try to recover."""
-        with self._cond:
+        with self._lock:
             while not self._closed and not self._armed and self._degraded is None:
                 self._cond.wait()
             if self._closed:
@@ -289,7 +330,7 @@ class Journal:
             self._recover()
             return
         time.sleep(self.linger)
-        with self._cond:
+        with self._lock:
             self._armed = False
             if not self._pending or self._flushing or self._degraded is not None:
                 return
