@@ -179,12 +179,16 @@ def render(results: dict[str, Any]) -> str:
         f"- **Machine**: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
         f"{num(machine.get('memory_gib'), 1)} GiB, {machine.get('kernel', '?')}; load average "
         f"{machine.get('loadavg_start')} at the start, {machine.get('loadavg_end')} at the end",
-        f"- **Settings**: {num(settings.get('jobs'))} no-op jobs per measurement, rounds: {settings.get('rounds')}, "
-        f"`--processes {settings.get('processes')} --threads {settings.get('threads')}`, brokers "
-        f"{', '.join(settings.get('brokers', []))}; the bundle is `dr.install` = "
-        f"{' + '.join(settings.get('bundle', [])) or '?'}",
-        "",
     ]
+    parts = settings.get("parts") or [p for p in ("throughput", "latency", "memory", "listing") if results.get(p)]
+    line = f"- **Settings**: parts {', '.join(parts)}; "
+    if "throughput" in parts:
+        line += (
+            f"{num(settings.get('jobs'))} no-op jobs per measurement, rounds: {settings.get('rounds')}, "
+            f"`--processes {settings.get('processes')} --threads {settings.get('threads')}`, "
+        )
+    line += f"brokers {', '.join(settings.get('brokers', []))}; the bundle is `dr.install` = "
+    out += [line + (" + ".join(settings.get("bundle", [])) or "?"), ""]
     if settings.get("command"):
         out += [f"Command: `{settings['command']}`", ""]
     if results.get("skipped"):

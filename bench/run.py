@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "settings": {
                 "run_id": setup.run_id,
+                "parts": args.parts,
                 "command": "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 "brokers": brokers,
                 "variants": args.variants,
