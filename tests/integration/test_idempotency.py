@@ -95,6 +95,7 @@ def test_a_failed_attempt_releases_the_lease_and_only_the_failed_step_is_retried
     r.set(f"{prefix}:fx:break_email", 1)
     with DramatiqProcess("apps.basic", server_env, artifacts / "worker.log"):
         message = app.invoice.send(order_id=5, customer_id=5)
+
         def second_attempt_failed() -> bool:
             record = app.store.get_job(message.message_id)
             return record is not None and record.attempts >= 2 and record.status is dr.Status.RETRYING
