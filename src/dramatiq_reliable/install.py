@@ -16,9 +16,8 @@ from .middleware.job_state import JobState
 from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
-#: last: it commits a job's start itself, because it needs the answer, and so the start
-#: sections of the others go in the same store call.
-ORDER: list[type[ReliableMiddleware]] = [JobState, Idempotency]
+#: first: it asks the store whether a delivery may run before the others stage anything.
+ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState]
 
 
 def _options_of(cls: type[ReliableMiddleware]) -> set[str]:

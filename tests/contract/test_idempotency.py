@@ -12,7 +12,7 @@ def apply(store, *ops, now=NOW):
 
 
 def start(job_id, key, token, lease=1000, **extra):
-    return {"k": "start", "id": job_id, "idem": {"key": key, "token": token, "lease": lease, **extra}}
+    return {"k": "claim", "id": job_id, "idem": {"key": key, "token": token, "lease": lease, **extra}}
 
 
 def finish(job_id, key, token, outcome, **extra):
@@ -56,13 +56,12 @@ def test_renew_extends_own_leases_and_reports_lost_ones(store) -> None:
     assert result[0]["lost"] == ["k:r2"]
 
 
-def test_redelivery_check_by_record(store) -> None:
-    apply(store, {"k": "start", "id": "m", "job": {"actor": "a", "queue": "q", "att": 1}})
-    apply(store, {"k": "finish", "id": "m", "job": {"outcome": "done", "att": 1}})
-    op = {**start("m", "msg:m", "t", by_record=True), "job": {"att": 1}}
-    assert apply(store, op)[0]["outcome"] == "duplicate"
-    replay = {**start("m", "msg:m", "t", by_record=True, replay=123), "job": {"att": 1}}
-    assert apply(store, replay)[0]["outcome"] == "run"
+def test_a_replay_is_not_a_duplicate_of_its_own_completion(store) -> None:
+    apply(store, start("m", "msg:m", "t1"))
+    apply(store, finish("m", "msg:m", "t1", "done"))
+    assert apply(store, start("m", "msg:m", "t2"))[0] == {"outcome": "duplicate", "dup": "m"}
+    assert apply(store, start("m", "msg:m", "t2", replay=123))[0]["outcome"] == "run"
+    assert apply(store, start("other", "msg:m", "t3", replay=123))[0]["outcome"] == "duplicate"
 
 
 def test_unique_reserve_confirm_release(store) -> None:

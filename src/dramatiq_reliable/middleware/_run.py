@@ -76,6 +76,7 @@ class JobRun:
         "finished",
         "id",
         "keys",
+        "lingering",
         "message",
         "msg",
         "outcome",
@@ -123,6 +124,8 @@ class JobRun:
         self.txns: dict[Journal, dict[str, Any]] = {}
         #: journal -> result of the last committed op
         self.results: dict[Journal, dict[str, Any]] = {}
+        #: journal -> the start op submitted without waiting, which the end may join
+        self.lingering: dict[Journal, Slot] = {}
 
     @classmethod
     def of(cls, message: MessageProxy, *, create: bool = True) -> JobRun | None:
@@ -145,14 +148,30 @@ class JobRun:
         op[section] = value
 
     def commit(self, journal: Journal, *, wait: bool, retry: bool = True) -> Slot | None:
-        """Submit the staged op for ``journal``; with ``wait``, return once applied."""
+        """Submit the staged op for ``journal``; with ``wait``, return once applied.
+
+        A start submitted without waiting lingers in the journal, so that a job that ends soon
+        after has its start and end applied together (the record is read and written once).
+        """
         op = self.txns.pop(journal, None)
         if op is None:
             return None
-        slot = journal.submit(op, wait=wait, retry=retry)
-        if wait and slot.result is not None:
+        if not wait:
+            linger = op["k"] == "start"
+            slot = journal.submit(op, wait=False, retry=retry, linger=linger)
+            if linger:
+                self.lingering[journal] = slot
+            return slot
+        slot = journal.submit(op, wait=True, retry=retry, after=self.lingering.pop(journal, None))
+        if slot.result is not None:
             self.results[journal] = slot.result
         return slot
+
+    def discard(self, journal: Journal, kind: str) -> None:
+        """Drop the staged ``kind`` op for ``journal`` (a job that will not run after all)."""
+        op = self.txns.get(journal)
+        if op is not None and op["k"] == kind:
+            del self.txns[journal]
 
     def staged(self, journal: Journal) -> dict[str, Any] | None:
         return self.txns.get(journal)

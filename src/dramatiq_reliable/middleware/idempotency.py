@@ -96,7 +96,6 @@ class Idempotency(ReliableMiddleware):
         self.interval = max(lease / 3, 0.5)
         self._lease_ms = int(lease * 1000)
         self._beating = 0  # the pid whose heartbeat renews our leases
-        self._job_state: tuple[int, bool] = (-1, False)
 
     @property
     def actor_options(self) -> set[str]:
@@ -174,29 +173,21 @@ class Idempotency(ReliableMiddleware):
             self.logger.error("Message %r: %s; it is dead-lettered.", run.id, exc)
             message.fail()
             raise SkipMessage(str(exc)) from None
-        by_record = key.startswith("msg:") and self._has_job_state(broker)
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
         section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
-        if by_record:
-            section["by_record"] = True
         replay = msg.options.get(REPLAY_OPTION)
         if replay:
             section["replay"] = replay
-        staged = run.staged(journal)
-        with_record = staged is not None and staged["k"] == "start" and "job" in staged
-        run.stage(journal, "start", "idem", section)
-        slot = run.commit(journal, wait=True, retry=False)
-        self._act_on(broker, message, run, key, slot, with_record)
-        run.data["idem"] = (key, token, by_record, bool(actor.options.get("unique")), ttl_ms)
+        slot = journal.submit({"k": "claim", "id": run.id, "idem": section}, wait=True, retry=False)
+        self._act_on(broker, message, run, key, slot)
+        run.data["idem"] = (key, token, bool(actor.options.get("unique")), ttl_ms)
         with self._held_lock:
             self._held[key] = token
         if self._beating != os.getpid():
             heartbeat_for(self.store).add(self)
             self._beating = os.getpid()
 
-    def _act_on(
-        self, broker: Broker, message: MessageProxy, run: JobRun, key: str, slot: Any, with_record: bool
-    ) -> None:
+    def _act_on(self, broker: Broker, message: MessageProxy, run: JobRun, key: str, slot: Any) -> None:
         """Run, skip or put back ``message`` per the answer to its start op (returns only to run)."""
         result = (slot.result if slot else None) or {}
         if slot is None or slot.error is not None or "error" in result:
@@ -207,10 +198,11 @@ class Idempotency(ReliableMiddleware):
                 return
             self._put_back(broker, message, run, STORE_ERROR_DELAY * 1000, f"store unavailable ({reason})")
         outcome = result.get("outcome")
+        if outcome in ("duplicate", "busy"):
+            run.discard(self.store.journal, "start")  # staged by a middleware before this one
         if outcome == "duplicate":
             dup = str(result.get("dup"))
             run.data["dup"] = dup
-            run.skip_recorded = with_record
             metrics.inc("idempotent_skips_total", actor=run.actor)
             if dup == run.id:
                 self.logger.info("Message %r already completed; skipped.", run.id)
@@ -218,7 +210,6 @@ class Idempotency(ReliableMiddleware):
             self.logger.info("Message %r: key %r was completed by job %r; skipped.", run.id, key, dup)
             raise DuplicateSkip(f"key {key!r} already completed by job {dup}")
         if outcome == "busy":
-            run.skip_recorded = with_record
             # Check again soon, then less and less often, never later than the lease expires.
             tries = int(run.msg.options.get(PUT_BACK_OPTION) or 0)
             delay = min(int(result.get("retry_in", 1000)), 1000 * 2 ** min(tries, 6)) + random.randint(0, 250)
@@ -229,13 +220,11 @@ class Idempotency(ReliableMiddleware):
         info = run.data.get("idem")
         if info is None:
             return
-        key, token, by_record, unique, ttl_ms = info
+        key, token, unique, ttl_ms = info
         with self._held_lock:
             if self._held.get(key) == token:
                 del self._held[key]
         section: dict[str, Any] = {"key": key, "token": token, "outcome": outcome[0], "ttl": ttl_ms}
-        if by_record:
-            section["by_record"] = True
         if unique:
             section["unique"] = True
         run.stage(self.store.journal, "finish", "idem", section)
@@ -300,13 +289,3 @@ class Idempotency(ReliableMiddleware):
 
     def _ttl_ms(self, actor: dramatiq.Actor[Any, Any]) -> int:
         return int(float(actor.options.get("idempotency_ttl", self.ttl)) * 1000)
-
-    def _has_job_state(self, broker: Broker) -> bool:
-        """Whether JobState records jobs in this store on ``broker`` (checked when the list changes)."""
-        size, found = self._job_state
-        if size != len(broker.middleware):
-            from .job_state import JobState
-
-            found = any(isinstance(m, JobState) and m.store is self.store for m in broker.middleware)
-            self._job_state = (len(broker.middleware), found)
-        return found

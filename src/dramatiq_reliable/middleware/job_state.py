@@ -147,10 +147,15 @@ class JobState(ReliableMiddleware):
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         journal = self._configure()
         status, err, detail = outcome
-        if status == "deferred" or (status == "skipped" and run.skip_recorded):
+        if status == "skipped" and run.skip_recorded:
             return
         if status == "skipped" and run.data.get("dup"):
-            detail = f"skipped: duplicate of job {run.data['dup']}"
+            dup = run.data["dup"]
+            detail = (
+                "skipped: a redelivery of this completed job"
+                if dup == run.id
+                else f"skipped: duplicate of job {dup}, which completed its key"
+            )
         fields = {} if run.started else self._creation(broker, run.msg, run)
         fields["outcome"] = status
         fields["att"] = run.attempt

@@ -8,29 +8,17 @@ from ..status import TERMINAL
 from .memory import Batch, Ctx, on
 
 
-def completed_by(b: Batch, ctx: Ctx, s: dict[str, Any]) -> str | None:
-    job_id = str(ctx.op["id"])
-    if s.get("by_record"):
-        entry = b.load(job_id)
-        if entry.rec is not None and entry.rec["status"] == "done" and not s.get("replay"):
-            return job_id
-        return None
+@on("claim", 10, "idem")
+def claim(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    job_id = ctx.op["id"]
     by = b.store.sget("done", str(s["key"]))
-    if by is not None and by == job_id and s.get("replay"):
-        return None
-    return by
-
-
-@on("start", 10, "idem")
-def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
-    by = completed_by(b, ctx, s)
-    if by is not None:
-        ctx.outcome = ctx.res["outcome"] = "duplicate"
+    if by is not None and not (by == job_id and s.get("replay")):
+        ctx.res["outcome"] = "duplicate"
         ctx.res["dup"] = by
         return
     owner = b.store.sget("lease", s["key"])
     if owner is not None:
-        ctx.outcome = ctx.res["outcome"] = "busy"
+        ctx.res["outcome"] = "busy"
         ctx.res["retry_in"] = max(b.store.pttl("lease", s["key"]), 100)
         ctx.res["owner"] = owner
         return
@@ -43,8 +31,7 @@ def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     job_id = ctx.op["id"]
     store = b.store
     if s.get("outcome") == "done":
-        if not s.get("by_record"):
-            store.sset("done", s["key"], job_id, s["ttl"])
+        store.sset("done", s["key"], job_id, s["ttl"])
         store.checkpoints.pop(job_id, None)
     if s.get("token") and store.sget("lease", s["key"]) == s["token"]:
         store.sdel("lease", s["key"])

@@ -60,31 +60,6 @@ def enqueue(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
 @on("start", 20, "job")
 def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     job_id = ctx.op["id"]
-    if ctx.outcome == "duplicate":
-        entry = ensure(b, job_id, s, "skipped")
-        assert entry.rec is not None
-        dup = ctx.res.get("dup")
-        if dup == job_id:
-            event(b, entry.rec, "skipped", "skipped: a redelivery of this completed job", s.get("hist"))
-            entry.dirty = True
-        else:
-            entry.rec["dup"] = dup
-            entry.rec["fin"] = b.now
-            entry.rec["att"] = max(entry.rec.get("att", 0), s.get("att", 0))
-            set_status(b, entry, "skipped", f"skipped: duplicate of job {dup}, which completed its key", s)
-        return
-    if ctx.outcome == "busy":
-        owner = str(ctx.res.get("owner", "")).split("|")[0] or "?"
-        busy = f"put back: its key is held by a running delivery of job {owner}"
-        entry = ensure(b, job_id, s, "queued")
-        assert entry.rec is not None
-        status = entry.rec["status"]
-        if not entry.new and status in RUNNING_LIKE:
-            event(b, entry.rec, status, busy, s.get("hist"))
-            entry.dirty = True
-        else:
-            set_status(b, entry, "queued", busy, s)
-        return
     entry = ensure(b, job_id, s, "running")
     rec = entry.rec
     assert rec is not None
@@ -105,9 +80,14 @@ def start(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
 
 @on("finish", 20, "job")
 def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
-    entry = ensure(b, ctx.op["id"], s, "running")
+    entry = ensure(b, ctx.op["id"], s, "queued" if s["outcome"] == "deferred" else "running")
     rec = entry.rec
     assert rec is not None
+    if s["outcome"] == "deferred":
+        # Put back without running (its key was busy, or the store was down): the status stays.
+        event(b, rec, rec["status"], s.get("detail"), s.get("hist"))
+        entry.dirty = True
+        return
     attempt = s.get("att")
     if attempt is not None and rec.get("att", 0) > attempt:
         event(b, rec, rec["status"], f"late result of attempt {attempt}: {s['outcome']}", s.get("hist"))

@@ -41,6 +41,8 @@ DEFAULT_MAX_BACKLOG = 10_000
 DEFAULT_RETRY_INTERVAL = 1.0
 #: Ops applied in one call at most.
 BATCH_MAX = 500
+#: Seconds between two batches of a process that carry the retention cleanup (``header``).
+CLEANUP_INTERVAL = 0.25
 
 
 class Slot:
@@ -98,6 +100,9 @@ class Journal:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._pending: list[Slot] = []
+        #: Writes that wait up to ``linger`` for their job's next write (``submit(linger=True)``).
+        self._lingering: dict[Slot, float] = {}
+        self._cleaned = 0.0
         self._backlog: deque[Slot] = deque()
         self._flushing = False
         self._armed = False
@@ -115,7 +120,15 @@ class Journal:
         """How many writes are buffered, waiting for the store to come back."""
         return len(self._backlog)
 
-    def submit(self, op: dict[str, Any], *, wait: bool, retry: bool = True) -> Slot:
+    def submit(
+        self,
+        op: dict[str, Any],
+        *,
+        wait: bool,
+        retry: bool = True,
+        linger: bool = False,
+        after: Slot | None = None,
+    ) -> Slot:
         """Queue ``op``; with ``wait``, return once it was applied (or failed).
 
         Parameters:
@@ -123,6 +136,10 @@ class Journal:
           wait(bool): block until the op's batch was applied.
           retry(bool): if the store is unreachable, buffer the op and apply it later; without,
             the op fails at once (use for questions, such as an idempotency check).
+          linger(bool): (without ``wait``) hold the op up to ``linger`` seconds rather than
+            sending it with the next flush: a job's start, which its end often joins.
+          after(Slot): an earlier op of the same job; if it still lingers, it goes in the same
+            batch, right before this one (the store then reads and writes the record once).
 
         Returns:
           Slot: with ``result`` (the op's result) or ``error`` once ``done``.
@@ -137,7 +154,12 @@ class Journal:
             if self._degraded is not None:
                 self._give_up(slot, self._degraded)
                 return slot
-            self._pending.append(slot)
+            if after is not None and self._lingering.pop(after, None) is not None:
+                self._pending.append(after)
+            if not wait and linger:
+                self._lingering[slot] = time.monotonic()
+            else:
+                self._pending.append(slot)
             if not wait:
                 if not self._armed:
                     self._armed = True
@@ -183,6 +205,9 @@ class Journal:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
+                if self._lingering:
+                    self._pending.extend(self._lingering)
+                    self._lingering.clear()
                 if self._degraded is not None:
                     break
                 if not self._pending and not self._flushing:
@@ -206,18 +231,33 @@ class Journal:
     # -- machinery (lock held where noted) ------------------------------------------------------
 
     def _take(self) -> list[Slot]:
-        """(lock held) Become the leader and take the next batch."""
+        """(lock held) Become the leader and take the next batch (with the writes that lingered long enough)."""
         self._flushing = True
+        if self._lingering:
+            due = time.monotonic() - self.linger
+            ready = [slot for slot, since in self._lingering.items() if since <= due]
+            for slot in ready:
+                del self._lingering[slot]
+            self._pending.extend(ready)
         batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
         return batch
 
     def _batch(self, slots: list[Slot]) -> dict[str, Any]:
-        return {**self.header, "now": now_ms(), "ops": [s.op for s in slots]}
+        batch = {"now": now_ms(), "ops": [s.op for s in slots]}
+        header = self.header
+        if header:
+            clock = time.monotonic()
+            if clock - self._cleaned >= CLEANUP_INTERVAL:
+                self._cleaned = clock
+                batch.update(header)
+            elif "ttl" in header:
+                batch["ttl"] = header["ttl"]
+        return batch
 
     def _lead(self, batch: list[Slot]) -> None:
         """Apply ``batch`` (lock not held), then hand the leadership back."""
         try:
-            results = self.store.apply(self._batch(batch)) if batch else []
+            results = self.store.apply_serial(self._batch(batch)) if batch else []
         except StoreUnavailable as exc:
             with self._lock:
                 self._enter_degraded(exc, batch)
@@ -266,9 +306,10 @@ class Journal:
             )
         self._degraded = exc
         metrics.inc("store_errors_total", op="apply")
-        for slot in [*batch, *self._pending]:
+        for slot in [*batch, *self._pending, *self._lingering]:
             self._give_up(slot, exc)
         self._pending = []
+        self._lingering.clear()
 
     def _give_up(self, slot: Slot, exc: StoreUnavailable) -> None:
         """(lock held) Fail ``slot`` now; buffer it for later if it is a retryable write."""
@@ -304,7 +345,7 @@ class Journal:
                     return
                 self._flushing = True
             try:
-                self.store.apply(self._batch(chunk))
+                self.store.apply_serial(self._batch(chunk))
                 replayed += len(chunk)
             except StoreUnavailable:
                 with self._lock:
@@ -331,8 +372,8 @@ class Journal:
             return
         time.sleep(self.linger)
         with self._lock:
-            self._armed = False
-            if not self._pending or self._flushing or self._degraded is not None:
+            self._armed = bool(self._lingering)  # keep ticking while writes linger
+            if self._flushing or self._degraded is not None:
                 return
             batch = self._take()
         self._lead(batch)

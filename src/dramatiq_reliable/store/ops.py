@@ -13,10 +13,12 @@ Kinds and sections (priority in brackets):
               fields of an existing one without changing its status.
 ``reserve``   ``idem`` [10]: ``unique=True``: reserve the key, or answer ``refused`` + ``holder``.
 ``unreserve`` ``idem`` [10]: release a reservation whose enqueue failed.
-``start``     ``idem`` [10]: answer ``duplicate`` (+ ``dup``), ``busy`` (+ ``retry_in`` ms, ``owner``)
-              or ``run`` (lease taken); ``job`` [20]: ``running`` (or ``skipped``/``queued``).
+``claim``     ``idem`` [10]: before a delivery runs: answer ``duplicate`` (+ ``dup``, the job that
+              completed the key), ``busy`` (+ ``retry_in`` ms, ``owner``) or ``run`` (lease taken).
+``start``     ``job`` [20]: ``running`` (a "redelivered" event if it was running already).
 ``finish``    ``idem`` [10]: complete the key, release the lease and the unique key;
-              ``job`` [20]: ``done``/``retrying``/``failed``/``skipped``.
+              ``job`` [20]: ``done``/``retrying``/``failed``/``skipped``, or ``deferred`` (put
+              back without running: an event, the status stays).
 ``due``       ``job`` [20]: a retry's delay is over: ``retrying`` → ``queued``.
 
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
@@ -25,7 +27,7 @@ record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``ne
 ``hist`` (events kept).
 
 ``idem`` section fields: ``key``, ``token`` (lease owner), ``lease`` / ``ttl`` (ms),
-``by_record`` (check completion on the job record instead of a key), ``replay``, ``unique``,
+``replay`` (a replayed dead letter: its own earlier completion does not count), ``unique``,
 ``outcome``.
 
 Values are never ``None``: absent fields are left out (Lua's cjson turns ``null`` into a

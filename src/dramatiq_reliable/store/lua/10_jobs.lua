@@ -37,7 +37,6 @@ local function set_status(e, status, detail, s)
 end
 
 on('enqueue', 20, 'job', function(ctx, s)
-  if ctx.outcome == 'refused' then return end
   local e = load(ctx.op.id)
   if not e.rec then
     e = ensure(ctx.op.id, s, 'queued')
@@ -51,33 +50,6 @@ end)
 
 on('start', 20, 'job', function(ctx, s)
   local id = ctx.op.id
-  if ctx.outcome == 'duplicate' then
-    local e = ensure(id, s, 'skipped')
-    if ctx.res.dup == id then
-      -- A redelivery of a job that already completed: it keeps its status.
-      event(e.rec, 'skipped', 'skipped: a redelivery of this completed job', s.hist)
-      touch(e)
-    else
-      e.rec.dup = ctx.res.dup
-      e.rec.fin = NOW
-      e.rec.att = math.max(e.rec.att or 0, s.att or 0)
-      set_status(e, 'skipped', 'skipped: duplicate of job ' .. ctx.res.dup .. ', which completed its key', s)
-    end
-    return
-  end
-  if ctx.outcome == 'busy' then
-    local owner = string.match(ctx.res.owner or '', '^[^|]*') or '?'
-    local busy = 'put back: its key is held by a running delivery of job ' .. owner
-    local e = ensure(id, s, 'queued')
-    local st = e.rec.status
-    if not e.new and (st == 'running' or st == 'stuck' or st == 'abandoned') then
-      event(e.rec, st, busy, s.hist)
-      touch(e)
-    else
-      set_status(e, 'queued', busy, s)
-    end
-    return
-  end
   local e = ensure(id, s, 'running')
   local rec = e.rec
   local prev = rec.status
@@ -100,7 +72,7 @@ on('start', 20, 'job', function(ctx, s)
 end)
 
 on('finish', 20, 'job', function(ctx, s)
-  local e = ensure(ctx.op.id, s, 'running')
+  local e = ensure(ctx.op.id, s, s.outcome == 'deferred' and 'queued' or 'running')
   local rec = e.rec
   local att = tonumber(s.att)
   if att and (rec.att or 0) > att then
@@ -110,6 +82,12 @@ on('finish', 20, 'job', function(ctx, s)
     return
   end
   local out = s.outcome
+  if out == 'deferred' then
+    -- Put back without running (its key was busy, or the store was down): the status stays.
+    event(rec, rec.status, s.detail, s.hist)
+    touch(e)
+    return
+  end
   if out == 'skipped' and s.dup == ctx.op.id then
     -- A redelivery of a job that already completed: it keeps its status.
     event(rec, 'skipped', s.detail, s.hist)

@@ -2,34 +2,20 @@
 
 local function ikey(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
 
--- Has this key (or, without JobState's record, this message) already completed?
-local function completed_by(ctx, s)
+-- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
+on('claim', 10, 'idem', function(ctx, s)
   local id = ctx.op.id
-  if s.by_record then
-    local e = load(id)
-    if e.rec and e.rec.status == 'done' and not s.replay then return id end
-    return nil
-  end
   local by = redis.call('GET', ikey('done', s.key))
-  if by and by == id and s.replay then return nil end
-  return by or nil
-end
-
-on('start', 10, 'idem', function(ctx, s)
-  local by = completed_by(ctx, s)
-  if by then
-    ctx.outcome = 'duplicate'
+  if by and not (by == id and s.replay) then
     ctx.res.outcome = 'duplicate'
     ctx.res.dup = by
     return
   end
   local lk = ikey('lease', s.key)
   if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease) then
-    local owner = redis.call('GET', lk)
-    ctx.outcome = 'busy'
     ctx.res.outcome = 'busy'
     ctx.res.retry_in = math.max(redis.call('PTTL', lk), 100)
-    ctx.res.owner = owner or ''
+    ctx.res.owner = redis.call('GET', lk) or ''
     return
   end
   ctx.res.outcome = 'run'
@@ -38,7 +24,7 @@ end)
 on('finish', 10, 'idem', function(ctx, s)
   local id = ctx.op.id
   if s.outcome == 'done' then
-    if not s.by_record then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl) end
+    redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl)
     redis.call('DEL', ikey('once', id))
   end
   if s.token then
