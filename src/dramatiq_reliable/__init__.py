@@ -17,6 +17,7 @@ Importing this package touches no network, file or environment variable.
 from __future__ import annotations
 
 from .actors import CurrentJob, current_job, once
+from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -30,7 +31,8 @@ from .errors import (
 )
 from .install import install
 from .middleware import Idempotency, JobState
-from .records import Event, JobError, JobRecord, Page
+from .records import CronTick, Event, JobError, JobRecord, Page
+from .scheduler import Scheduler
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
 
@@ -41,6 +43,9 @@ __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
+    # Cron
+    "CronRegistry",
+    "CronTick",
     # Jobs
     "CurrentJob",
     "DramatiqReliableError",
@@ -57,13 +62,17 @@ __all__ = [
     "NotFound",
     "Page",
     "RedisStore",
+    "Schedule",
+    "Scheduler",
     "Status",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "__version__",
+    "cron",
     "current_job",
     "install",
     "once",
     "open_store",
+    "registry_of",
 ]

@@ -21,6 +21,7 @@ import click
 
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
+from .cron import cron_group, scheduler_command
 from .jobs import jobs
 
 #: Exit codes.
@@ -57,6 +58,8 @@ def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> No
 
 
 cli.add_command(jobs)
+cli.add_command(cron_group)
+cli.add_command(scheduler_command)
 
 
 def main(argv: list[str] | None = None) -> int:
