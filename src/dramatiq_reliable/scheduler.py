@@ -40,6 +40,7 @@ from ._ticks import MAX_QUEUED, TickThread, executor_for
 from .actors.cron import FIRE_OPTION, SCHEDULE_OPTION, Schedule, registry_of
 from .errors import ConfigurationError, DuplicateJob, StoreError
 from .store.base import Store
+from .store.memory import MemoryStore
 
 logger = logging.getLogger("dramatiq_reliable.scheduler")
 
@@ -94,7 +95,7 @@ class Scheduler:
                 raise ConfigurationError(f"{option} must be a positive number of seconds, not {value!r}")
         if claim_lease >= misfire_grace:
             raise ConfigurationError(
-                f"claim_lease ({claim_lease}s) must be less than misfire_grace ({misfire_grace}s): a tick whose "
+                f"claim_lease ({claim_lease:g}s) must be less than misfire_grace ({misfire_grace:g}s): a tick whose "
                 "scheduler died after claiming it is taken over only within its misfire grace"
             )
         self.broker = broker
@@ -324,6 +325,8 @@ class Scheduler:
             raise ConfigurationError("the scheduler needs APScheduler 3.x: install dramatiq-reliable[cron]") from exc
         if not self.schedules:
             raise ConfigurationError("no cron schedules to run: declare them with @dr.cron")
+        if isinstance(self.store, MemoryStore):
+            logger.warning("The store is a MemoryStore: other scheduler processes do not see its claims.")
         cutoff = self.clock()
         due = self.catch_up(now=cutoff)
         ticks = TickThread(self, self.upkeep_interval)

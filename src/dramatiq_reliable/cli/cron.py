@@ -167,8 +167,9 @@ def scheduler_command(
     from ..scheduler import Scheduler
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
-    if not verbose:
+    if not verbose:  # as dramatiq does: our own lines say what failed
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
     broker, store, schedules = _schedules(state, app, paths)
     if not schedules:
         return _no_schedules(app)
