@@ -328,3 +328,34 @@ def test_run_fires_ticks_on_time_and_stops_when_asked(broker: FlakyBroker) -> No
     assert [m.message_id for m in messages] == [schedule.job_id(f) for f in fires]
     assert all(b - a == 1000 for a, b in pairwise(fires))
     assert all(f % 1000 == 0 for f in fires)
+
+
+def test_schedulers_across_fall_back_fire_a_fixed_local_time_once(broker: FlakyBroker, clock: Clock) -> None:
+    # Given a daily 02:30 Berlin schedule, last fired the day before the clocks fall back (2024-10-27)
+    store = dr.MemoryStore(clock=clock)
+    dr.install(broker, store)
+
+    @dr.cron("30 2 * * *", timezone="Europe/Berlin", name="nightly")
+    @dr.cron("*/30 * * * *", timezone="Europe/Berlin", name="half_hourly")
+    @dramatiq.actor(broker=broker, queue_name="cron_q")
+    def report() -> None: ...
+
+    nightly, half_hourly = dr.registry_of(broker).get("nightly"), dr.registry_of(broker).get("half_hourly")
+    assert nightly is not None and half_hourly is not None
+    first_0230 = 1729989000000  # 2024-10-27 00:30 UTC = 02:30 CEST
+    seed_last_tick(store, nightly, first_0230 - 86_400_000)
+    seed_last_tick(store, half_hourly, first_0230 - 3_600_000)
+    # When every scheduler was down through the night and one starts just after the second 02:30
+    # (01:31 UTC), with a grace of two hours and no coalescing
+    clock.now = first_0230 + 3_660_000
+    a, b = schedulers(broker, store, clock, n=2, misfire_grace=7200, coalesce=False)
+    due = a.catch_up()
+    # Then the nightly job is due once (the first 02:30); the half-hourly one at each real half hour
+    assert [(s.name, f) for s, f in due if s.name == "nightly"] == [("nightly", first_0230)]
+    halves = [f for s, f in due if s.name == "half_hourly"]
+    assert halves == [first_0230 - 1_800_000 + i * 1_800_000 for i in range(4)]
+    # And two schedulers firing them enqueue each once, under distinct ids
+    for schedule, fire in due:
+        assert sorted([a.fire(schedule, fire), b.fire(schedule, fire)]) == ["enqueued", "taken"]
+    ids = [m.message_id for m in sent(broker)]
+    assert len(ids) == len(set(ids)) == 5
