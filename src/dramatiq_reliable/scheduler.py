@@ -24,19 +24,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable
-from datetime import timezone
 from typing import Any
 
 import dramatiq
 
 from . import metrics
 from ._clock import format_duration, now_ms
-from ._ticks import MAX_QUEUED, TickThread, executor_for
+from ._ticks import keepalive, run_loop
 from .actors.cron import FIRE_OPTION, SCHEDULE_OPTION, Schedule, registry_of
 from .errors import ConfigurationError, DuplicateJob, StoreError
 from .store.base import Store
@@ -235,7 +232,7 @@ class Scheduler:
             ticks = []
         for tick in ticks:
             self._took(tick)
-        _keepalive(self.broker)
+        keepalive(self.broker)
 
     def _took(self, tick: dict[str, Any]) -> None:
         schedule = self._by_name.get(str(tick.get("name")))
@@ -318,48 +315,12 @@ class Scheduler:
           ConfigurationError: no schedules, or APScheduler is not installed.
           StoreUnavailable: the store cannot be reached at start.
         """
-        try:
-            from apscheduler.schedulers.base import STATE_RUNNING
-            from apscheduler.schedulers.blocking import BlockingScheduler
-        except ImportError as exc:  # pragma: no cover - exercised only without the extra
-            raise ConfigurationError("the scheduler needs APScheduler 3.x: install dramatiq-reliable[cron]") from exc
         if not self.schedules:
             raise ConfigurationError("no cron schedules to run: declare them with @dr.cron")
         if isinstance(self.store, MemoryStore):
             logger.warning("The store is a MemoryStore: other scheduler processes do not see its claims.")
         cutoff = self.clock()
         due = self.catch_up(now=cutoff)
-        ticks = TickThread(self, self.upkeep_interval)
-        aps = BlockingScheduler(timezone=timezone.utc, executors={"default": executor_for(ticks)})
-        for schedule in self.schedules:
-            first = schedule.next_fire_after(cutoff)
-            if first is None:
-                logger.warning("Schedule %r never fires again.", schedule.name)
-                continue
-            aps.add_job(
-                _due,
-                trigger=schedule.trigger,
-                id=schedule.name,
-                name=schedule.name,
-                coalesce=self.coalesce,
-                misfire_grace_time=max(int(self.misfire_grace), 1),
-                max_instances=MAX_QUEUED,
-                next_run_time=schedule.local_time(first),
-            )
-        ticks.start()
-        for schedule, fire_ms in due:
-            ticks.submit(schedule.name, [fire_ms])
-
-        def shut_down() -> None:
-            self._stop.wait()
-            while aps.state != STATE_RUNNING and not finished.is_set():
-                time.sleep(0.05)
-            if aps.state == STATE_RUNNING:
-                aps.shutdown(wait=False)
-
-        finished = threading.Event()
-        threading.Thread(target=shut_down, name="dramatiq-reliable-stop", daemon=True).start()
-        restore = _on_signals(self.stop) if handle_signals else None
         logger.info(
             "Scheduler %s runs %d schedule(s) (%s); misfire_grace=%ss coalesce=%s claim_lease=%ss.",
             self.owner,
@@ -369,62 +330,12 @@ class Scheduler:
             self.coalesce,
             _secs(self.claim_lease),
         )
-        try:
-            if not self._stop.is_set():
-                aps.start()
-        finally:
-            finished.set()
-            ticks.stop()
-            ticks.join(timeout=max(30.0, 2 * self.claim_lease))
-            if restore is not None:
-                restore()
-            logger.info("Scheduler %s stopped.", self.owner)
+        run_loop(self, cutoff, due, self._stop, handle_signals=handle_signals)
+        logger.info("Scheduler %s stopped.", self.owner)
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (thread-safe; callable from a signal handler)."""
         self._stop.set()
-
-
-def _due() -> None:
-    """APScheduler's job function; never called (the TickExecutor fires ticks itself)."""
-
-
-def _on_signals(stop: Callable[[], None]) -> Callable[[], None] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: Any) -> None:
-        logger.info("Got %s; stopping after the tick in progress.", signal.Signals(signum).name)
-        stop()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
-
-
-def _keepalive(broker: dramatiq.Broker) -> None:
-    """Let RabbitMQ see this thread's idle connection (heartbeats), or drop it if it is gone."""
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-    if not isinstance(broker, RabbitmqBroker):
-        return
-    connection = getattr(broker.state, "connection", None)
-    if connection is None:
-        return
-    try:
-        connection.process_data_events(time_limit=0)
-    except Exception as exc:
-        logger.info("The scheduler's broker connection dropped (%s); the next enqueue reconnects.", exc)
-        try:
-            del broker.connection
-        except Exception:
-            pass
 
 
 def _when(schedule: Schedule, fire_ms: int) -> str:

@@ -269,7 +269,7 @@ def test_an_unreachable_broker_stops_the_scheduler_at_start_with_exit_3(server_e
 def test_the_rabbitmq_keepalive_replaces_a_dropped_connection(rabbitmq_server: str, ns: str) -> None:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    from dramatiq_reliable.scheduler import _keepalive
+    from dramatiq_reliable._ticks import keepalive
 
     broker = RabbitmqBroker(url=rabbitmq_server)
     queue = f"{ns}_keepalive"
@@ -278,11 +278,11 @@ def test_the_rabbitmq_keepalive_replaces_a_dropped_connection(rabbitmq_server: s
         message = dramatiq.Message(queue_name=queue, actor_name="a", args=(), kwargs={}, options={})
         # Given this thread's connection is alive, the keepalive keeps it
         connection = broker.connection
-        _keepalive(broker)
+        keepalive(broker)
         assert broker.connection is connection and connection.is_open
         # When the connection is dropped, the keepalive forgets it, and the next enqueue reconnects
         connection.close()
-        _keepalive(broker)
+        keepalive(broker)
         assert broker.connection is not connection
         broker.enqueue(message)
         wait_until(lambda: broker.get_queue_message_counts(queue)[0] == 1, timeout=10, what="the message")
