@@ -120,7 +120,7 @@ def run_loop(
     try:
         from apscheduler.schedulers.base import STATE_RUNNING
         from apscheduler.schedulers.blocking import BlockingScheduler
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    except ImportError as exc:
         raise ConfigurationError("the scheduler needs APScheduler 3.x: install dramatiq-reliable[cron]") from exc
     ticks = TickThread(scheduler, scheduler.upkeep_interval)
     aps = BlockingScheduler(timezone=timezone.utc, executors={"default": executor_for(ticks)})

@@ -68,7 +68,8 @@ def test_bad_scheduler_options_are_usage_errors(options: tuple[str, ...], says: 
     assert says in result.stderr
 
 
-def test_an_unreachable_store_exits_3() -> None:
-    result = run("--store", "redis://127.0.0.1:1/0", "scheduler", "apps.cron_bad")
+@pytest.mark.parametrize("command", [("cron", "list"), ("scheduler",)])
+def test_an_unreachable_store_exits_3(command: tuple[str, ...]) -> None:
+    result = run("--store", "redis://127.0.0.1:1/0", *command, "apps.cron_bad")
     assert result.returncode == 3
     assert "unreachable" in one_line(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 import dramatiq_reliable as dr
+import dramatiq_reliable.actors
 from dramatiq_reliable.actors._crontab import fields_of, weekdays
 
 
@@ -205,3 +207,13 @@ def test_the_trigger_always_moves_forward_across_fall_back(expression: str, zone
         # Then every answer is strictly later than the one before (APScheduler 3.11's own can repeat one)
         instants = [f.timestamp() for f in seen]
         assert instants == sorted(set(instants))
+
+
+def test_without_apscheduler_cron_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given APScheduler cannot be imported (and the trigger module was not imported yet)
+    monkeypatch.setitem(sys.modules, "apscheduler.triggers.cron", None)
+    monkeypatch.delitem(sys.modules, "dramatiq_reliable.actors._crontab", raising=False)
+    monkeypatch.delattr(dramatiq_reliable.actors, "_crontab", raising=False)
+    # Then declaring a schedule fails at import, naming the actor and the extra
+    with pytest.raises(dr.ConfigurationError, match=r"actor 'job'.*install dramatiq-reliable\[cron\]"):
+        declare(StubBroker(), "0 2 * * *")

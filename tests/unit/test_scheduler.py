@@ -6,6 +6,7 @@ processes on real Redis and RabbitMQ are in ``tests/integration/test_cron.py``.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from itertools import pairwise
@@ -359,3 +360,13 @@ def test_schedulers_across_fall_back_fire_a_fixed_local_time_once(broker: FlakyB
         assert sorted([a.fire(schedule, fire), b.fire(schedule, fire)]) == ["enqueued", "taken"]
     ids = [m.message_id for m in sent(broker)]
     assert len(ids) == len(set(ids)) == 5
+
+
+def test_without_apscheduler_run_says_which_extra_to_install(
+    broker: FlakyBroker, store: FlakyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app(broker, store)
+    scheduler = dr.Scheduler(broker, store)
+    monkeypatch.setitem(sys.modules, "apscheduler.schedulers.blocking", None)
+    with pytest.raises(dr.ConfigurationError, match=r"install dramatiq-reliable\[cron\]"):
+        scheduler.run(handle_signals=False)

@@ -28,7 +28,7 @@ from ..errors import ConfigurationError
 
 try:
     from apscheduler.triggers.cron import CronTrigger
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:
     raise ConfigurationError(
         "dr.cron needs APScheduler 3.x: install dramatiq-reliable[cron] (pip install 'dramatiq-reliable[cron]')"
     ) from exc
