@@ -35,7 +35,11 @@ _Item = tuple[str, list[int], "Callable[[], None] | None"]
 
 
 class TickThread(threading.Thread):
-    """Fires the ticks submitted to it, in order, and runs the upkeep every ``interval`` seconds."""
+    """Fires the ticks submitted to it, in order, and runs the upkeep every ``interval`` seconds.
+
+    With the scheduler's ``coalesce``, a tick is skipped when a later tick of the same schedule
+    is already waiting (the thread fell behind: a slow broker, a stalled process).
+    """
 
     def __init__(self, scheduler: Scheduler, interval: float) -> None:
         super().__init__(name="dramatiq-reliable-ticks", daemon=True)
@@ -43,9 +47,13 @@ class TickThread(threading.Thread):
         self.interval = interval
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._latest: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def submit(self, name: str, fires: list[int], done: Callable[[], None] | None = None) -> None:
         """Queue the fire times (ms) of schedule ``name``; ``done`` is called once they are handled."""
+        with self._lock:
+            self._latest[name] = max(self._latest.get(name, 0), *fires)
         self._queue.put((name, fires, done))
 
     def stop(self) -> None:
@@ -78,6 +86,13 @@ class TickThread(threading.Thread):
             for fire in fires:
                 if self._stopping.is_set():
                     break
+                with self._lock:
+                    latest = self._latest.get(name, fire)
+                if self.scheduler.coalesce and fire < latest:
+                    logger.info(
+                        "Schedule %r: tick %d coalesced into a later one (this scheduler fell behind).", name, fire
+                    )
+                    continue
                 try:
                     self.scheduler.fire_by_name(name, fire)
                 except Exception:

@@ -370,3 +370,26 @@ def test_without_apscheduler_run_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "apscheduler.schedulers.blocking", None)
     with pytest.raises(dr.ConfigurationError, match=r"install dramatiq-reliable\[cron\]"):
         scheduler.run(handle_signals=False)
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_a_scheduler_that_fell_behind_coalesces_queued_ticks(
+    broker: FlakyBroker, store: FlakyStore, clock: Clock, coalesce: bool
+) -> None:
+    from dramatiq_reliable._ticks import TickThread
+
+    # Given three ticks of a schedule queued while the tick thread was busy (a stall)
+    schedule = app(broker, store)
+    (a,) = schedulers(broker, store, clock, n=1, coalesce=coalesce)
+    clock.now = T0 + 2500
+    ticks = TickThread(a, interval=60)
+    for fire in (T0, T0 + 1000, T0 + 2000):
+        ticks.submit(schedule.name, [fire])
+    # When it catches up
+    ticks.start()
+    wait_until(lambda: ticks._queue.empty() and len(sent(broker)) >= (1 if coalesce else 3), timeout=10)
+    ticks.stop()
+    ticks.join(timeout=10)
+    # Then only the latest is enqueued with coalesce, each one without
+    fires = [m.options[FIRE_OPTION] for m in sent(broker)]
+    assert fires == ([T0 + 2000] if coalesce else [T0, T0 + 1000, T0 + 2000])
