@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, cast
 
 import click
 import dramatiq
 
-from .._clock import ago, parse_duration
+from .._clock import ago, now_ms, parse_duration
 from .._context import CliState, echo_json, run_command
 from ..actors.cron import Schedule, registry_of
 from ..brokers import ping_broker
@@ -87,8 +88,6 @@ def list_(state: CliState, app: str, paths: tuple[str, ...], as_json: bool) -> i
 
 
 def _row(store: Store, schedule: Schedule, tick: CronTick | None) -> dict[str, Any]:
-    from .._clock import now_ms
-
     next_ms = schedule.next_fire_after(now_ms())
     last_job = None
     if tick is not None:
@@ -114,8 +113,6 @@ def _row(store: Store, schedule: Schedule, tick: CronTick | None) -> dict[str, A
 def _at(text: str | None) -> str:
     if not text:
         return "-"
-    from datetime import datetime
-
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return f"{moment.isoformat()} ({ago(moment.timestamp() * 1000)})"
 
