@@ -17,6 +17,7 @@ Importing this package touches no network, file or environment variable.
 from __future__ import annotations
 
 from .actors import CurrentJob, current_job, once
+from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -31,7 +32,8 @@ from .errors import (
 from .install import add as install_one
 from .install import install
 from .middleware import Idempotency, JobState
-from .records import Event, JobError, JobRecord, Page
+from .records import CronTick, Event, JobError, JobRecord, Page
+from .scheduler import Scheduler
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
 
@@ -42,6 +44,9 @@ __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
+    # Cron
+    "CronRegistry",
+    "CronTick",
     # Jobs
     "CurrentJob",
     "DramatiqReliableError",
@@ -58,14 +63,18 @@ __all__ = [
     "NotFound",
     "Page",
     "RedisStore",
+    "Schedule",
+    "Scheduler",
     "Status",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "__version__",
+    "cron",
     "current_job",
     "install",
     "install_one",
     "once",
     "open_store",
+    "registry_of",
 ]

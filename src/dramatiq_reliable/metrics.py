@@ -32,6 +32,11 @@ COUNTERS: dict[str, str] = {
     "store_errors_total": "Store calls that failed, by operation.",
     "store_writes_buffered_total": "Job-state writes buffered while the store was unreachable.",
     "store_writes_dropped_total": "Job-state writes given up (buffer full, or rejected by the store).",
+    # -- cron ---
+    "cron_ticks_total": "Cron ticks this scheduler enqueued, by schedule.",
+    "cron_ticks_missed_total": "Cron ticks not enqueued because no scheduler could within misfire_grace, by schedule.",
+    "cron_enqueue_errors_total": "Cron tick enqueues that failed (retried while within misfire_grace), by schedule.",
+    "cron_takeovers_total": "Cron ticks enqueued after taking over another scheduler's lapsed claim, by schedule.",
 }
 
 #: Histograms (seconds): how long attempts ran, and how long jobs waited from enqueue to first start.

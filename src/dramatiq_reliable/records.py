@@ -165,3 +165,46 @@ class Page:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+# -- cron ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CronTick:
+    """The latest tick of a cron schedule, as the store keeps it (``store.cron_last``)."""
+
+    #: The schedule's name.
+    schedule: str
+    #: The tick's fire time.
+    fire_at: datetime
+    #: The id of the job the tick enqueues (derived from the schedule's name and the fire time).
+    job_id: str
+    #: ``pending`` (claimed, not yet enqueued), ``sent`` (enqueued), ``skipped`` (the actor is
+    #: ``unique`` and its previous job was still pending), ``missed`` (never enqueued within
+    #: the misfire grace).
+    state: str
+    #: The scheduler (``host:pid:token``) that holds or held the claim.
+    by: str
+    #: When the state was last changed.
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_stored(cls, name: str, data: Mapping[str, Any]) -> CronTick:
+        return cls(
+            schedule=name,
+            fire_at=from_ms(data["fire"]) or datetime.min,
+            job_id=str(data.get("job") or ""),
+            state=str(data.get("st") or "?"),
+            by=str(data.get("by") or ""),
+            updated_at=from_ms(data.get("at")),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fire_at": iso(self.fire_at),
+            "job_id": self.job_id,
+            "state": self.state,
+            "by": self.by,
+            "updated_at": iso(self.updated_at),
+        }

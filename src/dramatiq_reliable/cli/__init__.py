@@ -21,6 +21,7 @@ import click
 
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
+from .cron import cron_group, scheduler_command
 from .demo import demo
 from .jobs import jobs
 
@@ -59,6 +60,8 @@ def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> No
 
 cli.add_command(jobs)
 cli.add_command(demo)
+cli.add_command(cron_group)
+cli.add_command(scheduler_command)
 
 
 def main(argv: list[str] | None = None) -> int:

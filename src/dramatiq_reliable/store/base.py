@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..records import JobRecord, Page
+    from ..records import CronTick, JobRecord, Page
     from ..status import Status
     from .journal import Journal
 
@@ -116,6 +116,96 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
         """Store the JSON result of step ``name``; kept ``ttl_ms`` milliseconds."""
+
+    # -- cron ---------------------------------------------------------------------------------
+    # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the
+    # scheduler. A tick is ``(schedule name, fire time in ms)``; every method takes ``now``
+    # (milliseconds since the epoch) so the caller's clock decides. Each is one store call.
+
+    def _cron(self, kind: str, section: dict[str, Any], now: int | None, op_id: str = "-") -> dict[str, Any]:
+        from .._clock import now_ms
+        from ..errors import StoreError
+
+        at = now_ms() if now is None else int(now)
+        results = self.apply({"now": at, "ops": [{"k": kind, "id": op_id, "cron": section}]})
+        result = results[0] if results else {}
+        if "error" in result:
+            raise StoreError(f"store {self.url} refused {kind}: {result['error']}")
+        return result
+
+    def cron_claim(
+        self, name: str, fire_ms: int, job_id: str, *, owner: str, lease_ms: int, grace_ms: int, now: int | None = None
+    ) -> tuple[str, str]:
+        """Claim a tick for ``owner``: the claimer enqueues it, no one else does.
+
+        Parameters:
+          name(str): the schedule.
+          fire_ms(int): the tick's fire time.
+          job_id(str): the id of the job the tick enqueues.
+          owner(str): the claiming scheduler.
+          lease_ms(int): milliseconds after which a claim still pending may be taken over
+            (:meth:`cron_sweep`).
+          grace_ms(int): milliseconds after ``fire_ms`` past which a pending tick is given up;
+            the claim is kept ``grace_ms + lease_ms + 60 s``, so a late scheduler still finds it.
+
+        Returns:
+          tuple: ``("claimed", owner)``, or ``("taken", holder)`` if the tick was claimed before.
+
+        Raises:
+          StoreUnavailable: the store cannot be reached; nothing was claimed.
+        """
+        keep = int(grace_ms) + int(lease_ms) + 60_000
+        section = {"name": name, "fire": int(fire_ms), "job": job_id, "by": owner}
+        section.update(lease=int(lease_ms), grace=int(grace_ms), keep=keep)
+        result = self._cron("cron_claim", section, now, job_id)
+        return (str(result.get("outcome")), str(result.get("by") or owner))
+
+    def cron_confirm(
+        self, name: str, fire_ms: int, *, owner: str, state: str = "sent", now: int | None = None
+    ) -> tuple[str, str]:
+        """Record that ``owner`` enqueued a tick (``state="sent"``) or found it a duplicate (``"skipped"``).
+
+        Returns:
+          tuple: ``("confirmed", owner)``; ``("late", holder)`` if the claim had been taken over
+          meanwhile; ``("gone", "")`` if the claim expired.
+        """
+        section = {"name": name, "fire": int(fire_ms), "by": owner, "st": state}
+        result = self._cron("cron_confirm", section, now)
+        return (str(result.get("outcome")), str(result.get("by") or ""))
+
+    def cron_release(self, name: str, fire_ms: int, *, owner: str, retry_ms: int, now: int | None = None) -> bool:
+        """The enqueue of a claimed tick failed: any scheduler may retry it in ``retry_ms`` ms.
+
+        Returns:
+          bool: ``False`` if ``owner`` no longer held the claim.
+        """
+        section = {"name": name, "fire": int(fire_ms), "by": owner, "retry": int(retry_ms)}
+        return self._cron("cron_release", section, now).get("outcome") == "released"
+
+    def cron_sweep(
+        self, names: list[str], *, owner: str, lease_ms: int, now: int | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Take over the pending ticks of ``names`` whose claim lapsed.
+
+        A tick still within its grace is claimed for ``owner`` for ``lease_ms`` (``"retake"``:
+        the caller enqueues it, with its job id); one past it is marked missed (``"missed"``).
+
+        Returns:
+          list[dict]: ``{"o": "retake" | "missed", "name", "fire" (ms), "job", "by" (the previous
+          holder)}``, at most ``limit`` per schedule.
+        """
+        section = {"names": list(names), "by": owner, "lease": int(lease_ms), "limit": int(limit)}
+        ticks = self._cron("cron_sweep", section, now).get("ticks")
+        return ticks if isinstance(ticks, list) else []  # Lua's cjson encodes an empty list as {}
+
+    def cron_last(self, names: list[str], *, now: int | None = None) -> dict[str, CronTick]:
+        """The latest tick of each schedule in ``names`` that has one."""
+        from ..records import CronTick
+
+        found = self._cron("cron_read", {"names": list(names)}, now).get("last")
+        if not isinstance(found, dict):
+            return {}
+        return {name: CronTick.from_stored(name, data) for name, data in found.items()}
 
     # -- housekeeping ---------------------------------------------------------------------------
 

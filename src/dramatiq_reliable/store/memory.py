@@ -165,7 +165,7 @@ class MemoryStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        from . import _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
+        from . import _memory_cron, _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
 
         spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
         results: list[dict[str, Any]] = []

@@ -14,6 +14,13 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<id>           hash    step name -> JSON result of ``dr.once``; PX ``ttl``
 
+    dr:cron:tick:<name>:<fire>  string  the claim of one tick of schedule <name> (fire time in ms):
+                                        JSON {st, job, by, lease, dl, at, n}; PX misfire grace
+                                        + claim lease + 60 s
+    dr:cron:pending:<name>      zset    fire time -> when the claim lapses, for ticks claimed
+                                        but not yet enqueued
+    dr:cron:last:<name>         string  the latest tick: JSON {fire, job, st, by, at}; PX 400 days
+
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
 
