@@ -165,13 +165,9 @@ class Journal:
                     self._armed = True
                     self._cond.notify_all()
                 return slot
-            leader = not self._flushing
-            if leader:
-                batch = self._take()
-            else:
-                self._park(slot)
+            batch = self._lead_or_park(slot)
         while True:
-            if not leader:
+            if batch is None:
                 # Sleep until a leader applied our op, or handed us the next flush.
                 assert slot.wake is not None
                 slot.wake.acquire()
@@ -184,12 +180,14 @@ class Journal:
             with self._lock:
                 if slot.done:
                     return slot
-                # More than BATCH_MAX ops were ahead of ours: wait our turn.
-                leader = not self._flushing
-                if leader:
-                    batch = self._take()
-                else:
-                    self._park(slot)
+                batch = self._lead_or_park(slot)  # more than BATCH_MAX ops were ahead of ours
+
+    def _lead_or_park(self, slot: Slot) -> list[Slot] | None:
+        """(lock held) The next batch to apply if no flush is running; else park ``slot``."""
+        if self._flushing:
+            self._park(slot)
+            return None
+        return self._take()
 
     @staticmethod
     def _park(slot: Slot) -> None:
