@@ -236,6 +236,17 @@ def test_install_refuses_twice_and_unknown_options(stub_broker, store) -> None:
         dr.install(StubBroker(), store, retension=3)
 
 
+def test_a_middleware_added_twice_fails_at_declaration(stub_broker, store) -> None:
+    # Dramatiq's add_middleware only warns about a duplicate: the bundle refuses it
+    stub_broker.add_middleware(dr.JobState(store))
+    stub_broker.add_middleware(dr.JobState(store))
+    with pytest.raises(ConfigurationError, match="JobState was added to this broker twice"):
+
+        @dramatiq.actor
+        def anything():
+            return None
+
+
 def test_bad_options_fail_at_construction(store) -> None:
     with pytest.raises(ConfigurationError, match="retention"):
         dr.JobState(store, retention=0)

@@ -68,6 +68,12 @@ class ReliableMiddleware(dramatiq.Middleware):
 
     # -- hooks ----------------------------------------------------------------------------------
 
+    def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        check_once(broker)
+
+    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        check_once(broker)
+
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
         assert run is not None
@@ -142,6 +148,24 @@ class ReliableMiddleware(dramatiq.Middleware):
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         """Stage this middleware's part of the end of ``message`` (``before_ack``/``before_nack``)."""
+
+
+def check_once(broker: Broker) -> None:
+    """Refuse a broker with two middlewares of the same class of the bundle.
+
+    Dramatiq only warns about it; the bundle's hooks would run twice for every job.
+
+    Raises:
+      ConfigurationError: with the class named.
+    """
+    seen: set[type] = set()
+    for m in broker.middleware:
+        if isinstance(m, ReliableMiddleware):
+            if type(m) in seen:
+                from ..errors import ConfigurationError
+
+                raise ConfigurationError(f"{type(m).__name__} was added to this broker twice; add each middleware once")
+            seen.add(type(m))
 
 
 def retries_of(broker: Broker) -> Retries | None:

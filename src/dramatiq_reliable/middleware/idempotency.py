@@ -104,6 +104,7 @@ class Idempotency(ReliableMiddleware):
     # -- declaration ----------------------------------------------------------------------------
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        super().before_declare_actor(broker, actor)
         options = actor.options
         name = actor.actor_name
         template = options.get("idempotency_key")

@@ -87,6 +87,7 @@ class JobState(ReliableMiddleware):
     # -- declaration ----------------------------------------------------------------------------
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        super().before_declare_actor(broker, actor)
         if "track" in actor.options:
             actor.options["track"] = check_track(actor.actor_name, actor.fn, actor.options["track"])
 
