@@ -17,6 +17,7 @@ Importing this package touches no network, file or environment variable.
 from __future__ import annotations
 
 from .actors import CurrentJob, current_job, once
+from .backlog import QueueStats, queue_stats
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -28,8 +29,9 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .fleet import WorkerProcess
 from .install import install
-from .middleware import Idempotency, JobState
+from .middleware import Idempotency, JobState, Watchdog
 from .records import Event, JobError, JobRecord, Page
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
@@ -56,14 +58,18 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "Page",
+    "QueueStats",
     "RedisStore",
     "Status",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "Watchdog",
+    "WorkerProcess",
     "__version__",
     "current_job",
     "install",
     "once",
     "open_store",
+    "queue_stats",
 ]

@@ -13,12 +13,13 @@ from .errors import ConfigurationError
 from .middleware.base import ReliableMiddleware
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
+from .middleware.watchdog import Watchdog
 from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
 #: last: it commits a job's start itself, because it needs the answer, and so the start
 #: sections of the others go in the same store call.
-ORDER: list[type[ReliableMiddleware]] = [JobState, Idempotency]
+ORDER: list[type[ReliableMiddleware]] = [JobState, Watchdog, Idempotency]
 
 
 def _options_of(cls: type[ReliableMiddleware]) -> set[str]:

@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..fleet import WorkerProcess
     from ..records import JobRecord, Page
     from ..status import Status
     from .journal import Journal
@@ -109,6 +110,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
         """Store the JSON result of step ``name``; kept ``ttl_ms`` milliseconds."""
+
+    # -- Watchdog -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def worker_processes(self) -> list[WorkerProcess]:
+        """The worker processes the Watchdog knows: alive ones first, then those found dead.
+
+        Dead processes are kept an hour after they were found dead (for their broker
+        messages to be put back, and in case they come back); then they are forgotten.
+
+        Returns:
+          list[WorkerProcess]: one item per process.
+        """
 
     # -- housekeeping ---------------------------------------------------------------------------
 

@@ -14,12 +14,24 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<id>           hash    step name -> JSON result of ``dr.once``; PX ``ttl``
 
+    dr:wd:procs                 zset    Watchdog: live process -> deadline (last beat + its
+                                        ``abandon_after``); process = ``host:pid:token``
+    dr:wd:info                  hash    process -> JSON {host, pid, bid (RedisBroker id), broker,
+                                        ns, queues}
+    dr:wd:run:<process>         hash    job id -> JSON {a(ctor), q(ueue), lk/lt (lease key and
+                                        token)}: the jobs the process runs
+    dr:wd:dead                  zset    process found dead -> when (kept 1 hour, then forgotten)
+    dr:wd:pending               set     dead processes whose unacked broker messages are still
+                                        to be put back (Redis brokers)
+    dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
+                                        ``sweep_interval``
+
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
 
 The job record: ``id actor queue status att(empts) maxr(max_retries) enq start fin next due
-upd(ated) worker keys args(JSON text) err{type,message,traceback} dup stack ev[[ms, status,
-detail], ...]``; absent fields are left out.
+upd(ated) worker keys args(JSON text) err{type,message,traceback} dup stack wp ev[[ms, status,
+detail], ...]``; absent fields are left out. ``wp`` is the Watchdog's process running the job.
 
 Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
 assembled in name order), which keeps the indexes in step with the records: a job is in
@@ -42,6 +54,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ..fleet import WorkerProcess, build_processes
 from ..records import JobRecord, Page
 from ..status import Status
 from . import _paging
@@ -208,6 +221,30 @@ class RedisStore(Store):
         pipe.pexpire(key, ttl_ms)
         self._call("a checkpoint write", pipe.execute)
 
+    # -- Watchdog -------------------------------------------------------------------------------
+
+    def worker_processes(self) -> list[WorkerProcess]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.k("wd", "procs"), 0, -1, withscores=True)
+        pipe.zrange(self.k("wd", "dead"), 0, -1, withscores=True)
+        pipe.hgetall(self.k("wd", "info"))
+        pipe.smembers(self.k("wd", "pending"))
+        procs_raw, dead_raw, info_raw, pending_raw = self._call("a read", pipe.execute)
+        procs = {_text(m): float(s) for m, s in procs_raw}
+        dead = {_text(m): float(s) for m, s in dead_raw}
+        names = [*procs, *dead]
+        pipe = self.client.pipeline(transaction=False)
+        for proc in names:
+            pipe.hlen(self.k("wd", "run", proc))
+        counts = self._call("a read", pipe.execute) if names else []
+        return build_processes(
+            procs,
+            dead,
+            {_text(k): _text(v) for k, v in info_raw.items()},
+            dict(zip(names, counts, strict=True)),
+            {_text(m) for m in pending_raw},
+        )
+
     # -- housekeeping ---------------------------------------------------------------------------
 
     def ping(self) -> None:
@@ -216,6 +253,10 @@ class RedisStore(Store):
     def close(self) -> None:
         super().close()
         self.client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _reason(exc: BaseException) -> str:
