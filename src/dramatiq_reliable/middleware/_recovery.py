@@ -110,7 +110,8 @@ class RedisRecovery:
             if now_ms() - last < self.min_silence_ms:
                 logger.debug("Dead worker %s still used its broker %d ms ago; not yet.", item.proc, now_ms() - last)
                 continue
-            blocked = [q for q in item.queues if not self._put_back(item, q, last, scores, dead_bids | {item.bid})]
+            queues = item.queues or self._queues_of(item.bid)
+            blocked = [q for q in queues if not self._put_back(item, q, last, scores, dead_bids | {item.bid})]
             if blocked:
                 logger.info(
                     "Messages of dead worker %s on %s wait: a live process is as silent as it.",
@@ -120,6 +121,13 @@ class RedisRecovery:
             else:
                 done.append(item.proc)
         return done
+
+    def _queues_of(self, bid: str) -> list[str]:
+        """The queues a broker id holds unacked messages of (when its process died before saying)."""
+        prefix = f"{self.namespace}:__acks__.{bid}."
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        keys = self.broker.client.scan_iter(match=pattern, count=1000)
+        return sorted(_text(key)[len(prefix) :] for key in keys)
 
     def _put_back(self, item: Pending, queue: str, last: float, scores: dict[str, float], dead: set[str]) -> bool:
         """Run maintenance on ``queue`` if it is safe; False if it was not."""

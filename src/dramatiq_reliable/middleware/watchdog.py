@@ -137,6 +137,8 @@ class Watchdog(ReliableMiddleware):
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self._boot(broker)
         self._workers.append(worker)
+        # Tell the fleet at once which queues this process consumes (before its first job).
+        self.journal.submit(self._beat(sweep=False), wait=False)
         if self.rabbitmq:
             self._warn_consumer_timeout(broker)
 
@@ -164,7 +166,6 @@ class Watchdog(ReliableMiddleware):
             self._watcher = Watcher(self, tick=min(1.0, self.heartbeat_interval))
             self._watcher.start()
             heartbeat_for(self.store).add(self)
-            self.journal.submit(self._beat(sweep=False), wait=False)
             self.logger.debug("Watchdog of worker process %s started.", self.proc_id)
             return self.proc_id
 
