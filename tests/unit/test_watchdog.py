@@ -9,6 +9,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import TimeLimit
 
@@ -18,6 +19,7 @@ from dramatiq_reliable.backlog import READY_OPTION
 from dramatiq_reliable.errors import StoreUnavailable
 from dramatiq_reliable.install import ORDER
 from dramatiq_reliable.middleware import _watcher
+from dramatiq_reliable.middleware._run import JobRun
 from dramatiq_reliable.middleware.watchdog import TIME_LIMIT_GRACE
 from tests.helpers import wait_until
 
@@ -361,3 +363,49 @@ def test_the_watchdog_alone_still_reports_stuck_jobs(heard: list[events.Event]) 
     finally:
         worker.stop()
         broker.close()
+
+
+# -- RabbitMQ's consumer_timeout ----------------------------------------------------------------
+
+
+def test_actors_that_may_outlive_rabbitmq_consumer_timeout_are_named_at_boot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = StubBroker()
+
+    @dramatiq.actor(broker=broker, time_limit=3_600_000)
+    def report() -> None: ...
+
+    @dramatiq.actor(broker=broker, time_limit=60_000)
+    def email() -> None: ...
+
+    @dramatiq.actor(broker=broker)
+    def defaulted() -> None: ...
+
+    caplog.set_level(logging.WARNING, logger="dramatiq_reliable.middleware.Watchdog")
+    _watcher.warn_consumer_timeout(broker, 600_000, 1800)
+    assert [r.args[0] for r in caplog.records] == ["report"]
+    assert "its time_limit is 1h" in caplog.records[0].getMessage()
+
+    caplog.clear()
+    _watcher.warn_consumer_timeout(broker, None, 1800)  # no TimeLimit: only explicit limits are bounded
+    assert sorted(r.args[0] for r in caplog.records) == ["defaulted", "report"]
+
+
+def test_a_job_running_close_to_rabbitmq_consumer_timeout_is_warned_about_once(
+    broker: StubBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    wd = watchdog_of(broker)
+    wd.rabbitmq, wd.consumer_timeout = True, 10.0
+    watcher = _watcher.Watcher(wd, tick=60)
+    message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+    run = JobRun(MessageProxy(message))
+    job = _watcher.RunningJob(run, ident=0, since=100.0, stuck_after=None)
+    caplog.set_level(logging.WARNING, logger="dramatiq_reliable.middleware.Watchdog")
+
+    watcher.check(job, now=108.0)  # 80 %: not yet
+    assert not caplog.records
+    watcher.check(job, now=109.5)
+    watcher.check(job, now=115.0)
+    [record] = caplog.records
+    assert "consumer_timeout" in record.getMessage() and message.message_id in record.getMessage()

@@ -225,3 +225,29 @@ def report_abandoned(items: list[Any]) -> None:
                 extra={"worker": item.get("worker") or proc},
             )
         )
+
+
+def warn_consumer_timeout(broker: Any, time_limit: float | None, consumer_timeout: float) -> None:
+    """Warn about each actor whose jobs may run longer than RabbitMQ's ``consumer_timeout``.
+
+    Parameters:
+      broker(Broker): the worker's RabbitmqBroker.
+      time_limit(float): TimeLimit's default, in milliseconds (``None`` without TimeLimit).
+      consumer_timeout(float): the server's ``consumer_timeout``, in seconds.
+    """
+    for actor in list(broker.actors.values()):
+        limit = actor.options.get("time_limit") or time_limit
+        if limit is None:
+            why = "it has no time_limit (no TimeLimit middleware)"
+        elif limit / 1000 > consumer_timeout:
+            why = f"its time_limit is {format_duration(limit / 1000)}"
+        else:
+            continue
+        logger.warning(
+            "Actor %r may run longer than RabbitMQ's consumer_timeout (%s): %s. The server would then "
+            "close the channel and deliver the message again, so it would run twice. Lower its "
+            "time_limit, or raise consumer_timeout on the server (and pass it as Watchdog(consumer_timeout=)).",
+            actor.actor_name,
+            format_duration(consumer_timeout),
+            why,
+        )

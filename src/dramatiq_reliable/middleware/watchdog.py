@@ -22,7 +22,7 @@ from ..store.base import Store
 from ._heartbeat import heartbeat_for
 from ._recovery import RedisRecovery, redis_locator
 from ._run import JobRun
-from ._watcher import RunningJob, Watcher, report_abandoned
+from ._watcher import RunningJob, Watcher, report_abandoned, warn_consumer_timeout
 from .base import Outcome, ReliableMiddleware, resolve
 from .job_state import JobState
 
@@ -140,7 +140,7 @@ class Watchdog(ReliableMiddleware):
         # Tell the fleet at once which queues this process consumes (before its first job).
         self.journal.submit(self._beat(sweep=False), wait=False)
         if self.rabbitmq:
-            self._warn_consumer_timeout(broker)
+            warn_consumer_timeout(broker, self._time_limit, self.consumer_timeout)
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self._workers = [w for w in self._workers if w is not worker]
@@ -306,26 +306,6 @@ class Watchdog(ReliableMiddleware):
         watcher = self._watcher
         if isinstance(result.get("sweep"), dict) and watcher is not None:
             watcher.post(result["sweep"])
-
-    # -- RabbitMQ -------------------------------------------------------------------------------
-
-    def _warn_consumer_timeout(self, broker: Broker) -> None:
-        for actor in list(broker.actors.values()):
-            limit = actor.options.get("time_limit") or self._time_limit
-            if limit is None:
-                why = "it has no time_limit (no TimeLimit middleware)"
-            elif limit / 1000 > self.consumer_timeout:
-                why = f"its time_limit is {format_duration(limit / 1000)}"
-            else:
-                continue
-            self.logger.warning(
-                "Actor %r may run longer than RabbitMQ's consumer_timeout (%s): %s. The server would then "
-                "close the channel and deliver the message again, so it would run twice. Lower its "
-                "time_limit, or raise consumer_timeout on the server (and pass it as Watchdog(consumer_timeout=)).",
-                actor.actor_name,
-                format_duration(self.consumer_timeout),
-                why,
-            )
 
 
 def _check_seconds(name: str, value: Any) -> None:
