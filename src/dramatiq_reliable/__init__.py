@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
+from .backlog import QueueStats, queue_stats
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -29,9 +30,10 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
+from .fleet import WorkerProcess
 from .install import add as install_one
 from .install import install
-from .middleware import Idempotency, JobState
+from .middleware import Idempotency, JobState, Watchdog
 from .records import CronTick, Event, JobError, JobRecord, Page
 from .scheduler import Scheduler
 from .status import Status
@@ -40,28 +42,24 @@ from .store import MemoryStore, RedisStore, Store, open_store
 __version__ = "0.1.0"
 
 __all__ = [
-    # Errors
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
-    # Cron
     "CronRegistry",
     "CronTick",
-    # Jobs
     "CurrentJob",
     "DramatiqReliableError",
     "DuplicateJob",
     "Event",
-    # Middlewares
     "Idempotency",
     "JobError",
     "JobRecord",
     "JobState",
     "MalformedMessage",
-    # Stores
     "MemoryStore",
     "NotFound",
     "Page",
+    "QueueStats",
     "RedisStore",
     "Schedule",
     "Scheduler",
@@ -69,6 +67,8 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "Watchdog",
+    "WorkerProcess",
     "__version__",
     "cron",
     "current_job",
@@ -76,5 +76,6 @@ __all__ = [
     "install_one",
     "once",
     "open_store",
+    "queue_stats",
     "registry_of",
 ]

@@ -13,11 +13,12 @@ from .errors import ConfigurationError
 from .middleware.base import ReliableMiddleware
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
+from .middleware.watchdog import Watchdog
 from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
 #: first: it asks the store whether a delivery may run before the others stage anything.
-ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState]
+ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState, Watchdog]
 
 
 def _options_of(cls: type[ReliableMiddleware]) -> set[str]:

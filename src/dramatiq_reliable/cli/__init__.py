@@ -24,6 +24,7 @@ from ..errors import ConfigurationError
 from .cron import cron_group, scheduler_command
 from .demo import demo
 from .jobs import jobs
+from .queues import queues
 
 #: Exit codes.
 RET_OK = 0
@@ -62,6 +63,7 @@ cli.add_command(jobs)
 cli.add_command(demo)
 cli.add_command(cron_group)
 cli.add_command(scheduler_command)
+cli.add_command(queues)
 
 
 def main(argv: list[str] | None = None) -> int:

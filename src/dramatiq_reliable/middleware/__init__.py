@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from .idempotency import Idempotency
 from .job_state import JobState
+from .watchdog import Watchdog
 
-__all__ = ["Idempotency", "JobState"]
+__all__ = ["Idempotency", "JobState", "Watchdog"]

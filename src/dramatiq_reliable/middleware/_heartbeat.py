@@ -52,6 +52,12 @@ class Heartbeat(threading.Thread):
                 self.beats.append(beat)
                 self._due[id(beat)] = time.monotonic() + beat.interval
 
+    def remove(self, beat: Beat) -> None:
+        """Stop beating for ``beat`` (its middleware stopped with its worker)."""
+        with self._lock:
+            self.beats = [b for b in self.beats if b is not beat]
+            self._due.pop(id(beat), None)
+
     def stop(self) -> None:
         self._stop_event.set()
 

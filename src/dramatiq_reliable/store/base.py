@@ -19,6 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..fleet import WorkerProcess
     from ..records import CronTick, JobRecord, Page
     from ..status import Status
     from .journal import Journal
@@ -206,6 +207,19 @@ class Store(abc.ABC):
         if not isinstance(found, dict):
             return {}
         return {name: CronTick.from_stored(name, data) for name, data in found.items()}
+
+    # -- Watchdog -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def worker_processes(self) -> list[WorkerProcess]:
+        """The worker processes the Watchdog knows: alive ones first, then those found dead.
+
+        Dead processes are kept an hour after they were found dead (for their broker
+        messages to be put back, and in case they come back); then they are forgotten.
+
+        Returns:
+          list[WorkerProcess]: one item per process.
+        """
 
     # -- housekeeping ---------------------------------------------------------------------------
 

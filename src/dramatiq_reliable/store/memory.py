@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._clock import now_ms
+from ..fleet import WorkerProcess, build_processes
 from ..records import JobRecord, Page
 from ..status import TERMINAL, Status
 from . import _paging
@@ -165,7 +166,7 @@ class MemoryStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        from . import _memory_cron, _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
+        from . import _memory_cron, _memory_idem, _memory_jobs, _memory_watchdog  # noqa: F401  (register the handlers)
 
         spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
         results: list[dict[str, Any]] = []
@@ -258,6 +259,16 @@ class MemoryStore(Store):
             steps = self.checkpoints.get(job_id, ({}, 0))[0]
             steps[name] = result_json
             self.checkpoints[job_id] = (steps, self.clock() + ttl_ms)
+
+    # -- Watchdog -------------------------------------------------------------------------------
+
+    def worker_processes(self) -> list[WorkerProcess]:
+        from ._memory_watchdog import state
+
+        with self.lock:
+            wd = state(self)
+            running = {proc: len(jobs) for proc, jobs in wd.run.items()}
+            return build_processes(dict(wd.procs), dict(wd.dead), dict(wd.info), running, set(wd.pending))
 
     def ping(self) -> None:
         return None

@@ -21,6 +21,20 @@ Kinds and sections (priority in brackets):
               back without running: an event, the status stays).
 ``due``       ``job`` [20]: a retry's delay is over: ``retrying`` → ``queued``.
 
+Watchdog kinds (section ``wd`` [30]; ``id`` is ``"-"`` for the per-process ones):
+
+``beat``      the process's deadline, what it is (``info``), and the fleet's sweep if it wins
+              the lock: answers ``sweep`` {``abandoned``, ``dead``, ``pending``, ``bids``},
+              ``revived`` (+ ``back``, ``recovered``) for a process found dead earlier.
+``start``     (with the job's other sections) the process runs the job; ``finish``: no more.
+``stuck``     the job runs past its ``stuck_after``: ``stuck`` with its thread's ``stack``.
+``bye``       the process stops; jobs it still runs are ``abandoned``.
+``recovered`` the broker messages of these dead processes were put back.
+
+``wd`` section fields: ``proc`` (``host:pid:token``), ``ab`` (abandon_after, ms), ``a``/``q``
+(actor, queue), ``info``, ``sweep`` (lock ms), ``keep`` (ms dead processes are kept), ``att``,
+``stack``, ``detail``, ``hist``, ``procs``.
+
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
 record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
 ``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),

@@ -20,14 +20,25 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:cron:pending:<name>      zset    fire time -> when the claim lapses, for ticks claimed
                                         but not yet enqueued
     dr:cron:last:<name>         string  the latest tick: JSON {fire, job, st, by, at}; PX 400 days
+    dr:wd:procs                 zset    Watchdog: live process -> deadline (last beat + its
+                                        ``abandon_after``); process = ``host:pid:token``
+    dr:wd:info                  hash    process -> JSON {host, pid, bid (RedisBroker id), broker,
+                                        ns, queues}
+    dr:wd:run:<process>         hash    job id -> JSON {a(ctor), q(ueue), lk/lt (lease key and
+                                        token)}: the jobs the process runs
+    dr:wd:dead                  zset    process found dead -> when (kept 1 hour, then forgotten)
+    dr:wd:pending               set     dead processes whose unacked broker messages are still
+                                        to be put back (Redis brokers)
+    dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
+                                        ``sweep_interval``
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
 
 The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
-start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack
+start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack wp
 ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
-time of the last update.
+time of the last update. ``wp`` is the Watchdog's process running the job.
 
 Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
 assembled in name order), which keeps the indexes in step with the records: a job is in
@@ -52,6 +63,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ..fleet import WorkerProcess, build_processes
 from ..records import JobRecord, Page
 from ..status import Status
 from . import _paging
@@ -257,6 +269,30 @@ class RedisStore(Store):
         pipe.pexpire(key, ttl_ms)
         self._call("a checkpoint write", pipe.execute)
 
+    # -- Watchdog -------------------------------------------------------------------------------
+
+    def worker_processes(self) -> list[WorkerProcess]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.k("wd", "procs"), 0, -1, withscores=True)
+        pipe.zrange(self.k("wd", "dead"), 0, -1, withscores=True)
+        pipe.hgetall(self.k("wd", "info"))
+        pipe.smembers(self.k("wd", "pending"))
+        procs_raw, dead_raw, info_raw, pending_raw = self._call("a read", pipe.execute)
+        procs = {_text(m): float(s) for m, s in procs_raw}
+        dead = {_text(m): float(s) for m, s in dead_raw}
+        names = [*procs, *dead]
+        pipe = self.client.pipeline(transaction=False)
+        for proc in names:
+            pipe.hlen(self.k("wd", "run", proc))
+        counts = self._call("a read", pipe.execute) if names else []
+        return build_processes(
+            procs,
+            dead,
+            {_text(k): _text(v) for k, v in info_raw.items()},
+            dict(zip(names, counts, strict=True)),
+            {_text(m) for m in pending_raw},
+        )
+
     # -- housekeeping ---------------------------------------------------------------------------
 
     def ping(self) -> None:
@@ -269,6 +305,10 @@ class RedisStore(Store):
                 self._serial.disconnect()
             self._serial = None
         self.client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _reason(exc: BaseException) -> str:

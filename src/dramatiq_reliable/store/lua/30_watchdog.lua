@@ -1,0 +1,173 @@
+-- Watchdog: which worker process runs which job, process liveness, the fleet's sweep. Section "wd".
+--
+-- A process's beat sets its deadline (now + its abandon_after) in wd:procs. The start and the
+-- finish of each job add it to and remove it from the process's wd:run hash, inside the job's
+-- own op (no extra round trip). The sweep runs inside a beat that wins wd:lock (so at most one
+-- per sweep interval in the fleet): it takes the processes past their deadline and marks their
+-- running jobs abandoned. Its cost is O(jobs of dead processes), never O(all jobs).
+
+local WD = P .. 'wd:'
+-- Dead processes handled per sweep, and pending recoveries returned, at most.
+local WD_MAX = 100
+
+local function wd_run(proc) return WD .. 'run:' .. proc end
+
+local function wd_decode(raw)
+  if not raw then return {} end
+  local ok, value = pcall(cjson.decode, raw)
+  if ok and type(value) == 'table' then return value end
+  return {}
+end
+
+local function wd_info(proc) return wd_decode(redis.call('HGET', WD .. 'info', proc)) end
+
+-- Mark the jobs a dead process was running abandoned, and release the leases it held.
+local function wd_abandon(proc, why, s, out)
+  local items = redis.call('HGETALL', wd_run(proc))
+  for i = 1, #items, 2 do
+    local id = items[i]
+    local meta = wd_decode(items[i + 1])
+    local e = load(id)
+    local rec = e.rec
+    if rec then
+      if rec.wp == proc and (rec.status == 'running' or rec.status == 'stuck') then
+        set_status(e, 'abandoned', why, s)
+        table.insert(out, {id = id, actor = rec.actor, queue = rec.queue, att = rec.att, maxr = rec.maxr,
+          keys = rec.keys, worker = rec.worker, proc = proc})
+      end
+    else
+      table.insert(out, {id = id, actor = meta.a, queue = meta.q, proc = proc})
+    end
+    if meta.lk and meta.lt then
+      local lk = ikey('lease', meta.lk)
+      if redis.call('GET', lk) == meta.lt then redis.call('DEL', lk) end
+    end
+  end
+end
+
+-- Forget a process entirely.
+local function wd_forget(proc)
+  redis.call('DEL', wd_run(proc))
+  redis.call('HDEL', WD .. 'info', proc)
+  redis.call('ZREM', WD .. 'dead', proc)
+  redis.call('ZREM', WD .. 'procs', proc)
+  redis.call('SREM', WD .. 'pending', proc)
+end
+
+-- A process is dead: move it to wd:dead, queue the recovery of its broker messages, abandon its jobs.
+local function wd_bury(proc, why, s, out)
+  redis.call('ZREM', WD .. 'procs', proc)
+  redis.call('ZADD', WD .. 'dead', NOW, proc)
+  if wd_info(proc).bid then redis.call('SADD', WD .. 'pending', proc) end
+  wd_abandon(proc, why, s, out)
+end
+
+local function wd_sweep(s)
+  local out = {abandoned = {}, dead = {}, pending = {}, bids = {}}
+  local dead = redis.call('ZRANGEBYSCORE', WD .. 'procs', '-inf', NOW, 'LIMIT', 0, WD_MAX)
+  for _, proc in ipairs(dead) do
+    wd_bury(proc, 'abandoned: its worker ' .. proc .. ' stopped heartbeating; the broker will deliver it again',
+      s, out.abandoned)
+    table.insert(out.dead, proc)
+  end
+  local old = redis.call('ZRANGEBYSCORE', WD .. 'dead', '-inf', NOW - s.keep, 'LIMIT', 0, WD_MAX)
+  for _, proc in ipairs(old) do wd_forget(proc) end
+  local pending = redis.call('SRANDMEMBER', WD .. 'pending', WD_MAX)
+  if #pending > 0 then
+    for _, proc in ipairs(pending) do
+      local info = wd_info(proc)
+      if info.bid then
+        table.insert(out.pending, {proc = proc, bid = info.bid, broker = info.broker, ns = info.ns,
+          queues = info.queues})
+      else
+        redis.call('SREM', WD .. 'pending', proc)
+      end
+    end
+    -- Every broker id this store knows dead, so a recovery can tell them from live ones.
+    for _, proc in ipairs(redis.call('ZRANGE', WD .. 'dead', 0, 10 * WD_MAX)) do
+      local bid = wd_info(proc).bid
+      if bid then table.insert(out.bids, bid) end
+    end
+  end
+  return out
+end
+
+-- The heartbeat of one process: push its deadline, record what it is, sweep if it wins the lock.
+on('beat', 30, 'wd', function(ctx, s)
+  local proc = s.proc
+  if redis.call('ZSCORE', WD .. 'dead', proc) then
+    -- Found dead earlier (frozen, or cut off from the store), yet it beats: it lives.
+    redis.call('ZREM', WD .. 'dead', proc)
+    ctx.res.revived = true
+    if redis.call('SREM', WD .. 'pending', proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
+    local back = 0
+    for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
+      local e = load(id)
+      if e.rec and e.rec.wp == proc and e.rec.status == 'abandoned' then
+        set_status(e, 'running', 'running again: its worker ' .. proc .. ' answers again', s)
+        back = back + 1
+      end
+    end
+    ctx.res.back = back
+  end
+  redis.call('ZADD', WD .. 'procs', NOW + s.ab, proc)
+  if s.info then redis.call('HSET', WD .. 'info', proc, cjson.encode(s.info)) end
+  if s.sweep then
+    -- The lock holds "<expiry ms>|<proc>"; it is free once missing or expired by the batch clock.
+    local held = redis.call('GET', WD .. 'lock')
+    if not held or (tonumber(string.match(held, '^(%d+)|')) or 0) <= NOW then
+      redis.call('SET', WD .. 'lock', (NOW + s.sweep) .. '|' .. proc, 'PX', s.sweep)
+      ctx.res.sweep = wd_sweep(s)
+    end
+  end
+end)
+
+-- A job starts: its process runs it (holding the lease lk/lt, when Idempotency took one).
+on('start', 30, 'wd', function(ctx, s)
+  local id = ctx.op.id
+  local meta = {a = s.a, q = s.q, lk = s.lk, lt = s.lt}
+  redis.call('HSET', wd_run(s.proc), id, cjson.encode(meta))
+  redis.call('ZADD', WD .. 'procs', 'NX', NOW + s.ab, s.proc)
+  local e = load(id)
+  if e.rec and e.rec.status == 'running' then
+    e.rec.wp = s.proc
+    touch(e)
+  end
+end)
+
+on('finish', 30, 'wd', function(ctx, s)
+  redis.call('HDEL', wd_run(s.proc), ctx.op.id)
+end)
+
+-- The process running a job found it past its stuck_after: record where its thread is.
+on('stuck', 30, 'wd', function(ctx, s)
+  local e = load(ctx.op.id)
+  local rec = e.rec
+  if not rec then
+    ctx.res.norec = true
+    return
+  end
+  if rec.status == 'running' and rec.wp == s.proc and (tonumber(rec.att) or 0) == (tonumber(s.att) or 0) then
+    rec.stack = s.stack
+    set_status(e, 'stuck', s.detail, s)
+    ctx.res.marked = true
+  end
+end)
+
+-- A process stops: forget it, or, if jobs are still running in it, abandon them.
+on('bye', 30, 'wd', function(ctx, s)
+  local proc = s.proc
+  if redis.call('HLEN', wd_run(proc)) > 0 then
+    local out = {}
+    wd_bury(proc, 'abandoned: its worker ' .. proc .. ' shut down before it finished; the broker will deliver it again',
+      s, out)
+    ctx.res.abandoned = out
+  else
+    wd_forget(proc)
+  end
+end)
+
+-- The broker messages of these dead processes were put back: nothing is pending for them.
+on('recovered', 30, 'wd', function(ctx, s)
+  for _, proc in ipairs(s.procs) do redis.call('SREM', WD .. 'pending', proc) end
+end)
