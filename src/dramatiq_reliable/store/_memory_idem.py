@@ -12,13 +12,10 @@ def completed_by(b: Batch, ctx: Ctx, s: dict[str, Any]) -> str | None:
     job_id = str(ctx.op["id"])
     if s.get("by_record"):
         entry = b.load(job_id)
-        if entry.rec is not None and entry.rec["status"] == "done" and not s.get("replay"):
+        if entry.rec is not None and entry.rec["status"] == "done":
             return job_id
         return None
-    by = b.store.sget("done", str(s["key"]), b.now)
-    if by is not None and by == job_id and s.get("replay"):
-        return None
-    return by
+    return b.store.sget("done", str(s["key"]), b.now)
 
 
 @on("start", 10, "idem")

@@ -7,12 +7,10 @@ local function completed_by(ctx, s)
   local id = ctx.op.id
   if s.by_record then
     local e = load(id)
-    if e.rec and e.rec.status == 'done' and not s.replay then return id end
+    if e.rec and e.rec.status == 'done' then return id end
     return nil
   end
-  local by = redis.call('GET', ikey('done', s.key))
-  if by and by == id and s.replay then return nil end
-  return by or nil
+  return redis.call('GET', ikey('done', s.key)) or nil
 end
 
 on('start', 10, 'idem', function(ctx, s)
