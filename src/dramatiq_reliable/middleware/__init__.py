@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .dead_letters import DeadLetters
 from .idempotency import Idempotency
 from .job_state import JobState
 
-__all__ = ["Idempotency", "JobState"]
+__all__ = ["DeadLetters", "Idempotency", "JobState"]
