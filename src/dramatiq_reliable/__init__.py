@@ -16,7 +16,10 @@ Importing this package touches no network, file or environment variable.
 
 from __future__ import annotations
 
+# -- dead letters ---
+from . import dead
 from .actors import CurrentJob, current_job, once
+from .dead import purge, replay
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -29,8 +32,8 @@ from .errors import (
     StoreUnavailable,
 )
 from .install import install
-from .middleware import Idempotency, JobState
-from .records import Event, JobError, JobRecord, Page
+from .middleware import DeadLetters, Idempotency, JobState
+from .records import DeadLetter, DeadResult, DeadStats, Event, JobError, JobRecord, Page
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
 
@@ -43,6 +46,11 @@ __all__ = [
     "ConfigurationError",
     # Jobs
     "CurrentJob",
+    # Dead letters
+    "DeadLetter",
+    "DeadLetters",
+    "DeadResult",
+    "DeadStats",
     "DramatiqReliableError",
     "DuplicateJob",
     "Event",
@@ -63,7 +71,10 @@ __all__ = [
     "StoreUnavailable",
     "__version__",
     "current_job",
+    "dead",
     "install",
     "once",
     "open_store",
+    "purge",
+    "replay",
 ]
