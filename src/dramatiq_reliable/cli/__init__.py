@@ -21,6 +21,7 @@ import click
 
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
+from .dead import dead
 from .jobs import jobs
 
 #: Exit codes.
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> No
 
 
 cli.add_command(jobs)
+cli.add_command(dead)
 
 
 def main(argv: list[str] | None = None) -> int:
