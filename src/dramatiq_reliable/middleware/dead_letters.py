@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import threading
 from typing import Any
 
@@ -68,6 +69,11 @@ class DeadLetters(ReliableMiddleware):
             self._queues.add(queue)
         self.journal.submit({"k": "dead_queue", "id": "-", "dl": {"queues": [queue]}}, wait=False)
 
+    def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
+        # Retries changes the options in place (retries, traceback) before the nack; the
+        # broker keeps the message as it was delivered, and so does the store.
+        run.data["dl_options"] = dict(message.options)
+
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         status, err, _detail = outcome
         if status != "failed" or not getattr(message, "failed", False):
@@ -75,7 +81,10 @@ class DeadLetters(ReliableMiddleware):
         actor = broker.actors.get(message.actor_name)
         retries = retries_of(broker)
         queue = q_name(message.queue_name)
-        encoded = message._message.encode()
+        delivered = message._message
+        if "dl_options" in run.data:
+            delivered = dataclasses.replace(delivered, options=run.data["dl_options"])
+        encoded = delivered.encode()
         try:
             text, enc = encoded.decode("utf-8"), None
         except UnicodeDecodeError:
