@@ -275,6 +275,11 @@ def test_import_of_an_entry_found_in_the_broker(store: dr.Store) -> None:
     assert store.get_dead_letter("j1").broker_ids == ("x1", "x2")  # type: ignore[union-attr]
     assert store.dead_letter_stats().total == 1
 
+    # An entry older than the retention is still kept while the broker holds it
+    ancient = {**imported["dl"], "dead": now_ms() - 90 * DAY, "xid": "x9"}
+    apply(store, {"k": "dead_import", "id": "j9", "dl": ancient})
+    assert store.get_dead_letter("j9") is not None and "j9" in ids(store.dead_letters())
+
 
 def test_malformed_and_base64_entries(store: dr.Store) -> None:
     bad = {"queue": "default", "actor": "?", "dead": now_ms(), "ret": DAY, "bad": "cannot decode", "msg": "{nope"}

@@ -25,9 +25,9 @@ class SMTPTimeout(Exception):
     pass
 
 
-def build(broker: StubBroker, store: dr.MemoryStore, *, dead_letters: bool = True) -> SimpleNamespace:
+def build(broker: StubBroker, store: dr.MemoryStore, *, dead_letters: bool = True, **options: Any) -> SimpleNamespace:
     if dead_letters:
-        dr.install(broker, store)
+        dr.install(broker, store, **options)
     else:
         from dramatiq_reliable.install import add
 
@@ -363,3 +363,79 @@ def test_install_order_options_and_queues(stub_broker: StubBroker, store: dr.Mem
 
     store.journal.flush()
     assert "invoices" in store.dead_letter_queues()
+
+
+class FlakyStore(dr.MemoryStore):
+    """A MemoryStore that can be made unreachable, for all calls or for some op kinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refuse: set[str] = set()
+
+    def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.down or any(op["k"] in self.refuse for op in batch["ops"]):
+            raise dr.StoreUnavailable("store unreachable: test")
+        return super().apply(batch)
+
+    def ping(self) -> None:
+        if self.down:
+            raise dr.StoreUnavailable("store unreachable: test")
+
+    def _load_dead(self, ids: Any) -> Any:
+        if self.down:
+            raise dr.StoreUnavailable("store unreachable: test")
+        return super()._load_dead(ids)
+
+
+def test_dead_lettered_while_the_store_is_down(stub_broker: StubBroker) -> None:
+    store = FlakyStore()
+    ns = build(stub_broker, store, on_store_error="run")  # Idempotency would hold the job back
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        # Given the store goes down before a job dies
+        store.down = True
+        sent = ns.hopeless.send(1)
+        wait_until(lambda: len(stub_broker.dead_letters) == 1, timeout=10, what="dead-lettered anyway")
+        assert not store.dead_records
+
+        # When it answers again, the buffered capture lands, with the final error
+        store.down = False
+        wait_until(lambda: store.get_dead_letter(sent.message_id) is not None, timeout=10)
+        letter = store.get_dead_letter(sent.message_id)
+        assert letter is not None and letter.recorded and letter.error is not None
+        assert letter.error.message == "no retry for this one"
+    finally:
+        worker.stop()
+
+
+def test_store_down_during_a_replay(
+    stub_broker: StubBroker, app: Any, store: dr.MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flaky = FlakyStore()
+    sent = app.hopeless.send(1)
+    wait_until(lambda: store.get_dead_letter(sent.message_id) is not None, timeout=10)
+    settle(stub_broker, store, app.worker)
+    # The test's store object holds the state; move it into the flaky one
+    flaky.__dict__.update({k: v for k, v in store.__dict__.items() if k not in ("down", "refuse")})
+
+    # Down before the first step: nothing moves
+    flaky.refuse = {"replay"}
+    (result,) = dr.replay(flaky, stub_broker, [sent.message_id])
+    assert result.outcome == "unreachable" and len(stub_broker.dead_letters) == 1
+    flaky.down = True
+    with pytest.raises(dr.StoreUnavailable):
+        dr.replay(flaky, stub_broker, [sent.message_id])
+    flaky.down = False
+
+    # Down after the broker moved it: it is replayed; the store's stale copy is forgotten later
+    app.broken["on"] = False
+    flaky.refuse = {"replayed"}
+    (result,) = dr.replay(flaky, stub_broker, [sent.message_id])
+    assert result.outcome == "replayed" and "store not updated" in result.detail
+    flaky.refuse = set()
+    settle(stub_broker, flaky, app.worker)
+    assert not stub_broker.dead_letters and app.ran["hopeless:1"] == 2
+    monkeypatch.setattr(reconcile, "GRACE_MS", 0)
+    assert not dr.dead.find(flaky, stub_broker).items

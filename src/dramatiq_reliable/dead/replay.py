@@ -227,10 +227,11 @@ class _Operation:
         try:
             moved = session.move([(e, m) for _, e, m in items], drop) if items else []
         except (BrokerUnavailable, NotFound) as exc:
-            moved = [False] * len(items)
+            moved = list(getattr(exc, "moved", None) or [False] * len(items))
             outcome = "unreachable" if isinstance(exc, BrokerUnavailable) else "failed"
-            for letter, _, _ in items:
-                self._result(letter.id, outcome, f"{exc}; it stays in the dead-letter queue", letter.queue)
+            for (letter, _, _), ok in zip(items, moved, strict=True):
+                if not ok:
+                    self._result(letter.id, outcome, f"{exc}; it stays in the dead-letter queue", letter.queue)
         ops: list[dict[str, Any]] = []
         for (letter, _entry, message), ok in zip(items, moved, strict=True):
             if ok:
@@ -244,19 +245,30 @@ class _Operation:
     # -- purge ----------------------------------------------------------------------------------
 
     def _purge(self, session: Session, chunk: list[DeadLetter], found: dict[str, list[XEntry]]) -> None:
-        entries = [e for letter in chunk for e in found.get(letter.id, [])]
         if self.dry_run:
             for letter in chunk:
                 where = "from broker and store" if found.get(letter.id) else "from the store (not in the broker)"
                 self._result(letter.id, "would purge", where, letter.queue)
             return
-        session.remove(entries)
-        detail = f"purged from the dead-letter queue by {self.who}"
-        job = {"detail": detail, "hist": 50}
-        _rec.apply(self.store, [{"k": "dead_purge", "id": x.id, "dl": {}, "job": job} for x in chunk])
+        entries = [e for letter in chunk for e in found.get(letter.id, [])]
+        failure: BrokerUnavailable | None = None
+        try:
+            session.remove(entries)
+            removed = {id(e) for e in entries}
+        except BrokerUnavailable as exc:
+            failure = exc
+            flags = list(getattr(exc, "moved", None) or [False] * len(entries))
+            removed = {id(e) for e, ok in zip(entries, flags, strict=True) if ok}
+        done = [x for x in chunk if all(id(e) in removed for e in found.get(x.id, []))]
+        done_ids = {x.id for x in done}
+        job = {"detail": f"purged from the dead-letter queue by {self.who}", "hist": 50}
+        _rec.apply(self.store, [{"k": "dead_purge", "id": x.id, "dl": {}, "job": job} for x in done])
         for letter in chunk:
-            where = "" if found.get(letter.id) else "only the stored copy: it was no longer in the broker"
-            self._result(letter.id, "purged", where, letter.queue)
+            if letter.id in done_ids:
+                where = "" if found.get(letter.id) else "only the stored copy: it was no longer in the broker"
+                self._result(letter.id, "purged", where, letter.queue)
+            else:
+                self._result(letter.id, "unreachable", f"{failure}; it stays in the dead-letter queue", letter.queue)
 
 
 def replay(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run: bool = False) -> list[DeadResult]:

@@ -129,6 +129,7 @@ def import_dead(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
         ctx.res["known"] = True
         return
     d = record(s, job_id, int(s["dead"]), "broker")
+    d["exp"] = b.now + int(s["ret"])  # kept ``ret`` from now: the broker still holds it
     if s.get("xid"):
         d["xids"] = [s["xid"]]
     save(b, d)

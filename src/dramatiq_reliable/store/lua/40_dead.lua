@@ -130,7 +130,8 @@ on('dead_import', 40, 'dl', function(ctx, s)
     ctx.res.known = true
     return
   end
-  local d = {id = id, actor = s.actor, queue = s.queue, dead = s.dead, exp = s.dead + s.ret, att = s.att,
+  -- Kept ``ret`` from now: the broker still holds it, however old it is.
+  local d = {id = id, actor = s.actor, queue = s.queue, dead = s.dead, exp = NOW + s.ret, att = s.att,
     maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'broker', bad = s.bad}
   if s.xid then d.xids = {s.xid} end
   d_save(d)
