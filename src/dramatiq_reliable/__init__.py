@@ -16,7 +16,6 @@ Importing this package touches no network, file or environment variable.
 
 from __future__ import annotations
 
-# -- dead letters ---
 from . import dead
 from .actors import CurrentJob, current_job, once
 from .dead import purge, replay

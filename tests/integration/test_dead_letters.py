@@ -6,6 +6,7 @@ would run them; ``DR_TEST_DEAD_N`` sizes the bulk replay (default 1,000).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -245,7 +246,7 @@ def _plant(env: ServerEnv, app: Any, bodies: list[bytes]) -> None:
     connection.close()
 
 
-def test_malformed_entries_are_listed_and_purgeable(server_env: ServerEnv, capsys: Any) -> None:
+def test_malformed_entries_are_listed_and_purgeable(server_env: ServerEnv, capsys: Any, monkeypatch: Any) -> None:
     # Given a dead-letter queue holding a good entry, garbage, and (Redis) an entry without payload
     app = build(server_env)
     app.store.journal.flush()  # the app's queue is known to the store
@@ -265,6 +266,13 @@ def test_malformed_entries_are_listed_and_purgeable(server_env: ServerEnv, capsy
         ("?", "malformed"): 2,
         ("ok", "?"): 1,
     }
+
+    # A bulk purge asks first; "no" (or no answer) changes nothing
+    for answer in ("n\n", ""):
+        monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+        code, out, err = run(capsys, server_env, "dead", "purge", "--all")
+        assert code == 1 and "Purge 3 dead letters?" in err and "Aborted." in err and out == ""
+    assert xq_count(server_env) == 3
 
     # A malformed entry cannot be replayed; it can be purged
     code, out, _ = run(capsys, server_env, "dead", "replay", bad[0]["id"])

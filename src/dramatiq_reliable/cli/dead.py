@@ -139,7 +139,7 @@ def _select(
 
 
 def _confirm(what: str, ids: list[str], select_all: bool, yes: bool, dry_run: bool) -> None:
-    if yes or dry_run or (len(ids) <= 1 and not select_all):
+    if yes or dry_run or not ids or (len(ids) == 1 and not select_all):
         return
     n = len(ids)
     click.confirm(f"{what} {n} dead letter{'s' if n != 1 else ''}?", abort=True, err=True)
