@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -217,6 +218,8 @@ def test_dead_lettered_without_the_middleware_is_listed_and_replayable(
             # The broker's copy carries the error of the attempt before the last
             assert x["error"]["type"] == "SMTPTimeout" and "(attempt 1)" in x["error"]["message"]
             assert x["attempts"] == 2  # JobState's record
+            died = datetime.fromisoformat(x["dead_at"].replace("Z", "+00:00"))
+            assert abs((datetime.now(timezone.utc) - died).total_seconds()) < 300  # the broker's time of death
 
         app.switch(False)
         code, out, err = run(capsys, server_env, "dead", "replay", "--all", "--yes")

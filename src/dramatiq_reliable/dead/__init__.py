@@ -31,8 +31,9 @@ from ..errors import NotFound
 from ..middleware.dead_letters import DEFAULT_RETENTION
 from ..records import DeadLetter, DeadResult, DeadStats, Page
 from ..store.base import Store
+from .purge import purge
 from .reconcile import GRACE_MS, QueueBusy, SyncReport
-from .replay import clean, purge, replay
+from .replay import clean, replay
 
 
 def sync(

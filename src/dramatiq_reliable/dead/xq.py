@@ -28,6 +28,8 @@ from typing import Any
 from dramatiq import Message
 from dramatiq.errors import DecodeError
 
+from ..errors import BrokerUnavailable
+
 #: Prefix of the ids given to entries that cannot be decoded (they have no message id).
 MALFORMED = "malformed:"
 
@@ -81,6 +83,14 @@ class XEntry:
         return f"{MALFORMED}{self.queue}:{self.ident or self.ref}"
 
 
+class PartialMove(BrokerUnavailable):
+    """The connection was lost after some windows were committed: ``moved`` says which items."""
+
+    def __init__(self, message: str, moved: list[bool]) -> None:
+        super().__init__(message)
+        self.moved = moved
+
+
 class Session(abc.ABC):
     """Access to one queue's dead-letter queue, for the time of a ``with`` block."""
 
@@ -113,13 +123,17 @@ class Session(abc.ABC):
         (``False``: the entry was no longer there).
 
         Raises:
-          BrokerUnavailable: the broker could not be reached (nothing was moved, or on Redis the
-            moves of the items before are done; the caller checks presence again).
+          BrokerUnavailable: the broker could not be reached; nothing was moved, or, as
+            :class:`PartialMove`, only the items its ``moved`` says.
         """
 
     @abc.abstractmethod
     def remove(self, entries: list[XEntry]) -> list[bool]:
-        """Remove entries; per entry whether it was still there."""
+        """Remove entries; per entry whether it was still there.
+
+        Raises:
+          BrokerUnavailable: as :meth:`move` (``PartialMove.moved``: the entries removed).
+        """
 
 
 class DeadQueue(abc.ABC):

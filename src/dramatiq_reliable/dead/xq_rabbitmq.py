@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import pika
@@ -23,7 +23,7 @@ from dramatiq import Message
 from dramatiq.common import xq_name
 
 from ..errors import BrokerUnavailable, NotFound
-from .xq import DeadQueue, Session, XEntry
+from .xq import DeadQueue, PartialMove, Session, XEntry
 
 _ERRORS = (pika.exceptions.AMQPError, OSError)
 
@@ -51,6 +51,8 @@ def _death_ms(properties: Any) -> int | None:
         return None
     when = deaths[0].get("time")
     if isinstance(when, datetime):
+        if when.tzinfo is None:  # AMQP timestamps are UTC
+            when = when.replace(tzinfo=timezone.utc)
         return int(when.timestamp() * 1000)
     if isinstance(when, (int, float)):
         return int(when * 1000)
@@ -114,14 +116,6 @@ class RabbitmqDeadQueue(DeadQueue):
             except _ERRORS:
                 pass
         self._connection = None
-
-
-class PartialMove(BrokerUnavailable):
-    """The connection was lost after some windows were committed: ``moved`` says which items."""
-
-    def __init__(self, message: str, moved: list[bool]) -> None:
-        super().__init__(message)
-        self.moved = moved
 
 
 class _RabbitmqSession(Session):
