@@ -463,3 +463,56 @@ def test_entries_anywhere_in_a_long_queue(server_env: ServerEnv, capsys: Any, mo
     assert _xq_ids(server_env) == [i for i in order if i not in targets and i not in doomed]
     assert sorted(_live_ids(server_env)) == sorted(targets)
     assert len(run_json(capsys, server_env, "dead", "list", "--limit", "100")) == 34
+
+
+def test_rabbitmq_connection_lost_between_two_windows(server_env: ServerEnv, capsys: Any, monkeypatch: Any) -> None:
+    if server_env.kind != "rabbitmq":
+        pytest.skip("a Redis replay is one script: it has no second batch to lose")
+    import pika
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    from dramatiq_reliable.dead import xq_rabbitmq
+
+    # Given 9 dead letters read in windows of 3 (three channels, three transactions)
+    monkeypatch.setattr(xq_rabbitmq, "WINDOW", 3)
+    app = build(server_env)
+    app.store.journal.flush()
+    app.broker.declare_queue(server_env.queue, ensure=True)
+    messages = [app.ok.message(i) for i in range(9)]
+    connection = pika.BlockingConnection(pika.URLParameters(server_env.broker_url))
+    channel = connection.channel()
+    for m in messages:
+        channel.basic_publish("", f"{server_env.queue}.XQ", m.encode(), pika.BasicProperties(delivery_mode=2))
+    connection.close()
+    ids = [m.message_id for m in messages]
+    assert len(run_json(capsys, server_env, "dead", "list")) == 9
+
+    # When the connection is lost right after the first transaction was committed
+    port = urlsplit(server_env.broker_url).port or 5672
+    proxy = TcpProxy("127.0.0.1", port)
+    commit = BlockingChannel.tx_commit
+
+    def commit_then_cut(self: Any) -> Any:
+        result = commit(self)
+        proxy.cut()
+        return result
+
+    try:
+        monkeypatch.setattr(BlockingChannel, "tx_commit", commit_then_cut)
+        tool = broker_from_url(server_env.broker_url.replace(f":{port}/", f":{proxy.port}/"))
+        results = dr.replay(app.store, tool, ids)
+        monkeypatch.setattr(BlockingChannel, "tx_commit", commit)
+
+        # Then the first window is replayed, the others stay dead letters: nothing lost, nothing twice
+        assert [r.outcome for r in results] == ["replayed"] * 3 + ["unreachable"] * 6
+        wait_until(lambda: xq_count(server_env) == 6, timeout=10, what="the others put back")
+        assert sorted(_live_ids(server_env)) == sorted(ids[:3])
+        assert sorted(x.id for x in app.store.dead_letters()) == sorted(ids[3:])
+
+        # And once the broker answers again, the rest is replayed
+        proxy.restore()
+        tool = broker_from_url(server_env.broker_url.replace(f":{port}/", f":{proxy.port}/"))
+        assert [r.outcome for r in dr.replay(app.store, tool, ids)] == ["not found"] * 3 + ["replayed"] * 6
+        assert xq_count(server_env) == 0 and sorted(_live_ids(server_env)) == sorted(ids)
+    finally:
+        proxy.close()
