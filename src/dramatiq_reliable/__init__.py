@@ -16,9 +16,11 @@ Importing this package touches no network, file or environment variable.
 
 from __future__ import annotations
 
+from . import dead
 from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .backlog import QueueStats, queue_stats
+from .dead import purge, replay
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -33,8 +35,8 @@ from .errors import (
 from .fleet import WorkerProcess
 from .install import add as install_one
 from .install import install
-from .middleware import Idempotency, JobState, Watchdog
-from .records import CronTick, Event, JobError, JobRecord, Page
+from .middleware import DeadLetters, Idempotency, JobState, Watchdog
+from .records import CronTick, DeadLetter, DeadResult, DeadStats, Event, JobError, JobRecord, Page
 from .scheduler import Scheduler
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
@@ -48,6 +50,10 @@ __all__ = [
     "CronRegistry",
     "CronTick",
     "CurrentJob",
+    "DeadLetter",
+    "DeadLetters",
+    "DeadResult",
+    "DeadStats",
     "DramatiqReliableError",
     "DuplicateJob",
     "Event",
@@ -72,10 +78,13 @@ __all__ = [
     "__version__",
     "cron",
     "current_job",
+    "dead",
     "install",
     "install_one",
     "once",
     "open_store",
+    "purge",
     "queue_stats",
     "registry_of",
+    "replay",
 ]

@@ -11,6 +11,7 @@ from dramatiq.middleware import Retries
 
 from .errors import ConfigurationError
 from .middleware.base import ReliableMiddleware
+from .middleware.dead_letters import DeadLetters
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
 from .middleware.watchdog import Watchdog
@@ -18,7 +19,15 @@ from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
 #: first: it asks the store whether a delivery may run before the others stage anything.
-ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState, Watchdog]
+ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState, DeadLetters, Watchdog]
+
+
+#: install() keywords for options whose name another middleware of the bundle owns first:
+#: keyword -> (middleware, its constructor keyword).
+ALIASES: dict[str, tuple[type[ReliableMiddleware], str]] = {
+    # -- dead letters ---
+    "dead_letter_retention": (DeadLetters, "retention"),
+}
 
 
 def _options_of(cls: type[ReliableMiddleware]) -> set[str]:
@@ -34,8 +43,9 @@ def install(
     """Add every middleware of the bundle to ``broker`` and return them, in order.
 
     Each keyword goes to the middleware whose constructor takes it (``retention`` to JobState,
-    ``ttl`` and ``lease`` to Idempotency, …). Call it before the modules that declare actors
-    are imported, as for any middleware that adds actor options.
+    ``ttl`` and ``lease`` to Idempotency, …); ``dead_letter_retention`` is DeadLetters'
+    ``retention``. Call it before the modules that declare actors are imported, as for any
+    middleware that adds actor options.
 
     Example::
 
@@ -53,17 +63,18 @@ def install(
     for cls in ORDER:
         for name in _options_of(cls):
             owners.setdefault(name, cls)
-    unknown = sorted(set(options) - set(owners))
+    unknown = sorted(set(options) - set(owners) - set(ALIASES))
     if unknown:
         raise ConfigurationError(
-            f"install(): unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(owners))}"
+            f"install(): unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted({*owners, *ALIASES}))}"
         )
     for cls in ORDER:
         if any(isinstance(m, cls) for m in broker.middleware):
             raise ConfigurationError(f"{cls.__name__} is already on this broker; add each middleware once")
     added = []
     for cls in ORDER:
-        kwargs = {k: v for k, v in options.items() if owners[k] is cls}
+        kwargs = {k: v for k, v in options.items() if k in owners and owners[k] is cls}
+        kwargs.update({ALIASES[k][1]: v for k, v in options.items() if k in ALIASES and ALIASES[k][0] is cls})
         middleware = _build(cls, store, kwargs)
         add(broker, middleware)
         added.append(middleware)

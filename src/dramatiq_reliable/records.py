@@ -208,3 +208,109 @@ class CronTick:
             "by": self.by,
             "updated_at": iso(self.updated_at),
         }
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+#: Longest payload text kept in a malformed dead letter's view (characters).
+MAX_RAW = 2_000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered job: its record, when it died, and the message that can be replayed.
+
+    ``job`` is JobState's record of the job when there is one, else a record built from what
+    DeadLetters kept (status ``failed``, attempts, the final error). ``message`` is the
+    Dramatiq message as it was delivered the last time (decoded JSON), ``None`` when the
+    broker's copy cannot be decoded (``malformed`` then says why; such an entry can only be
+    purged).
+    """
+
+    job: JobRecord
+    dead_at: datetime
+    message: dict[str, Any] | None
+    #: Why the stored message cannot be decoded (it cannot be replayed), else ``None``.
+    malformed: str | None = None
+    #: True when DeadLetters captured the failure (with its final error); False when the entry
+    #: was found in the broker's dead-letter queue (dead-lettered without DeadLetters, or while
+    #: the store was unreachable): its error is then the one of the attempt before the last,
+    #: if the message carried one.
+    recorded: bool = True
+    #: The stored payload, for a malformed entry (capped).
+    raw: str | None = None
+    #: The ids of its copies in a Redis broker's dead-letter queue (``redis_message_id``), if known.
+    broker_ids: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def actor(self) -> str:
+        return self.job.actor
+
+    @property
+    def queue(self) -> str:
+        return self.job.queue
+
+    @property
+    def error(self) -> JobError | None:
+        return self.job.error
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON shape of ``dead list --json``: a job object plus ``dead_at`` and ``message``."""
+        out = self.job.to_json()
+        out.update(
+            dead_at=iso(self.dead_at),
+            message=self.message,
+            malformed=self.malformed,
+            recorded=self.recorded,
+        )
+        if self.malformed:
+            out["raw"] = self.raw
+        return out
+
+
+@dataclass(frozen=True)
+class DeadStats:
+    """Counts of the dead letters the store holds."""
+
+    total: int
+    #: ``(actor, error type, count)``, largest count first.
+    by_kind: list[tuple[str, str, int]] = field(default_factory=list)
+    #: queue -> dead letters the store holds for it.
+    by_queue: dict[str, int] = field(default_factory=dict)
+    #: queue -> entries in the broker's dead-letter queue (when a broker was asked).
+    in_broker: dict[str, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_actor_error": [{"actor": a, "error_type": t, "count": n} for a, t, n in self.by_kind],
+            "by_queue": dict(self.by_queue),
+            "in_broker": dict(self.in_broker) if self.in_broker is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class DeadResult:
+    """What ``dr.replay`` or ``dr.purge`` did with one id."""
+
+    id: str
+    #: ``replayed``, ``purged``, ``would replay``, ``would purge`` (dry run), ``not found``
+    #: (no such dead letter), ``not dead`` (the job exists but is not a dead letter, e.g. it was
+    #: replayed already), ``gone`` (no longer in the broker's dead-letter queue), ``malformed``
+    #: (cannot be replayed; purge it), ``refused`` (a middleware refused the enqueue),
+    #: ``unreachable`` (the broker or the store could not be reached; nothing was lost) or
+    #: ``failed`` (not done now, e.g. another tool holds the queue; the detail says why).
+    outcome: str
+    detail: str = ""
+    queue: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("replayed", "purged", "would replay", "would purge")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "outcome": self.outcome, "ok": self.ok, "queue": self.queue, "detail": self.detail}

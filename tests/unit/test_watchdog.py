@@ -108,8 +108,8 @@ def test_a_bad_stuck_after_fails_at_declaration(broker: StubBroker) -> None:
 
 
 def test_install_puts_the_watchdog_after_job_state(broker: StubBroker) -> None:
-    assert [dr.Idempotency, dr.JobState, dr.Watchdog] == ORDER
-    ours = [type(m) for m in broker.middleware if isinstance(m, (dr.JobState, dr.Watchdog, dr.Idempotency))]
+    assert [dr.Idempotency, dr.JobState, dr.DeadLetters, dr.Watchdog] == ORDER
+    ours = [type(m) for m in broker.middleware if type(m) in ORDER]
     assert ours == ORDER
     assert watchdog_of(broker).abandon_after == 0.5
 

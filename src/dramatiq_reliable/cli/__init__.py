@@ -22,6 +22,7 @@ import click
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
 from .cron import cron_group, scheduler_command
+from .dead import dead
 from .demo import demo
 from .jobs import jobs
 from .queues import queues
@@ -64,6 +65,7 @@ cli.add_command(demo)
 cli.add_command(cron_group)
 cli.add_command(scheduler_command)
 cli.add_command(queues)
+cli.add_command(dead)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,9 @@ STORE_ERROR_DELAY = 10
 UNIQUE_PENDING_MS = 60_000
 #: Option counting how many times a message was put back because its key was busy.
 PUT_BACK_OPTION = "dr_put_back"
-#: Option a replayed dead letter carries, so that its earlier completion does not skip it.
+#: Option a replayed dead letter carries: when it was replayed (ms). A replay is checked like any
+#: other delivery: if its job (or key) already completed, it is skipped, so a replay delivered
+#: twice, or the replay of a copy whose job was done by another copy, does the work once.
 REPLAY_OPTION = "dr_replayed_at"
 
 _tokens = itertools.count(1)
@@ -176,9 +178,6 @@ class Idempotency(ReliableMiddleware):
             raise SkipMessage(str(exc)) from None
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
         section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
-        replay = msg.options.get(REPLAY_OPTION)
-        if replay:
-            section["replay"] = replay
         slot = journal.submit({"k": "claim", "id": run.id, "idem": section}, wait=True, retry=False)
         self._act_on(broker, message, run, key, slot)
         run.data["idem"] = (key, token, bool(actor.options.get("unique")), ttl_ms)

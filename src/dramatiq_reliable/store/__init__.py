@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from .base import Store
@@ -13,11 +13,21 @@ from .redis import RedisStore
 def open_store(url: str, **options: object) -> Store:
     """Open a store from a URL: ``redis://``, ``rediss://`` or ``memory://``.
 
+    A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``).
+
     Raises:
       ConfigurationError: the URL is malformed or its scheme is not supported.
     """
     scheme = urlsplit(url).scheme if isinstance(url, str) else ""
     if scheme in ("redis", "rediss", "unix"):
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "prefix"]
+        if prefixes:
+            if not prefixes[-1]:
+                raise ConfigurationError("malformed store URL: empty prefix")
+            options.setdefault("prefix", prefixes[-1])
+            url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
         return RedisStore(url, **options)  # type: ignore[arg-type]
     if scheme == "memory":
         return MemoryStore()

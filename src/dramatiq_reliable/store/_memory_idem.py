@@ -10,9 +10,8 @@ from .memory import Batch, Ctx, on
 
 @on("claim", 10, "idem")
 def claim(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
-    job_id = ctx.op["id"]
     by = b.store.sget("done", str(s["key"]))
-    if by is not None and not (by == job_id and s.get("replay")):
+    if by is not None:
         ctx.res["outcome"] = "duplicate"
         ctx.res["dup"] = by
         return

@@ -19,8 +19,10 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ..fleet import WorkerProcess
-    from ..records import CronTick, JobRecord, Page
+    from ..records import CronTick, DeadLetter, DeadStats, JobRecord, Page
     from ..status import Status
     from .journal import Journal
 
@@ -220,6 +222,67 @@ class Store(abc.ABC):
         Returns:
           list[WorkerProcess]: one item per process.
         """
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def dead_letters(
+        self,
+        *,
+        queue: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        error: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """The dead letters the store holds, newest first, one page at a time.
+
+        This is the store's copy; ``dr.dead.find`` first reconciles it with the broker's
+        dead-letter queues (see :mod:`dramatiq_reliable.dead`).
+
+        Parameters:
+          queue: only those dead-lettered from this (canonical) queue.
+          actor: only those of this actor.
+          since: only those dead-lettered at or after this time (aware datetime).
+          before: only those dead-lettered before this time (aware datetime).
+          error: only those whose final error (``"Type: message"``) contains this text,
+            ignoring case; ``"malformed"`` finds the entries that cannot be decoded.
+          limit: at most this many (1-1000).
+          cursor: the ``cursor`` of the previous page.
+
+        Returns:
+          Page: of :class:`~dramatiq_reliable.DeadLetter`; ``page.cursor`` is ``None`` at the end.
+
+        Raises:
+          ConfigurationError: a malformed cursor, bad bounds or a bad limit.
+        """
+
+    @abc.abstractmethod
+    def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        """The dead letter of one job, or ``None`` (not dead-lettered, replayed, purged or expired)."""
+
+    def get_dead_letters(self, job_ids: list[str]) -> list[DeadLetter | None]:
+        """:meth:`get_dead_letter` for many ids at once, in order."""
+        return [self.get_dead_letter(i) for i in job_ids]
+
+    @abc.abstractmethod
+    def dead_letter_stats(self) -> DeadStats:
+        """Counts of the dead letters held, by actor and error type and by queue."""
+
+    @abc.abstractmethod
+    def dead_letter_queues(self) -> dict[str, tuple[int, int]]:
+        """Every queue the store knows of: queue → ``(dead letters held, offset)``.
+
+        Queues are known from the declarations of apps that run DeadLetters and from the dead
+        letters themselves. ``offset`` is how many more entries the broker's dead-letter queue
+        held than the store at the last reconciliation (see :mod:`dramatiq_reliable.dead`).
+        """
+
+    @abc.abstractmethod
+    def dead_letter_index(self, queue: str) -> tuple[dict[str, int], dict[str, str]]:
+        """For reconciling one queue: ``({job id: dead at ms}, {Redis broker id: job id})``."""
 
     # -- housekeeping ---------------------------------------------------------------------------
 

@@ -12,13 +12,14 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from .._clock import now_ms
 from ..fleet import WorkerProcess, build_processes
-from ..records import JobRecord, Page
+from ..records import DeadLetter, DeadStats, JobRecord, Page
 from ..status import TERMINAL, Status
-from . import _paging
+from . import _dead, _paging
 from .base import Store
 
 DAY_MS = 86_400_000
@@ -118,6 +119,11 @@ class MemoryStore(Store):
         self.strings: dict[tuple[str, str], tuple[str, int]] = {}
         #: job id -> ({step: JSON}, expires at ms)
         self.checkpoints: dict[str, tuple[dict[str, str], int]] = {}
+        # -- dead letters ---
+        #: job id -> dead-letter record (zsets are in ``indexes`` under ``deads:…``).
+        self.dead_records: dict[str, dict[str, Any]] = {}
+        #: "xids:<queue>" | "stats" | "offset" -> {field: value}
+        self.dead_hashes: dict[str, dict[str, Any]] = {}
 
     # -- state helpers (lock held) ------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class MemoryStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        from . import _memory_cron, _memory_idem, _memory_jobs, _memory_watchdog  # noqa: F401  (register the handlers)
+        from . import _memory_cron, _memory_dead, _memory_idem, _memory_jobs, _memory_watchdog  # noqa: F401
 
         spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
         results: list[dict[str, Any]] = []
@@ -269,6 +275,75 @@ class MemoryStore(Store):
             wd = state(self)
             running = {proc: len(jobs) for proc, jobs in wd.run.items()}
             return build_processes(dict(wd.procs), dict(wd.dead), dict(wd.info), running, set(wd.pending))
+
+    # -- dead letters ---------------------------------------------------------------------------
+
+    def dead_hash(self, name: str) -> dict[str, Any]:
+        return self.dead_hashes.setdefault(name, {})
+
+    def dead_letters(
+        self,
+        *,
+        queue: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        error: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return _dead.find(
+            fetch=self._fetch_dead,
+            load=self._load_dead,
+            queue=queue,
+            actor=actor,
+            since=since,
+            before=before,
+            error=error,
+            limit=limit,
+            cursor=cursor,
+            now_ms=self.clock(),
+        )
+
+    def _fetch_dead(
+        self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
+    ) -> list[_paging.Entry]:
+        with self.lock:
+            scores = self.indexes.get(f"deads:{index}", {})
+            entries = [(float(v), k) for k, v in scores.items() if low <= v < high]
+        entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return [e for e in entries if _paging.after(e, position)][:count]
+
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        with self.lock:
+            out: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
+            for job_id in ids:
+                d = self.dead_records.get(job_id)
+                rec = self._get_record(job_id)
+                out.append((json.loads(json.dumps(d)) if d else None, json.loads(json.dumps(rec)) if rec else None))
+            return out
+
+    def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        d, job = self._load_dead([job_id])[0]
+        return _dead.build(d, job) if d is not None and int(d.get("exp") or 0) > self.clock() else None
+
+    def dead_letter_stats(self) -> DeadStats:
+        with self.lock:
+            kinds = dict(self.dead_hash("stats"))
+        return _dead.stats(kinds, {q: n for q, (n, _) in self.dead_letter_queues().items()})
+
+    def dead_letter_queues(self) -> dict[str, tuple[int, int]]:
+        with self.lock:
+            offsets = self.dead_hash("offset")
+            return {
+                q: (len(self.indexes.get(f"deads:queue:{q}", {})), int(offsets.get(q, 0)))
+                for q in self.indexes.get("deads:queues", {})
+            }
+
+    def dead_letter_index(self, queue: str) -> tuple[dict[str, int], dict[str, str]]:
+        with self.lock:
+            ids = {k: int(v) for k, v in self.indexes.get(f"deads:queue:{queue}", {}).items()}
+            return ids, dict(self.dead_hash(f"xids:{queue}"))
 
     def ping(self) -> None:
         return None

@@ -34,6 +34,21 @@ Watchdog kinds (section ``wd`` [30]; ``id`` is ``"-"`` for the per-process ones)
 ``wd`` section fields: ``proc`` (``host:pid:token``), ``ab`` (abandon_after, ms), ``a``/``q``
 (actor, queue), ``info``, ``sweep`` (lock ms), ``keep`` (ms dead processes are kept), ``att``,
 ``stack``, ``detail``, ``hist``, ``procs``.
+Dead letters (``lua/40_dead.lua``; ``finish`` also carries ``dl`` [40]: keep the dead letter):
+
+``dead_queue``    ``dl`` [40]: remember queue names (``queues``).
+``dead_import``   ``job`` [20]: a non-terminal record → ``failed``; ``dl`` [40]: keep an entry
+                  found in the broker (or add a broker id to a known one; ``known`` in result).
+``replay``        ``job`` [20]: ``failed`` → ``queued``, attempts reset (``requeued`` in result).
+``replayed``      ``dl`` [40]: the broker moved it: drop the dead letter.
+``replay_failed`` ``job`` [20]: the broker did not move it: ``queued`` → ``failed``.
+``dead_purge``    ``job`` [20]: a "purged" event; ``dl`` [40]: drop it (``removed``).
+``dead_forget``   ``dl`` [15]: drop it if dead before ``before`` ms; ``job`` [20]: event.
+``dead_sync``     ``dl`` [40]: store a queue's reconciliation ``offset``.
+``dead_lock``     ``dl`` [40]: take a queue's lock (``ok``, ``holder``); ``dead_unlock``: free it.
+
+``dl`` section fields: ``actor queue att maxr err msg enc xid ret`` (ms kept), ``dead`` (ms,
+imports), ``bad`` (why malformed), ``queues``, ``before``, ``offset``, ``token``, ``ttl``.
 
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
 record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
@@ -41,7 +56,7 @@ record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``ne
 ``hist`` (events kept).
 
 ``idem`` section fields: ``key``, ``token`` (lease owner), ``lease`` / ``ttl`` (ms),
-``replay`` (a replayed dead letter: its own earlier completion does not count), ``unique``,
+``unique``,
 ``outcome``.
 
 Values are never ``None``: absent fields are left out (Lua's cjson turns ``null`` into a

@@ -31,6 +31,18 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         to be put back (Redis brokers)
     dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
                                         ``sweep_interval``
+    dr:dead:<id>                string  a dead letter (DeadLetters): the message as delivered,
+                                        the final error, attempts, actor, queue, time; kept
+                                        ``retention`` (removed by the Lua cleanup, no PX)
+    dr:deads:time               zset    job id -> when it was dead-lettered
+    dr:deads:queue:<queue>      zset    job id -> when it was dead-lettered
+    dr:deads:actor:<actor>      zset    job id -> when it was dead-lettered
+    dr:deads:exp                zset    job id -> when its retention ends (cleanup)
+    dr:deads:xids:<queue>       hash    Redis broker message id (``redis_message_id``) -> job id
+    dr:deads:stats              hash    "<actor>\t<error type>" -> dead letters held
+    dr:deads:queues             zset    queue -> when last declared or dead-lettered
+    dr:deads:offset             hash    queue -> broker entries minus store entries, last reconciled
+    dr:deads:lock:<queue>       string  token of the tool reading a RabbitMQ dead-letter queue; PX
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
@@ -53,6 +65,7 @@ import json
 import os
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -62,11 +75,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._clock import now_ms
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
-from ..records import JobRecord, Page
+from ..records import DeadLetter, DeadStats, JobRecord, Page
 from ..status import Status
-from . import _paging
+from . import _dead, _paging
 from .base import Store
 
 T = TypeVar("T")
@@ -293,6 +307,108 @@ class RedisStore(Store):
             {_text(m) for m in pending_raw},
         )
 
+    # -- dead letters ---------------------------------------------------------------------------
+
+    def dead_letters(
+        self,
+        *,
+        queue: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        error: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        return _dead.find(
+            fetch=self._fetch_dead,
+            load=self._load_dead,
+            queue=queue,
+            actor=actor,
+            since=since,
+            before=before,
+            error=error,
+            limit=limit,
+            cursor=cursor,
+            now_ms=now_ms(),
+        )
+
+    def _fetch_dead(
+        self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
+    ) -> list[_paging.Entry]:
+        name = self.prefix + "deads:" + index
+        top: float | str = "+inf" if high == float("inf") else f"({high}"
+        if position is not None:
+            top = position[0] if position[0] < high else top
+        bottom: float | str = "-inf" if low == float("-inf") else low
+        out: list[_paging.Entry] = []
+        offset = 0
+        while len(out) < count:
+            rows = self._call(
+                "a listing",
+                self.client.zrevrangebyscore,
+                name,
+                top,
+                bottom,
+                start=offset,
+                num=count + 16,
+                withscores=True,
+            )
+            for member, score in rows:
+                entry = (float(score), member.decode() if isinstance(member, bytes) else str(member))
+                if _paging.after(entry, position):
+                    out.append(entry)
+            if len(rows) < count + 16:
+                break
+            offset += len(rows)
+        return out[:count]
+
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        if not ids:
+            return []
+        keys = [self.k("dead", i) for i in ids] + [self.k("job", i) for i in ids]
+        raws = self._call("a read", self.client.mget, keys)
+        n = len(ids)
+        return [(_dead.decode(raws[i]), _decode_json(raws[n + i])) for i in range(n)]
+
+    def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        return self.get_dead_letters([job_id])[0]
+
+    def get_dead_letters(self, job_ids: list[str]) -> list[DeadLetter | None]:
+        out: list[DeadLetter | None] = []
+        now = now_ms()
+        for i in range(0, len(job_ids), 500):
+            for d, job in self._load_dead(job_ids[i : i + 500]):
+                out.append(_dead.build(d, job) if d is not None and int(d.get("exp") or 0) > now else None)
+        return out
+
+    def dead_letter_stats(self) -> DeadStats:
+        kinds = self._call("a read", self.client.hgetall, self.k("deads", "stats"))
+        queues = {q: n for q, (n, _) in self.dead_letter_queues().items()}
+        return _dead.stats({_text(k): int(v) for k, v in kinds.items()}, queues)
+
+    def dead_letter_queues(self) -> dict[str, tuple[int, int]]:
+        names = [_text(q) for q in self._call("a read", self.client.zrange, self.k("deads", "queues"), 0, -1)]
+        if not names:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for q in names:
+            pipe.zcard(self.k("deads", "queue", q))
+        pipe.hmget(self.k("deads", "offset"), names)
+        replies = self._call("a read", pipe.execute)
+        offsets = replies[-1]
+        return {q: (int(replies[i]), int(offsets[i] or 0)) for i, q in enumerate(names)}
+
+    def dead_letter_index(self, queue: str) -> tuple[dict[str, int], dict[str, str]]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(self.k("deads", "queue", queue), 0, -1, withscores=True)
+        pipe.hgetall(self.k("deads", "xids", queue))
+        ids, xids = self._call("a read", pipe.execute)
+        return (
+            {_text(m): int(score) for m, score in ids},
+            {_text(x): _text(i) for x, i in xids.items()},
+        )
+
     # -- housekeeping ---------------------------------------------------------------------------
 
     def ping(self) -> None:
@@ -308,7 +424,17 @@ class RedisStore(Store):
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_json(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,9 +4,8 @@ local function ikey(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
 
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
 on('claim', 10, 'idem', function(ctx, s)
-  local id = ctx.op.id
   local by = redis.call('GET', ikey('done', s.key))
-  if by and not (by == id and s.replay) then
+  if by then
     ctx.res.outcome = 'duplicate'
     ctx.res.dup = by
     return

@@ -1,0 +1,234 @@
+"""``dramatiq-reliable dead list|show|replay|purge|stats``."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import click
+
+from .. import dead as api
+from .._clock import parse_duration
+from .._context import CliState, echo_json, run_command
+from ..errors import ConfigurationError
+from ..records import DeadResult
+from . import dead_render as render
+
+#: Dead letters read per page when collecting ``--all``.
+PAGE = 1_000
+
+
+def _ago(option: str, text: str | None) -> datetime | None:
+    """``--since 2h`` → the aware datetime two hours ago."""
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from None
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+
+
+def _broker(state: CliState, *, required: bool) -> Any:
+    if state.broker_url or required:
+        return state.broker()
+    return None
+
+
+def _store_only_note(state: CliState) -> None:
+    if not state.broker_url:
+        click.echo(
+            "note: no --broker given: the store's copy only (dead letters it did not record are not shown)",
+            err=True,
+        )
+
+
+@click.group()
+def dead() -> None:
+    """Dead letters: what died, why, and put it back (--broker URL or DRAMATIQ_RELIABLE_BROKER)."""
+
+
+@dead.command("list")
+@click.option("--queue", metavar="NAME", help="Only those dead-lettered from this queue.")
+@click.option("--actor", metavar="NAME", help="Only those of this actor.")
+@click.option("--since", metavar="DURATION", help="Only those dead-lettered in the last DURATION (30m, 2h, 7d).")
+@click.option("--error", "error", metavar="TEXT", help="Only those whose error (type: message) contains TEXT.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="At most this many.")
+@click.option("--cursor", metavar="CURSOR", help="Continue a previous listing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of dead letters.")
+@click.pass_obj
+@run_command
+def list_(
+    state: CliState,
+    queue: str | None,
+    actor: str | None,
+    since: str | None,
+    error: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> int:
+    """List dead letters, newest first, with the error that killed each."""
+    since_at = _ago("--since", since)
+    _store_only_note(state)
+    page = api.find(
+        state.store(),
+        _broker(state, required=False),
+        queue=queue,
+        actor=actor,
+        since=since_at,
+        error=error,
+        limit=limit,
+        cursor=cursor,
+    )
+    if as_json:
+        echo_json([letter.to_json() for letter in page])
+        return 0
+    if not page.items:
+        click.echo("No dead letters match.")
+        return 0
+    click.echo(render.table(page.items))
+    if page.cursor:
+        click.echo(f"\nMore: add --cursor {page.cursor}")
+    return 0
+
+
+@dead.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the dead letter as JSON.")
+@click.pass_obj
+@run_command
+def show(state: CliState, job_id: str, as_json: bool) -> int:
+    """Show one dead letter: the job, its final error and traceback, the message."""
+    letter = api.show(state.store(), _broker(state, required=False), job_id)
+    if as_json:
+        echo_json(letter.to_json())
+    else:
+        click.echo(render.detail(letter))
+    return 0
+
+
+def _select(
+    state: CliState,
+    ids: tuple[str, ...],
+    select_all: bool,
+    *,
+    queue: str | None,
+    actor: str | None,
+    before: datetime | None = None,
+) -> list[str]:
+    """The ids given, or with ``--all`` every dead letter matching the filters."""
+    if ids and select_all:
+        raise ConfigurationError("give dead letter ids or --all, not both")
+    if not ids and not select_all:
+        raise ConfigurationError("give the ids of dead letters, or --all (see --help)")
+    if ids:
+        if queue or actor or before:
+            raise ConfigurationError("--queue, --actor and --older-than select dead letters with --all")
+        return list(ids)
+    store, broker = state.store(), state.broker()
+    api.sync(store, broker, queues=[queue] if queue else None)
+    out: list[str] = []
+    cursor = None
+    while True:
+        page = store.dead_letters(queue=queue, actor=actor, before=before, limit=PAGE, cursor=cursor)
+        out += [letter.id for letter in page]
+        cursor = page.cursor
+        if cursor is None:
+            return out
+
+
+def _confirm(what: str, ids: list[str], select_all: bool, yes: bool, dry_run: bool) -> None:
+    if yes or dry_run or not ids or (len(ids) == 1 and not select_all):
+        return
+    n = len(ids)
+    click.confirm(f"{what} {n} dead letter{'s' if n != 1 else ''}?", abort=True, err=True)
+
+
+def _report(results: list[DeadResult], as_json: bool) -> int:
+    if as_json:
+        echo_json([r.to_json() for r in results])
+    elif results:
+        click.echo(render.results_view(results))
+    else:
+        click.echo("No dead letters match.")
+    if all(r.ok for r in results):
+        return 0
+    return 3 if any(r.outcome == "unreachable" for r in results) else 1
+
+
+@dead.command("replay")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by --queue/--actor).")
+@click.option("--queue", metavar="NAME", help="With --all: only those of this queue.")
+@click.option("--actor", metavar="NAME", help="With --all: only those of this actor.")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
+@click.pass_obj
+@run_command
+def replay(
+    state: CliState,
+    ids: tuple[str, ...],
+    select_all: bool,
+    queue: str | None,
+    actor: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> int:
+    """Put dead letters back on their queues, with their job ids (attempts start again).
+
+    \b
+    Exit codes: 0 all replayed, 1 some were not (not found, gone, malformed, …),
+    3 the broker or the store could not be reached (those stay dead letters).
+    """
+    selected = _select(state, ids, select_all, queue=queue, actor=actor)
+    _confirm("Replay", selected, select_all, yes, dry_run)
+    results = api.replay(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    return _report(results, as_json)
+
+
+@dead.command("purge")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below).")
+@click.option("--older-than", metavar="DURATION", help="With --all: only those dead for longer (e.g. 7d).")
+@click.option("--queue", metavar="NAME", help="With --all: only those of this queue.")
+@click.option("--actor", metavar="NAME", help="With --all: only those of this actor.")
+@click.option("--dry-run", is_flag=True, help="Say what would be purged; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
+@click.pass_obj
+@run_command
+def purge(
+    state: CliState,
+    ids: tuple[str, ...],
+    select_all: bool,
+    older_than: str | None,
+    queue: str | None,
+    actor: str | None,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> int:
+    """Delete dead letters for good. Live and in-flight messages are never touched."""
+    before = _ago("--older-than", older_than)
+    selected = _select(state, ids, select_all, queue=queue, actor=actor, before=before)
+    _confirm("Purge", selected, select_all, yes, dry_run)
+    results = api.purge(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    return _report(results, as_json)
+
+
+@dead.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_obj
+@run_command
+def stats(state: CliState, as_json: bool) -> int:
+    """Count dead letters by actor and error type, and per queue."""
+    _store_only_note(state)
+    result = api.stats(state.store(), _broker(state, required=False))
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        click.echo(render.stats_view(result))
+    return 0

@@ -1,0 +1,234 @@
+-- DeadLetters: the store's copy of dead-lettered messages, and the replay transitions of the
+-- job record. Section "dl" (and "job" for ``replay``, ``replay_failed``, ``dead_purge``,
+-- ``dead_forget``, ``dead_import``). Keys are listed in ``store/redis.py``.
+--
+-- A dead-letter record: {id, actor, queue, dead, exp, att, maxr, err, msg, enc, xids, src, bad}.
+-- Indexes (zsets scored by ``dead`` unless said): deads:time, deads:queue:<q>, deads:actor:<a>,
+-- deads:exp (scored by ``exp``); hashes: deads:xids:<q> (Redis broker id -> job id),
+-- deads:stats ("<actor>\t<error type>" -> count), deads:offset (queue -> broker count minus
+-- store count at the last reconciliation); zset deads:queues (queue -> last seen).
+
+local function dkey(id) return P .. 'dead:' .. id end
+local D_TIME = P .. 'deads:time'
+local D_EXP = P .. 'deads:exp'
+local D_STATS = P .. 'deads:stats'
+local D_QUEUES = P .. 'deads:queues'
+local D_OFFSET = P .. 'deads:offset'
+local function d_queue(q) return P .. 'deads:queue:' .. q end
+local function d_actor(a) return P .. 'deads:actor:' .. a end
+local function d_xids(q) return P .. 'deads:xids:' .. q end
+
+local function d_kind(d)
+  local etype = '?'
+  if d.bad then
+    etype = 'malformed'
+  elseif type(d.err) == 'table' and type(d.err.type) == 'string' then
+    etype = d.err.type
+  end
+  return (d.actor or '?') .. '\t' .. etype
+end
+
+-- Remove a dead-letter record with its index entries; returns it (or nil).
+local function d_remove(id)
+  redis.call('ZREM', D_TIME, id)
+  redis.call('ZREM', D_EXP, id)
+  local raw = redis.call('GET', dkey(id))
+  if not raw then return nil end
+  local d = cjson.decode(raw)
+  redis.call('DEL', dkey(id))
+  redis.call('ZREM', d_queue(d.queue), id)
+  redis.call('ZREM', d_actor(d.actor or '?'), id)
+  if type(d.xids) == 'table' then
+    for _, x in ipairs(d.xids) do
+      if redis.call('HGET', d_xids(d.queue), x) == id then redis.call('HDEL', d_xids(d.queue), x) end
+    end
+  end
+  local kind = d_kind(d)
+  if redis.call('HINCRBY', D_STATS, kind, -1) <= 0 then redis.call('HDEL', D_STATS, kind) end
+  return d
+end
+
+local function d_save(d)
+  redis.call('SET', dkey(d.id), cjson.encode(d))
+  redis.call('ZADD', D_TIME, d.dead, d.id)
+  redis.call('ZADD', D_EXP, d.exp, d.id)
+  redis.call('ZADD', d_queue(d.queue), d.dead, d.id)
+  redis.call('ZADD', d_actor(d.actor or '?'), d.dead, d.id)
+  redis.call('ZADD', D_QUEUES, NOW, d.queue)
+  if type(d.xids) == 'table' then
+    for _, x in ipairs(d.xids) do redis.call('HSET', d_xids(d.queue), x, d.id) end
+  end
+  redis.call('HINCRBY', D_STATS, d_kind(d), 1)
+end
+
+-- Drop records past their retention (at most ``limit`` per batch).
+local D_CLEANED = false
+local function d_cleanup()
+  if D_CLEANED then return end
+  D_CLEANED = true
+  local ids = redis.call('ZRANGEBYSCORE', D_EXP, '-inf', NOW, 'LIMIT', 0, 100)
+  for _, id in ipairs(ids) do d_remove(id) end
+end
+
+local function d_merge_xids(old, new)
+  local out, seen = {}, {}
+  for _, list in ipairs({old or {}, new or {}}) do
+    if type(list) == 'table' then
+      for _, x in ipairs(list) do
+        if not seen[x] then seen[x] = true; table.insert(out, x) end
+      end
+    end
+  end
+  return out
+end
+
+-- Capture: the end of an attempt whose message is being dead-lettered.
+on('finish', 40, 'dl', function(ctx, s)
+  local id = ctx.op.id
+  local old = d_remove(id)
+  local xids = {}
+  if s.xid then xids = {s.xid} end
+  if old and old.queue == s.queue then xids = d_merge_xids(old.xids, xids) end
+  local d = {id = id, actor = s.actor, queue = s.queue, dead = NOW, exp = NOW + s.ret, att = s.att,
+    maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'mw'}
+  if #xids > 0 then d.xids = xids end
+  d_save(d)
+  d_cleanup()
+end)
+
+-- The queues of an app (declared by its actors), so their dead-letter queues are looked at
+-- even before anything of theirs is dead-lettered.
+on('dead_queue', 40, 'dl', function(ctx, s)
+  for _, q in ipairs(s.queues) do redis.call('ZADD', D_QUEUES, NOW, q) end
+end)
+
+-- An entry found in the broker's dead-letter queue that the store did not know (dead-lettered
+-- before DeadLetters was installed, or while the store was unreachable), or another broker copy
+-- of a known one (its broker id is added).
+on('dead_import', 20, 'job', function(ctx, s)
+  local e = load(ctx.op.id)
+  if e.rec and not TERMINAL[e.rec.status] then
+    e.rec.fin = NOW
+    e.rec.next = nil
+    set_status(e, 'failed', s.detail, s)
+  end
+end)
+
+on('dead_import', 40, 'dl', function(ctx, s)
+  local id = ctx.op.id
+  local raw = redis.call('GET', dkey(id))
+  if raw then
+    local d = cjson.decode(raw)
+    if d.queue == s.queue and s.xid then
+      local before = type(d.xids) == 'table' and #d.xids or 0
+      d.xids = d_merge_xids(d.xids, {s.xid})
+      if #d.xids > before then
+        redis.call('SET', dkey(id), cjson.encode(d))
+        redis.call('HSET', d_xids(d.queue), s.xid, id)
+      end
+    end
+    ctx.res.known = true
+    return
+  end
+  -- Kept ``ret`` from now: the broker still holds it, however old it is.
+  local d = {id = id, actor = s.actor, queue = s.queue, dead = s.dead, exp = NOW + s.ret, att = s.att,
+    maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'broker', bad = s.bad}
+  if s.xid then d.xids = {s.xid} end
+  d_save(d)
+  d_cleanup()
+end)
+
+-- Replay, step 1 (before the broker moves the message): failed -> queued, with a fresh attempt
+-- count (the replay gets the whole retry budget again); the history is kept. A record in
+-- another status is left as it is (a job recorded done is skipped by Idempotency).
+on('replay', 20, 'job', function(ctx, s)
+  local e = load(ctx.op.id)
+  if not e.rec then return end
+  local rec = e.rec
+  if rec.status ~= 'failed' then
+    event(rec, rec.status, s.detail .. ' (it was ' .. rec.status .. ', so its status is kept)', s.hist)
+    touch(e)
+    return
+  end
+  rec.att = 0
+  rec.fin = nil
+  rec.next = nil
+  rec.stack = nil
+  rec.start = nil
+  set_status(e, 'queued', s.detail, s)
+  ctx.res.requeued = true
+end)
+
+-- Replay, step 2: the broker moved it; it is no longer a dead letter.
+on('replayed', 40, 'dl', function(ctx, s)
+  d_remove(ctx.op.id)
+  d_cleanup()
+end)
+
+-- Replay, step 2 when the broker did not move it: back to failed (sent only for records that
+-- step 1 requeued; a worker cannot have taken it).
+on('replay_failed', 20, 'job', function(ctx, s)
+  local e = load(ctx.op.id)
+  if e.rec and e.rec.status == 'queued' then
+    e.rec.fin = NOW
+    set_status(e, 'failed', s.detail, s)
+  end
+end)
+
+on('dead_purge', 20, 'job', function(ctx, s)
+  local e = load(ctx.op.id)
+  if e.rec and e.rec.status == 'failed' then
+    event(e.rec, 'failed', s.detail, s.hist)
+    touch(e)
+  end
+end)
+
+on('dead_purge', 40, 'dl', function(ctx, s)
+  ctx.res.removed = d_remove(ctx.op.id) ~= nil
+  d_cleanup()
+end)
+
+-- The broker no longer has it (expired, or removed by another tool): forget the copy, unless it
+-- was captured less than ``before`` ago (its nack may not have reached the broker yet).
+on('dead_forget', 15, 'dl', function(ctx, s)
+  local raw = redis.call('GET', dkey(ctx.op.id))
+  if not raw then return end
+  local d = cjson.decode(raw)
+  if (tonumber(d.dead) or 0) < tonumber(s.before) then
+    d_remove(ctx.op.id)
+    ctx.outcome = 'forgotten'
+    ctx.res.removed = true
+  end
+end)
+
+on('dead_forget', 20, 'job', function(ctx, s)
+  if ctx.outcome ~= 'forgotten' then return end
+  local e = load(ctx.op.id)
+  if e.rec and e.rec.status == 'failed' then
+    event(e.rec, 'failed', s.detail, s.hist)
+    touch(e)
+  end
+end)
+
+-- After a reconciliation: how many more entries the broker holds than the store for a queue.
+on('dead_sync', 40, 'dl', function(ctx, s)
+  redis.call('HSET', D_OFFSET, s.queue, s.offset)
+  redis.call('ZADD', D_QUEUES, NOW, s.queue)
+end)
+
+-- A short lock per queue, held while a tool reads a RabbitMQ dead-letter queue (reading takes
+-- its messages out until the channel closes, so two readers would each miss the other's).
+on('dead_lock', 40, 'dl', function(ctx, s)
+  local k = P .. 'deads:lock:' .. s.queue
+  if redis.call('SET', k, s.token, 'NX', 'PX', s.ttl) then
+    ctx.res.ok = true
+  else
+    ctx.res.ok = false
+    ctx.res.holder = redis.call('GET', k) or ''
+  end
+end)
+
+on('dead_unlock', 40, 'dl', function(ctx, s)
+  local k = P .. 'deads:lock:' .. s.queue
+  if redis.call('GET', k) == s.token then redis.call('DEL', k) end
+end)
