@@ -19,6 +19,7 @@ from ..records import JobRecord, Page
 from ..status import TERMINAL, Status
 from . import _paging
 from .base import Store
+from .base import statuses_to_count as _paging_statuses
 
 DAY_MS = 86_400_000
 
@@ -117,6 +118,13 @@ class MemoryStore(Store):
         self.strings: dict[tuple[str, str], tuple[str, int]] = {}
         #: job id -> ({step: JSON}, expires at ms)
         self.checkpoints: dict[str, tuple[dict[str, str], int]] = {}
+        # -- alerts ---
+        #: throttle name -> (state, expires at ms); see ``_memory_alerts.py``.
+        self.alert_throttles: dict[str, tuple[dict[str, Any], int]] = {}
+        #: throttle name -> ms its summary is due / it counts as recovered.
+        self.alert_due: dict[str, int] = {}
+        self.alert_quiet: dict[str, int] = {}
+        # -- end alerts ---
 
     # -- state helpers (lock held) ------------------------------------------------------------
 
@@ -158,7 +166,7 @@ class MemoryStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        from . import _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
+        from . import _memory_alerts, _memory_idem, _memory_jobs  # noqa: F401  (register the handlers)
 
         spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
         results: list[dict[str, Any]] = []
@@ -255,3 +263,10 @@ class MemoryStore(Store):
 
     def ping(self) -> None:
         return None
+
+    # -- alerts / metrics ---
+
+    def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
+        names = _paging_statuses(statuses)
+        with self.lock:
+            return {name: len(self.indexes.get(f"status:{name}", {})) for name in names}

@@ -14,6 +14,17 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<id>           hash    step name -> JSON result of ``dr.once``; PX ``ttl``
 
+    dr:alert:<kind>:<actor>:<error type>
+                                hash    an alert throttle: last (ms of the last notification),
+                                        sup (occurrences suppressed since), since (ms of the
+                                        first of them), seen (ms of the latest), jid, msg, q,
+                                        win (ms), kind, actor, etype; PX 2 windows + 1 min
+                                        after the latest occurrence
+    dr:alerts:due               zset    throttle name -> ms its summary of suppressed
+                                        occurrences is due (while it has some)
+    dr:alerts:quiet             zset    throttle name -> ms it counts as recovered
+                                        (``notify_recovered=True`` only)
+
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
 
@@ -45,7 +56,7 @@ from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..records import JobRecord, Page
 from ..status import Status
 from . import _paging
-from .base import Store
+from .base import Store, statuses_to_count
 
 T = TypeVar("T")
 
@@ -207,6 +218,16 @@ class RedisStore(Store):
         pipe.hset(key, name, result_json)
         pipe.pexpire(key, ttl_ms)
         self._call("a checkpoint write", pipe.execute)
+
+    # -- alerts / metrics ---
+
+    def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
+        names = statuses_to_count(statuses)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.zcard(self.k("jobs", "status", name))
+        counts = self._call("a count", pipe.execute)
+        return {name: int(n) for name, n in zip(names, counts, strict=True)}
 
     # -- housekeeping ---------------------------------------------------------------------------
 
