@@ -29,6 +29,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .install import install
+from .metrics import enable_metrics
 from .middleware import Idempotency, JobState
 from .records import Event, JobError, JobRecord, Page
 from .status import Status
@@ -63,6 +64,7 @@ __all__ = [
     "StoreUnavailable",
     "__version__",
     "current_job",
+    "enable_metrics",
     "install",
     "once",
     "open_store",

@@ -22,6 +22,7 @@ import click
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
 from .jobs import jobs
+from .metrics import metrics
 
 #: Exit codes.
 RET_OK = 0
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> No
 
 
 cli.add_command(jobs)
+cli.add_command(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
