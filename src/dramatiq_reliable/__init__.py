@@ -17,6 +17,7 @@ Importing this package touches no network, file or environment variable.
 from __future__ import annotations
 
 from .actors import CurrentJob, current_job, once
+from .alert import Alert
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
@@ -25,12 +26,14 @@ from .errors import (
     DuplicateJob,
     MalformedMessage,
     NotFound,
+    NotifierError,
     StoreError,
     StoreUnavailable,
 )
 from .install import install
 from .metrics import enable_metrics
-from .middleware import Idempotency, JobState
+from .middleware import Alerts, Idempotency, JobState
+from .notifiers import LogNotifier, SentryNotifier, WebhookNotifier
 from .records import Event, JobError, JobRecord, Page
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
@@ -38,6 +41,9 @@ from .store import MemoryStore, RedisStore, Store, open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    # Alerts
+    "Alert",
+    "Alerts",
     # Errors
     "ArgumentsError",
     "BrokerUnavailable",
@@ -52,16 +58,20 @@ __all__ = [
     "JobError",
     "JobRecord",
     "JobState",
+    "LogNotifier",
     "MalformedMessage",
     # Stores
     "MemoryStore",
     "NotFound",
+    "NotifierError",
     "Page",
     "RedisStore",
+    "SentryNotifier",
     "Status",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "WebhookNotifier",
     "__version__",
     "current_job",
     "enable_metrics",

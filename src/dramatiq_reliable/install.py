@@ -10,6 +10,7 @@ import dramatiq
 from dramatiq.middleware import Retries
 
 from .errors import ConfigurationError
+from .middleware.alerts import Alerts
 from .middleware.base import ReliableMiddleware
 from .middleware.idempotency import Idempotency
 from .middleware.job_state import JobState
@@ -17,8 +18,9 @@ from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
 #: last: it commits a job's start itself, because it needs the answer, and so the start
-#: sections of the others go in the same store call.
-ORDER: list[type[ReliableMiddleware]] = [JobState, Idempotency]
+#: sections of the others go in the same store call. Alerts comes after the Watchdog and
+#: DeadLetters, before Idempotency.
+ORDER: list[type[ReliableMiddleware]] = [JobState, Alerts, Idempotency]
 
 
 def _options_of(cls: type[ReliableMiddleware]) -> set[str]:
@@ -34,8 +36,9 @@ def install(
     """Add every middleware of the bundle to ``broker`` and return them, in order.
 
     Each keyword goes to the middleware whose constructor takes it (``retention`` to JobState,
-    ``ttl`` and ``lease`` to Idempotency, …). Call it before the modules that declare actors
-    are imported, as for any middleware that adds actor options.
+    ``ttl`` and ``lease`` to Idempotency, ``notifiers`` and ``window`` to Alerts, …). Call it
+    before the modules that declare actors are imported, as for any middleware that adds
+    actor options.
 
     Example::
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .alerts import Alerts
 from .idempotency import Idempotency
 from .job_state import JobState
 
-__all__ = ["Idempotency", "JobState"]
+__all__ = ["Alerts", "Idempotency", "JobState"]
