@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ import sentry_sdk
 from sentry_sdk.transport import Transport
 
 import dramatiq_reliable as dr
+from tests.webhook_server import Hook
 
 ALERT = dr.Alert(
     kind="failed",
@@ -29,45 +28,11 @@ ALERT = dr.Alert(
 )
 
 
-class Hook(ThreadingHTTPServer):
-    """A webhook: answers each POST with the next status of ``statuses`` (the last one repeats)."""
-
-    daemon_threads = True
-
-    def __init__(self, statuses: list[int], hang: threading.Event | None = None) -> None:
-        self.statuses = statuses
-        self.hang = hang
-        self.requests: list[dict[str, Any]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                server.requests.append({"body": json.loads(body), "type": self.headers["Content-Type"]})
-                if server.hang is not None:
-                    server.hang.wait(30)
-                    return
-                status = server.statuses[min(len(server.requests), len(server.statuses)) - 1]
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None: ...
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hooks/secret-token"
-
-
 @pytest.fixture
 def hook(request: pytest.FixtureRequest) -> Iterator[Hook]:
     server = Hook(getattr(request, "param", [200]))
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 def test_webhook_posts_slack_compatible_json(hook: Hook) -> None:
@@ -102,22 +67,18 @@ def test_webhook_does_not_retry_a_client_error(hook: Hook) -> None:
 
 
 def test_webhook_times_out() -> None:
-    release = threading.Event()
-    server = Hook([200], hang=release)
+    server = Hook(hang=threading.Event())
     try:
         with pytest.raises(dr.NotifierError, match="timed out"):
             dr.WebhookNotifier(server.url, timeout=0.3, retries=0)(ALERT)
     finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_webhook_unreachable() -> None:
-    server = Hook([200])
+    server = Hook()
     url = server.url
-    server.shutdown()
-    server.server_close()
+    server.close()
     with pytest.raises(dr.NotifierError, match="failed after 2 attempts"):
         dr.WebhookNotifier(url, retries=1, backoff=0.01)(ALERT)
 
