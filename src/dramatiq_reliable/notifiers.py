@@ -88,6 +88,7 @@ class WebhookNotifier:
         answer (not after another 4xx). Defaults to 2.
       backoff(float): seconds before the first retry, doubled for each next one. Defaults to 0.5.
       headers(dict[str, str]): extra request headers (e.g. an ``Authorization``).
+      name(str): the notifier's name in logs and metric labels. Defaults to ``"webhook"``.
 
     Raises:
       ConfigurationError: the URL is not an http(s) URL with a host, or an option is out of range.
@@ -101,6 +102,7 @@ class WebhookNotifier:
         retries: int = 2,
         backoff: float = 0.5,
         headers: Mapping[str, str] | None = None,
+        name: str = "webhook",
     ) -> None:
         if not isinstance(url, str):
             raise ConfigurationError(f"WebhookNotifier needs a URL string, not {url!r}")
@@ -122,7 +124,7 @@ class WebhookNotifier:
         self.retries = retries
         self.backoff = float(backoff)
         self.headers = {"Content-Type": "application/json", "User-Agent": "dramatiq-reliable", **(headers or {})}
-        self.name = "webhook"
+        self.name = name
 
     def __repr__(self) -> str:
         return f"WebhookNotifier({_shown(self.url)!r})"

@@ -306,3 +306,37 @@ def test_default_notifier_is_the_log() -> None:
     alerts = dr.Alerts(dr.MemoryStore())
     assert [type(n) for n in alerts.notifiers] == [dr.LogNotifier]
     alerts.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "count", "outlook"),
+    [
+        ("failed", 1, "Retries will not recover it: it is dead-lettered"),
+        ("failed", 7, "Retries will not recover them: they are dead-lettered"),
+        ("retrying", 2, "Retries may still recover them."),
+        ("stuck", 1, "It is still running and may yet finish."),
+        ("abandoned", 1, "The broker delivers it again, so a retry may still recover it."),
+        ("backlog", 1, ""),
+    ],
+)
+def test_alert_text_says_what_how_many_and_the_outlook(kind: str, count: int, outlook: str) -> None:
+    alert = dr.Alert(
+        kind=kind,
+        actor="send_invoice",
+        queue="mail",
+        error_type="SMTPError",
+        error_message="refused",
+        job_id="job-9",
+        count=count,
+        suppressed=count - 1,
+        keys={"order_id": "4711"},
+        detail="dead-lettered after 4 attempts: SMTPError: refused",
+        window=300,
+    )
+    text = alert.text
+    assert text.splitlines()[0].startswith(f"[{kind}] send_invoice: {count} ")
+    assert "Error: refused" in text and "Example job: job-9 (order_id=4711) on queue mail." in text
+    assert "Dead-lettered after 4 attempts: SMTPError: refused." in text
+    assert outlook in text
+    assert ("suppressed since" in text) == (count > 1)
+    assert alert.to_json()["text"] == text and alert.to_json()["window_seconds"] == 300

@@ -199,6 +199,17 @@ def test_cli_bad_usage_and_unreachable_store(capsys: pytest.CaptureFixture[str],
     assert main(["--store", "memory://", "metrics", "--port", "99999"]) == 2
 
 
+def test_cli_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--store", "memory://", "metrics", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 def metrics_now() -> int:
     from dramatiq_reliable._clock import now_ms
 
