@@ -1,7 +1,8 @@
 """The app of ``bench/alerts_overhead.py``: no-op jobs (one Redis INCR each), with or without Alerts + metrics.
 
 ``BENCH_VARIANT``: ``bundle`` (JobState + Idempotency) or ``alerts`` (JobState + Alerts +
-Idempotency, with ``dr.enable_metrics(BENCH_PROM_DIR)``).
+Idempotency, with ``dr.enable_metrics(BENCH_PROM_DIR)``, and a ``WebhookNotifier`` to
+``BENCH_WEBHOOK`` if set).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ broker = broker_from_url(url, **({"namespace": env["BENCH_NS"]} if url.startswit
 store = dr.RedisStore(env["BENCH_STORE"], prefix=env["BENCH_PREFIX"])
 if env["BENCH_VARIANT"] == "alerts":
     dr.enable_metrics(env["BENCH_PROM_DIR"])
-    dr.install(broker, store, notifiers=[])
+    hook = env.get("BENCH_WEBHOOK")
+    dr.install(broker, store, notifiers=[dr.WebhookNotifier(hook, timeout=60, retries=0)] if hook else [])
 else:
     add(broker, dr.JobState(store))
     add(broker, dr.Idempotency(store))
@@ -39,3 +41,9 @@ def noop() -> None:
 def fail() -> None:
     counter.incr(done_key)
     raise RuntimeError("bench failure")
+
+
+@dramatiq.actor(queue_name=env["BENCH_QUEUE"], max_retries=0)
+def distinct(i: int = 0) -> None:
+    counter.incr(done_key)
+    raise type(f"Error{i}", (Exception,), {})("bench failure")  # its own throttle key: every job alerts
