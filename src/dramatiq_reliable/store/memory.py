@@ -18,8 +18,7 @@ from .._clock import now_ms
 from ..records import JobRecord, Page
 from ..status import TERMINAL, Status
 from . import _paging
-from .base import Store
-from .base import statuses_to_count as _paging_statuses
+from .base import Store, statuses_to_count
 
 DAY_MS = 86_400_000
 
@@ -267,6 +266,6 @@ class MemoryStore(Store):
     # -- alerts / metrics ---
 
     def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
-        names = _paging_statuses(statuses)
+        names = statuses_to_count(statuses)
         with self.lock:
             return {name: len(self.indexes.get(f"status:{name}", {})) for name in names}
