@@ -79,6 +79,32 @@ def test_a_burst_of_failures_is_one_alert_then_one_summary(server_env: ServerEnv
     assert len(hook.requests) == 3, [a["title"] if "title" in a else a["kind"] for a in hook.alerts()]
 
 
+def test_a_pending_summary_survives_the_workers_being_killed(
+    server_env: ServerEnv, hook: Hook, artifacts: Path
+) -> None:
+    # Given 40 failures alerted once, the rest suppressed
+    env = env_with(server_env, {"window": 8}, DR_TEST_WEBHOOK=hook.url)
+    app = build(env)
+    store = server_env.store()
+    workers = DramatiqProcess("apps.alerting", env, artifacts / "worker.log").start()
+    try:
+        for i in range(40):
+            app.send_invoice.send(order_id=i)
+        wait_until(lambda: failed_count(store) == 40, timeout=60, what="40 failed jobs")
+        wait_until(hook.alerts, timeout=10, what="the first alert")
+    finally:
+        # When every worker process is killed before the window ends
+        workers.kill()
+    assert len(hook.requests) == 1
+
+    # Then new workers send the summary: the count was in the store, not in the dead processes
+    with DramatiqProcess("apps.alerting", env, artifacts / "worker.log"):
+        wait_until(lambda: len(hook.requests) >= 2, timeout=30, what="the summary")
+    assert len(hook.requests) == 2
+    summary = hook.alerts()[1]
+    assert summary["summary"] is True and summary["suppressed"] == 39
+
+
 @pytest.mark.parametrize("hook", ["hang", "500"], indirect=True)
 def test_a_hanging_or_failing_webhook_never_slows_jobs(
     server_env: ServerEnv, hook: Hook, artifacts: Path, tmp_path: Path

@@ -178,6 +178,19 @@ def test_gauges_when_the_store_is_down() -> None:
     assert not any(name == "dramatiq_reliable_jobs_in_status" for name, _ in values)
 
 
+def test_gauges_when_the_broker_is_down() -> None:
+    from dramatiq_reliable.brokers import broker_from_url
+
+    broker = broker_from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        values = samples(generate_latest(registry(dr.MemoryStore(), broker, queues=["default"])).decode())
+    finally:
+        broker.close()
+    assert values[("dramatiq_reliable_exporter_source_up", frozenset({("source", "broker")}))] == 0
+    assert values[("dramatiq_reliable_exporter_source_up", frozenset({("source", "store")}))] == 1
+    assert not any(name.startswith("dramatiq_reliable_queue_") for name, _ in values)
+
+
 def test_count_jobs_rejects_an_unknown_status() -> None:
     with pytest.raises(dr.ConfigurationError, match="unknown status 'nope'"):
         dr.MemoryStore().count_jobs(["nope"])
