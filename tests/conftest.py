@@ -39,6 +39,19 @@ def _unreachable(what: str, url: str, exc: BaseException) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _stop_background_threads() -> Iterator[None]:
+    """Stop the journal and heartbeat threads a test started, so they do not pile up in the run."""
+    from dramatiq_reliable.middleware import _heartbeat
+    from dramatiq_reliable.store import journal
+
+    yield
+    for j in list(journal._journals):
+        j.close()
+    for store in list(_heartbeat._heartbeats):
+        _heartbeat.stop_heartbeat(store)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> str:
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from . import dead
 from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
+from .alert import Alert
 from .backlog import QueueStats, queue_stats
 from .dead import purge, replay
 from .errors import (
@@ -29,13 +30,16 @@ from .errors import (
     DuplicateJob,
     MalformedMessage,
     NotFound,
+    NotifierError,
     StoreError,
     StoreUnavailable,
 )
 from .fleet import WorkerProcess
 from .install import add as install_one
 from .install import install
-from .middleware import DeadLetters, Idempotency, JobState, Watchdog
+from .metrics import enable_metrics
+from .middleware import Alerts, DeadLetters, Idempotency, JobState, Watchdog
+from .notifiers import LogNotifier, SentryNotifier, WebhookNotifier
 from .records import CronTick, DeadLetter, DeadResult, DeadStats, Event, JobError, JobRecord, Page
 from .scheduler import Scheduler
 from .status import Status
@@ -44,6 +48,8 @@ from .store import MemoryStore, RedisStore, Store, open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
+    "Alerts",
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
@@ -61,24 +67,29 @@ __all__ = [
     "JobError",
     "JobRecord",
     "JobState",
+    "LogNotifier",
     "MalformedMessage",
     "MemoryStore",
     "NotFound",
+    "NotifierError",
     "Page",
     "QueueStats",
     "RedisStore",
     "Schedule",
     "Scheduler",
+    "SentryNotifier",
     "Status",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "Watchdog",
+    "WebhookNotifier",
     "WorkerProcess",
     "__version__",
     "cron",
     "current_job",
     "dead",
+    "enable_metrics",
     "install",
     "install_one",
     "once",

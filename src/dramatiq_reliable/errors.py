@@ -10,7 +10,8 @@
     ├── BrokerUnavailable                      the broker cannot be reached
     ├── NotFound (also KeyError)               no job or dead letter with that id
     ├── MalformedMessage                       a stored message that cannot be decoded
-    └── DuplicateJob                           ``unique=True`` refused a second enqueue
+    ├── DuplicateJob                           ``unique=True`` refused a second enqueue
+    └── NotifierError                          a notifier could not deliver an alert
 
 The root derives from Dramatiq's ``MiddlewareError``: Dramatiq swallows every other exception
 raised by a middleware hook, and errors such as ``ConfigurationError`` at declaration or
@@ -86,6 +87,11 @@ class DuplicateJob(DramatiqReliableError):
         self.job_id = job_id
 
 
+class NotifierError(DramatiqReliableError):
+    """A notifier could not deliver an alert (the webhook timed out or answered an error, Sentry
+    is not initialised, …). Alerts logs and counts it (``notifier_errors_total``); jobs go on."""
+
+
 class DuplicateSkip(SkipMessage):
     """Raised inside a worker to skip (and ack) a message that is an idempotent duplicate."""
 
@@ -99,6 +105,7 @@ __all__ = [
     "DuplicateSkip",
     "MalformedMessage",
     "NotFound",
+    "NotifierError",
     "StoreError",
     "StoreUnavailable",
 ]

@@ -10,6 +10,7 @@ import dramatiq
 from dramatiq.middleware import Retries
 
 from .errors import ConfigurationError
+from .middleware.alerts import Alerts
 from .middleware.base import ReliableMiddleware
 from .middleware.dead_letters import DeadLetters
 from .middleware.idempotency import Idempotency
@@ -19,7 +20,7 @@ from .store.base import Store
 
 #: The bundle, in the order it sits in the broker's list (all before Retries). Idempotency comes
 #: first: it asks the store whether a delivery may run before the others stage anything.
-ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState, DeadLetters, Watchdog]
+ORDER: list[type[ReliableMiddleware]] = [Idempotency, JobState, DeadLetters, Watchdog, Alerts]
 
 
 #: install() keywords for options whose name another middleware of the bundle owns first:
@@ -43,9 +44,9 @@ def install(
     """Add every middleware of the bundle to ``broker`` and return them, in order.
 
     Each keyword goes to the middleware whose constructor takes it (``retention`` to JobState,
-    ``ttl`` and ``lease`` to Idempotency, …); ``dead_letter_retention`` is DeadLetters'
-    ``retention``. Call it before the modules that declare actors are imported, as for any
-    middleware that adds actor options.
+    ``ttl`` and ``lease`` to Idempotency, ``notifiers`` and ``window`` to Alerts, …);
+    ``dead_letter_retention`` is DeadLetters' ``retention``. Call it before the modules that
+    declare actors are imported, as for any middleware that adds actor options.
 
     Example::
 

@@ -353,7 +353,7 @@ def test_bad_input_is_refused(stub_broker: StubBroker, store: dr.MemoryStore) ->
 
 def test_install_order_options_and_queues(stub_broker: StubBroker, store: dr.MemoryStore) -> None:
     added = dr.install(stub_broker, store, dead_letter_retention=3600, retention=60)
-    assert [type(m).__name__ for m in added] == ["Idempotency", "JobState", "DeadLetters", "Watchdog"]
+    assert [type(m).__name__ for m in added] == ["Idempotency", "JobState", "DeadLetters", "Watchdog", "Alerts"]
     names = [type(m).__name__ for m in stub_broker.middleware]
     assert names.index("Idempotency") < names.index("JobState") < names.index("DeadLetters") < names.index("Retries")
     assert added[2].retention == 3600 and added[1].retention == 60  # type: ignore[attr-defined]

@@ -108,7 +108,7 @@ def test_a_bad_stuck_after_fails_at_declaration(broker: StubBroker) -> None:
 
 
 def test_install_puts_the_watchdog_after_job_state(broker: StubBroker) -> None:
-    assert [dr.Idempotency, dr.JobState, dr.DeadLetters, dr.Watchdog] == ORDER
+    assert [dr.Idempotency, dr.JobState, dr.DeadLetters, dr.Watchdog, dr.Alerts] == ORDER
     ours = [type(m) for m in broker.middleware if type(m) in ORDER]
     assert ours == ORDER
     assert watchdog_of(broker).abandon_after == 0.5
@@ -168,7 +168,7 @@ def test_a_job_past_stuck_after_is_stuck_with_its_stack_then_done(
     assert "dramatiq/worker.py" in " ".join(f["file"] for f in record.stack)
     assert "past its stuck_after of 0.3s" in record.events[-1].detail
     assert metrics.value("stuck_jobs_total", actor="blocked") == before + 1
-    [event] = [e for e in heard if e.kind == "stuck"]
+    [event] = wait_until(lambda: [e for e in heard if e.kind == "stuck"], timeout=5, what="the stuck event")
     assert event.job_id == message.message_id and event.actor == "blocked" and event.extra["stack"] == record.stack
 
     # And when it ends it is done, its stack cleared
@@ -217,7 +217,8 @@ def test_a_stuck_job_is_marked_once_the_store_answers_again(
     # When it answers again, the job is marked stuck
     store.down = False
     wait_until(lambda: status(store, message.message_id) == "stuck", timeout=10, what="stuck after the outage")
-    assert [e.job_id for e in heard if e.kind == "stuck"] == [message.message_id]
+    stuck = wait_until(lambda: [e.job_id for e in heard if e.kind == "stuck"], timeout=5, what="the stuck event")
+    assert stuck == [message.message_id]
 
 
 def test_the_watcher_thread_survives_its_errors(

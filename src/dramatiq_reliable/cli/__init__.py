@@ -25,6 +25,7 @@ from .cron import cron_group, scheduler_command
 from .dead import dead
 from .demo import demo
 from .jobs import jobs
+from .metrics import metrics
 from .queues import queues
 
 #: Exit codes.
@@ -66,6 +67,7 @@ cli.add_command(cron_group)
 cli.add_command(scheduler_command)
 cli.add_command(queues)
 cli.add_command(dead)
+cli.add_command(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from .alerts import Alerts
 from .dead_letters import DeadLetters
 from .idempotency import Idempotency
 from .job_state import JobState
 from .watchdog import Watchdog
 
-__all__ = ["Idempotency", "JobState", "Watchdog"]
-__all__ = ["DeadLetters", "Idempotency", "JobState"]
+__all__ = ["Alerts", "DeadLetters", "Idempotency", "JobState", "Watchdog"]

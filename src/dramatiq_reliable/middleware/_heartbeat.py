@@ -116,6 +116,14 @@ _heartbeats: weakref.WeakKeyDictionary[Store, tuple[int, Heartbeat]] = weakref.W
 _lock = threading.Lock()
 
 
+def stop_heartbeat(store: Store) -> None:
+    """Stop the heartbeat of ``store`` in this process, if it runs (``Store.close`` calls it)."""
+    with _lock:
+        item = _heartbeats.pop(store, None)
+    if item is not None and item[0] == os.getpid():
+        item[1].stop()
+
+
 def heartbeat_for(store: Store) -> Heartbeat:
     """The running heartbeat of ``store`` in this process (started on first use)."""
     with _lock:

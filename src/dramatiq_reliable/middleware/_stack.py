@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 from typing import Any
@@ -18,7 +19,16 @@ def thread_stack(ident: int, *, limit: int = MAX_FRAMES) -> list[dict[str, Any]]
     Returns ``None`` if no such thread runs. A thread blocked in C code (a socket read,
     ``time.sleep``) shows the Python line that called it as its innermost frame.
     """
-    frame = sys._current_frames().get(ident)
+    # CPython 3.11 holds its thread-list lock while sys._current_frames() allocates: a garbage
+    # collection there can run a finalizer that lets another thread take the GIL and then wait
+    # for that lock, a deadlock. Later CPythons pause the collector around the call; so do we.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        frame = sys._current_frames().get(ident)
+    finally:
+        if paused:
+            gc.enable()
     if frame is None:
         return None
     try:

@@ -19,7 +19,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Retries
 
-from .. import metrics
+from .. import metrics, sentry
 from .._clock import now_ms
 from ..actors.context import set_current
 from ._run import JobRun
@@ -79,8 +79,11 @@ class ReliableMiddleware(dramatiq.Middleware):
         assert run is not None
         run.began = True
         set_current(run)
+        last = self.is_last(broker)
+        if last:  # after the others' on_start (JobState's computes the business keys)
+            sentry.tag_job(run)
         self.on_start(broker, message, run)
-        if self.is_last(broker):
+        if last:
             run.commit(self.journal, wait=False)
 
     def after_process_message(

@@ -10,7 +10,6 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 
-from .. import metrics
 from ..errors import ConfigurationError
 from ..store.base import Store
 from ..store.ops import compact
@@ -101,7 +100,7 @@ class DeadLetters(ReliableMiddleware):
             "ret": int(self.retention * 1000),
         }
         run.stage(self.journal, "finish", "dl", compact(section))
-        metrics.inc("dead_letters_total", actor=message.actor_name, queue=queue)
+        # dead_letters_total is counted once per failed job by metrics.observe_job.
         self.logger.info(
             "Message %r (%s) dead-lettered to %s.XQ after %d attempt(s): %s",
             message.message_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -294,11 +295,51 @@ class Store(abc.ABC):
           StoreUnavailable: it does not.
         """
 
+    # -- alerts / metrics -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
+        """How many job records are in each status (one cheap call: the status indexes' sizes).
+
+        Parameters:
+          statuses: the statuses to count. Defaults to every status.
+
+        Returns:
+          dict[str, int]: status value -> number of records.
+
+        Raises:
+          ConfigurationError: an unknown status.
+          StoreUnavailable: the store cannot be reached.
+        """
+
     def close(self) -> None:
-        """Flush pending writes and release connections."""
+        """Flush pending writes, stop this process's heartbeat for the store, release connections."""
+        from ..middleware._heartbeat import stop_heartbeat
+
+        stop_heartbeat(self)
         journal = self._journal
         if journal is not None and self._journal_pid == os.getpid():
             journal.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
+
+
+# -- alerts / metrics ---
+
+
+def statuses_to_count(statuses: Sequence[Status | str] | None) -> list[str]:
+    """The status values :meth:`Store.count_jobs` counts (every status by default)."""
+    from ..errors import ConfigurationError
+    from ..status import Status
+
+    if statuses is None:
+        return [s.value for s in Status]
+    names = []
+    for status in statuses:
+        try:
+            names.append(Status(status).value)
+        except ValueError:
+            known = ", ".join(s.value for s in Status)
+            raise ConfigurationError(f"unknown status {status!r} (known: {known})") from None
+    return names

@@ -20,7 +20,7 @@ from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord, Page
 from ..status import TERMINAL, Status
 from . import _dead, _paging
-from .base import Store
+from .base import Store, statuses_to_count
 
 DAY_MS = 86_400_000
 
@@ -124,6 +124,13 @@ class MemoryStore(Store):
         self.dead_records: dict[str, dict[str, Any]] = {}
         #: "xids:<queue>" | "stats" | "offset" -> {field: value}
         self.dead_hashes: dict[str, dict[str, Any]] = {}
+        # -- alerts ---
+        #: throttle name -> (state, expires at ms); see ``_memory_alerts.py``.
+        self.alert_throttles: dict[str, tuple[dict[str, Any], int]] = {}
+        #: throttle name -> ms its summary is due / it counts as recovered.
+        self.alert_due: dict[str, int] = {}
+        self.alert_quiet: dict[str, int] = {}
+        # -- end alerts ---
 
     # -- state helpers (lock held) ------------------------------------------------------------
 
@@ -172,7 +179,14 @@ class MemoryStore(Store):
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        from . import _memory_cron, _memory_dead, _memory_idem, _memory_jobs, _memory_watchdog  # noqa: F401
+        from . import (  # noqa: F401  (register the handlers)
+            _memory_alerts,
+            _memory_cron,
+            _memory_dead,
+            _memory_idem,
+            _memory_jobs,
+            _memory_watchdog,
+        )
 
         spec = json.loads(json.dumps(batch))  # the same JSON round trip the Lua script sees
         results: list[dict[str, Any]] = []
@@ -347,3 +361,10 @@ class MemoryStore(Store):
 
     def ping(self) -> None:
         return None
+
+    # -- alerts / metrics ---
+
+    def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
+        names = statuses_to_count(statuses)
+        with self.lock:
+            return {name: len(self.indexes.get(f"status:{name}", {})) for name in names}

@@ -43,6 +43,16 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:deads:queues             zset    queue -> when last declared or dead-lettered
     dr:deads:offset             hash    queue -> broker entries minus store entries, last reconciled
     dr:deads:lock:<queue>       string  token of the tool reading a RabbitMQ dead-letter queue; PX
+    dr:alert:<kind>:<actor>:<error type>
+                                hash    an alert throttle: last (ms of the last notification),
+                                        sup (occurrences suppressed since), since (ms of the
+                                        first of them), seen (ms of the latest), jid, msg, q,
+                                        win (ms), kind, actor, etype; PX 2 windows + 1 min
+                                        after the latest occurrence
+    dr:alerts:due               zset    throttle name -> ms its summary of suppressed
+                                        occurrences is due (while it has some)
+    dr:alerts:quiet             zset    throttle name -> ms it counts as recovered
+                                        (``notify_recovered=True`` only)
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
@@ -81,7 +91,7 @@ from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord, Page
 from ..status import Status
 from . import _dead, _paging
-from .base import Store
+from .base import Store, statuses_to_count
 
 T = TypeVar("T")
 
@@ -408,6 +418,16 @@ class RedisStore(Store):
             {_text(m): int(score) for m, score in ids},
             {_text(x): _text(i) for x, i in xids.items()},
         )
+
+    # -- alerts / metrics ---
+
+    def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
+        names = statuses_to_count(statuses)
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.zcard(self.k("jobs", "status", name))
+        counts = self._call("a count", pipe.execute)
+        return {name: int(n) for name, n in zip(names, counts, strict=True)}
 
     # -- housekeeping ---------------------------------------------------------------------------
 

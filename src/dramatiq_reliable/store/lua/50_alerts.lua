@@ -1,0 +1,100 @@
+-- Alerts: fleet-wide throttling of notifications. Section "al".
+--
+-- A throttle is keyed by (kind, actor, error type): at most one notification per key per
+-- window, whichever process or host the occurrences come from. An occurrence is decided in
+-- the same call as the job's final write ("finish"), or on its own ("alert", for events).
+-- Suppressed occurrences are counted; the next notification carries the count, or, if none
+-- comes, the periodic "alerts_due" op hands out one summary per key (claimed atomically, so
+-- one process sends it). With ``quiet`` set, a key quiet for a window is reported recovered.
+--
+-- al section of "finish" / "alert": kind actor etype queue msg keys win(ms) at(ms) quiet
+-- result: ctx.res.alert = {notify = 0|1, sup = n, since = ms}
+-- al section of "alerts_due": limit
+-- result: ctx.res.due = [{name kind actor etype q sup since seen jid msg keys(JSON) win summary|recovered}]
+
+local ALERT_LATE = 10000   -- applied this many ms after it happened: replayed after an outage
+local ALERT_DUE = P .. 'alerts:due'
+local ALERT_QUIET = P .. 'alerts:quiet'
+
+local function alert_key(name) return P .. 'alert:' .. name end
+
+local function alert_hash(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+
+local function alert_occur(ctx, s)
+  local name = s.kind .. ':' .. s.actor .. ':' .. (s.etype or '')
+  local key = alert_key(name)
+  local win = tonumber(s.win)
+  local old = redis.call('HMGET', key, 'last', 'sup', 'since')
+  local last = tonumber(old[1])
+  local sup = tonumber(old[2]) or 0
+  local since = tonumber(old[3])
+  local late = s.at ~= nil and NOW - tonumber(s.at) > ALERT_LATE
+  local jid = ctx.op.id
+  if jid == '-' then jid = '' end
+  local keys = '{}'
+  if type(s.keys) == 'table' and next(s.keys) ~= nil then keys = cjson.encode(s.keys) end
+  redis.call('HSET', key, 'kind', s.kind, 'actor', s.actor, 'etype', s.etype or '', 'q', s.queue or '',
+    'seen', NOW, 'jid', jid, 'msg', s.msg or '', 'keys', keys, 'win', win)
+  if not late and (not last or NOW - last >= win) then
+    ctx.res.alert = {notify = 1, sup = sup, since = since}
+    redis.call('HSET', key, 'last', NOW, 'sup', 0)
+    redis.call('HDEL', key, 'since')
+    redis.call('ZREM', ALERT_DUE, name)
+  else
+    -- Throttled (or too late to say anything now): counted, reported by the next notification
+    -- or by the summary due when this window ends.
+    sup = sup + 1
+    ctx.res.alert = {notify = 0, sup = sup}
+    redis.call('HSET', key, 'sup', sup, 'since', since or NOW)
+    redis.call('ZADD', ALERT_DUE, last and (last + win) or NOW, name)
+  end
+  if s.quiet then redis.call('ZADD', ALERT_QUIET, NOW + win, name) end
+  redis.call('PEXPIRE', key, 2 * win + 60000)
+end
+
+on('finish', 50, 'al', alert_occur)
+on('alert', 50, 'al', alert_occur)
+
+local function alert_entry(name, h)
+  return {name = name, kind = h.kind, actor = h.actor, etype = h.etype, q = h.q, sup = tonumber(h.sup) or 0,
+    since = tonumber(h.since), seen = tonumber(h.seen), jid = h.jid, msg = h.msg, keys = h.keys,
+    win = tonumber(h.win)}
+end
+
+-- The heartbeat's question: which summaries and recovered notices are due? Each is handed to
+-- exactly one caller (the ZREM and the reset happen in this call).
+on('alerts_due', 50, 'al', function(ctx, s)
+  local limit = tonumber(s.limit) or 100
+  local out = {}
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', ALERT_DUE, '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', ALERT_DUE, name)
+    local key = alert_key(name)
+    local h = alert_hash(key)
+    if h and (tonumber(h.sup) or 0) > 0 then
+      local e = alert_entry(name, h)
+      e.summary = 1
+      table.insert(out, e)
+      redis.call('HSET', key, 'last', NOW, 'sup', 0)
+      redis.call('HDEL', key, 'since')
+    end
+  end
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', ALERT_QUIET, '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', ALERT_QUIET, name)
+    local key = alert_key(name)
+    local h = alert_hash(key)
+    if h then
+      local e = alert_entry(name, h)
+      e.recovered = 1
+      table.insert(out, e)
+      redis.call('ZREM', ALERT_DUE, name)
+      redis.call('DEL', key)
+    end
+  end
+  ctx.res.due = out
+end)
