@@ -40,6 +40,7 @@ def test_start_before_enqueue_creates_the_record_and_the_late_enqueue_keeps_the_
     record = store.get_job("j2")
     assert record.status is dr.Status.RUNNING
     assert record.actor == "invoice"
+    assert [e.status for e in record.events] == ["queued", "running"]
 
 
 def test_running_again_without_a_retry_is_a_redelivery(store) -> None:

@@ -53,6 +53,12 @@ def enqueue(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
             entry.rec["due"] = s["due"]
         set_status(b, entry, "queued", s.get("detail"), s)
     else:
+        # The worker started it before this write landed: keep the history whole.
+        ev = entry.rec.setdefault("ev", [])
+        if not ev or ev[0][1] != "queued":
+            ev.insert(0, [s.get("enq", b.now), "queued", s.get("detail") or "enqueued"])
+            cap = int(s.get("hist", 50))
+            del ev[: max(len(ev) - cap, 0)]
         fill(entry.rec, s)
         entry.dirty = True
 

@@ -43,6 +43,13 @@ on('enqueue', 20, 'job', function(ctx, s)
     if s.due then e.rec.due = s.due end
     set_status(e, 'queued', s.detail, s)
   else
+    -- The worker started it before this write landed: keep the history whole.
+    local ev = e.rec.ev
+    if type(ev) == 'table' and (#ev == 0 or ev[1][2] ~= 'queued') then
+      table.insert(ev, 1, {s.enq or NOW, 'queued', s.detail or 'enqueued'})
+      local cap = tonumber(s.hist) or 50
+      while #ev > cap do table.remove(ev, 1) end
+    end
     fill(e.rec, s)
     touch(e)
   end
