@@ -88,3 +88,40 @@ def test_checkpoints(store) -> None:
     apply(store, start("j", "k:c", "t"))
     apply(store, finish("j", "k:c", "t", "done"))
     assert store.once_get("j", "charge") is None
+
+
+def job_finish(job_id, key, token, outcome, att, **extra):
+    """A finish op with JobState's section beside Idempotency's, as the bundle commits it."""
+    op = finish(job_id, key, token, outcome, **extra)
+    op["job"] = {"outcome": outcome, "att": att, "actor": "a", "queue": "q", "detail": ""}
+    return op
+
+
+def test_the_done_record_is_the_marker_of_a_message_id(store) -> None:
+    # With JobState keeping records at least ``ttl`` ("rec"), no separate marker is written:
+    # the record's done index says the message id completed.
+    apply(store, start("r1", "msg:r1", "t1", rec=1))
+    apply(store, job_finish("r1", "msg:r1", "t1", "done", 1, rec=1))
+    assert apply(store, start("r1", "msg:r1", "t2", rec=1))[0] == {"outcome": "duplicate", "dup": "r1"}
+    # nothing under the marker's name: without "rec" the same check finds no marker
+    assert apply(store, start("r1", "msg:r1", "t3"))[0]["outcome"] in ("run", "busy")
+
+
+def test_a_failed_record_is_no_marker(store) -> None:
+    apply(store, start("r2", "msg:r2", "t1", rec=1))
+    apply(store, job_finish("r2", "msg:r2", "t1", "failed", 1, rec=1))
+    assert apply(store, start("r2", "msg:r2", "t2", rec=1))[0]["outcome"] == "run"
+
+
+def test_the_late_result_of_an_older_attempt_still_writes_the_marker(store) -> None:
+    # Attempt 2 started (the record says so) when attempt 1's success arrives: the record stays
+    # running, so the marker is written for the work attempt 1 did.
+    apply(store, {"k": "start", "id": "r3", "job": {"att": 2, "worker": "w", "actor": "a", "queue": "q"}})
+    apply(store, job_finish("r3", "msg:r3", "t1", "done", 1, rec=1))
+    assert apply(store, start("r3", "msg:r3", "t2"))[0] == {"outcome": "duplicate", "dup": "r3"}
+
+
+def test_a_key_always_gets_its_marker(store) -> None:
+    apply(store, start("r4", "k:order-1", "t1"))
+    apply(store, job_finish("r4", "k:order-1", "t1", "done", 1))
+    assert apply(store, start("r5", "k:order-1", "t2"))[0] == {"outcome": "duplicate", "dup": "r4"}

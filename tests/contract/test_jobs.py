@@ -41,6 +41,9 @@ def test_start_before_enqueue_creates_the_record_and_the_late_enqueue_keeps_the_
     assert record.status is dr.Status.RUNNING
     assert record.actor == "invoice"
     assert [e.status for e in record.events] == ["queued", "running"]
+    # the keys the late write brings are indexed: the job is found by its business key
+    assert record.keys == {"order_id": "1"}
+    assert [r.id for r in store.find_jobs(key=("order_id", "1"))] == ["j2"]
 
 
 def test_running_again_without_a_retry_is_a_redelivery(store) -> None:

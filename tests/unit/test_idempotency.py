@@ -206,3 +206,31 @@ def test_bad_constructor_options(store) -> None:
         dr.Idempotency(store, on_store_error="ignore")
     with pytest.raises(ConfigurationError, match="lease"):
         dr.Idempotency(store, lease=-1)
+
+
+def test_the_record_is_the_marker_only_when_job_state_keeps_it_long_enough(stub_broker, stub_worker) -> None:
+    store = dr.MemoryStore()
+    dr.install(stub_broker, store, ttl=3600, retention=60)  # records kept shorter than ttl
+    calls = []
+
+    @dramatiq.actor
+    def short(n):
+        calls.append(n)
+
+    message = short.send(1)
+    drain(stub_broker, stub_worker)
+    assert store.sget("done", f"msg:{message.message_id}") == message.message_id
+    stub_broker.enqueue(message)
+    drain(stub_broker, stub_worker)
+    assert calls == [1]
+
+
+def test_no_marker_is_written_when_the_record_serves(broker, store, stub_worker) -> None:
+    @dramatiq.actor
+    def plain(n):
+        pass
+
+    message = plain.send(1)
+    drain(broker, stub_worker)
+    assert store.get_job(message.message_id).status is dr.Status.DONE
+    assert store.sget("done", f"msg:{message.message_id}") is None

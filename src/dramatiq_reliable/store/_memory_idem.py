@@ -10,6 +10,11 @@ from .memory import Batch, Ctx, on
 
 @on("claim", 10, "idem")
 def claim(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    # "rec": JobState keeps this job's record at least "ttl"; its done index is the marker.
+    if s.get("rec") and ctx.op["id"] in b.store.index("status:done"):
+        ctx.res["outcome"] = "duplicate"
+        ctx.res["dup"] = ctx.op["id"]
+        return
     by = b.store.sget("done", str(s["key"]))
     if by is not None:
         ctx.res["outcome"] = "duplicate"
@@ -25,12 +30,23 @@ def claim(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     ctx.res["outcome"] = "run"
 
 
+def recorded_done(b: Batch, ctx: Ctx) -> bool:
+    """Whether this op's JobState section makes the record ``done`` (not a late older attempt)."""
+    j = ctx.op.get("job")
+    if not isinstance(j, dict) or j.get("outcome") != "done":
+        return False
+    rec = b.load(ctx.op["id"]).rec
+    att = j.get("att")
+    return not (rec is not None and att is not None and int(rec.get("att") or 0) > int(att))
+
+
 @on("finish", 10, "idem")
 def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     job_id = ctx.op["id"]
     store = b.store
     if s.get("outcome") == "done":
-        store.sset("done", s["key"], job_id, s["ttl"])
+        if not (s.get("rec") and recorded_done(b, ctx)):
+            store.sset("done", s["key"], job_id, s["ttl"])
         store.checkpoints.pop(job_id, None)
     if s.get("token") and store.sget("lease", s["key"]) == s["token"]:
         store.sdel("lease", s["key"])

@@ -59,7 +59,13 @@ def enqueue(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
             ev.insert(0, [s.get("enq", b.now), "queued", s.get("detail") or "enqueued"])
             cap = int(s.get("hist", 50))
             del ev[: max(len(ev) - cap, 0)]
+        had_keys = bool(entry.rec.get("keys"))
         fill(entry.rec, s)
+        if not had_keys and not entry.new:
+            # The record was created (and indexed) by the start, without the keys this write brings.
+            score = entry.rec.get("enq", b.now)
+            for name, value in (entry.rec.get("keys") or {}).items():
+                b.store.index(f"key:{name}={value}")[entry.id] = score
         entry.dirty = True
 
 

@@ -9,7 +9,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:jobs:actor:<actor>       zset    job id -> when it was enqueued
     dr:jobs:key:<name>=<value>  zset    job id -> when it was enqueued (business keys)
 
-    dr:idem:done:<key>          string  id of the job that completed <key>; PX ``ttl``
+    dr:idem:done:<key>          string  id of the job that completed <key>; PX ``ttl`` (not for a
+                                        message id whose JobState record serves: its done index)
     dr:idem:lease:<key>         string  owner token of the running delivery; PX ``lease``
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<id>           hash    step name -> JSON result of ``dr.once``; PX ``ttl``

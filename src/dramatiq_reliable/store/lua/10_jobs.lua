@@ -50,7 +50,14 @@ on('enqueue', 20, 'job', function(ctx, s)
       local cap = tonumber(s.hist) or 50
       while #ev > cap do table.remove(ev, 1) end
     end
+    local had_keys = type(e.rec.keys) == 'table' and next(e.rec.keys) ~= nil
     fill(e.rec, s)
+    if not had_keys and not e.new and type(e.rec.keys) == 'table' then
+      -- The record was created (and indexed) by the start, without the keys this write brings.
+      for name, value in pairs(e.rec.keys) do
+        redis.call('ZADD', index_key_name(name, value), e.rec.enq or NOW, ctx.op.id)
+      end
+    end
     touch(e)
   end
 end)

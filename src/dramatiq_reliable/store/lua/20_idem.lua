@@ -4,6 +4,12 @@ local function ikey(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
 
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
 on('claim', 10, 'idem', function(ctx, s)
+  -- ``rec``: JobState keeps this job's record at least ``ttl``; its done index is the marker.
+  if s.rec and redis.call('ZSCORE', P .. 'jobs:status:done', ctx.op.id) then
+    ctx.res.outcome = 'duplicate'
+    ctx.res.dup = ctx.op.id
+    return
+  end
   local by = redis.call('GET', ikey('done', s.key))
   if by then
     ctx.res.outcome = 'duplicate'
@@ -20,10 +26,19 @@ on('claim', 10, 'idem', function(ctx, s)
   ctx.res.outcome = 'run'
 end)
 
+-- Whether this op's JobState section makes the record ``done`` (not the late result of an older attempt).
+local function recorded_done(ctx)
+  local j = ctx.op.job
+  if type(j) ~= 'table' or j.outcome ~= 'done' then return false end
+  local rec = load(ctx.op.id).rec
+  local att = tonumber(j.att)
+  return not (rec and att and (tonumber(rec.att) or 0) > att)
+end
+
 on('finish', 10, 'idem', function(ctx, s)
   local id = ctx.op.id
   if s.outcome == 'done' then
-    redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl)
+    if not (s.rec and recorded_done(ctx)) then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl) end
     redis.call('DEL', ikey('once', id))
   end
   if s.token then
