@@ -4,10 +4,10 @@
 |---|---|---|
 | ``SAAS_BROKER`` | ``redis://127.0.0.1:6379/0`` | ``redis://…`` or ``amqp://user:password@host:5672/vhost`` |
 | ``SAAS_NAMESPACE`` | ``dramatiq`` | the RedisBroker's key namespace (ignored on RabbitMQ) |
-| ``SAAS_STORE`` | ``redis://127.0.0.1:6379/1`` | the dramatiq-reliable store; ``?prefix=NAME`` for a key prefix other than ``dr`` |
+| ``SAAS_STORE`` | ``redis://127.0.0.1:6379/1`` | the dramatiq-reliable store (``?prefix=NAME``: key prefix) |
 | ``SAAS_QUEUE_PREFIX`` | (empty) | put before the queue names ``emails``, ``billing``, ``reports`` |
 | ``SAAS_QUICK`` | (unset) | ``1``: short retry backoff, watchdog and alert intervals (the walkthrough) |
-| ``SAAS_BACKOFF_MS`` | 10000 (quick: 100) | Dramatiq's ``min_backoff`` of the email jobs; ``max_backoff`` is 30× it |
+| ``SAAS_BACKOFF_MS`` | 10000 (quick: 100) | Dramatiq's ``min_backoff`` of the email jobs; max 30 times it |
 | ``SAAS_HEARTBEAT_INTERVAL`` | 5 (quick: 0.5) | Watchdog ``heartbeat_interval``, seconds |
 | ``SAAS_ABANDON_AFTER`` | 30 (quick: 3) | Watchdog ``abandon_after``, seconds |
 | ``SAAS_SWEEP_INTERVAL`` | 5 (quick: 0.5) | Watchdog ``sweep_interval``, seconds |

@@ -160,7 +160,7 @@ send_invoice(order_id={order}, customer_id=42, amount_cents=1999). The job rende
         return job_id, order
 
     def find(self, job_id: str, order: int) -> None:
-        self.step("Find it by order id, with one command", "Support asks: where is the invoice of order %d?" % order)
+        self.step("Find it by order id, with one command", f"Support asks: where is the invoice of order {order}?")
         out = self.cli("jobs", "list", "--key", f"order_id={order}")
         self.check(job_id in out and "failed" in out, f"jobs list does not show job {job_id} as failed")
 

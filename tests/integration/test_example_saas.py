@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import dramatiq_reliable as dr
-from tests.conftest import ServerEnv
+from tests.conftest import ServerEnv, delete_prefix
 from tests.helpers import ROOT, DramatiqProcess
 
 pytestmark = pytest.mark.integration
@@ -123,8 +124,4 @@ def test_walkthrough_fails_without_workers(redis_server: str, ns: str) -> None:
         assert "Step 1 did not behave: timed out after 1 s waiting for a live worker process" in result.stdout
         assert "Every step behaved." not in result.stdout
     finally:
-        from tests.conftest import delete_prefix
-
-        import redis
-
         delete_prefix(redis.Redis.from_url(f"{redis_server}/15"), ns + ":")

@@ -79,18 +79,16 @@ def check_reliable(argv: list[str]) -> click.Context:
     command: click.Command = cli
     name, args = "dramatiq-reliable", argv
     parent = None
-    while True:
-        try:
+    try:
+        while True:
             ctx = command.make_context(name, list(args), parent=parent)
-        except click.UsageError as exc:
-            raise AssertionError(f"`{shlex.join(argv)}`: {exc.format_message()}") from None
-        if not isinstance(command, click.Group):
-            return ctx
-        rest = [*ctx._protected_args, *ctx.args]
-        assert rest, f"`{shlex.join(argv)}`: no subcommand"
-        sub_name, sub, args = command.resolve_command(ctx, rest)
-        assert sub is not None and sub_name is not None
-        command, name, parent = sub, sub_name, ctx
+            if not isinstance(command, click.Group):
+                return ctx
+            sub_name, sub, args = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+            assert sub is not None and sub_name is not None
+            command, name, parent = sub, sub_name, ctx
+    except click.UsageError as exc:
+        raise AssertionError(f"`{shlex.join(argv)}`: {exc.format_message()}") from None
 
 
 def check_dramatiq(argv: list[str]) -> Any:
