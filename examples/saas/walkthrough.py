@@ -77,8 +77,11 @@ class Walkthrough:
         if not ok:
             raise StepFailed(failure)
 
-    def cli(self, *args: str, expect: int = 0) -> str:
-        """Run ``dramatiq-reliable ARGS`` against the app's store and broker; print and return its output."""
+    def cli(self, *args: str, expect: int = 0, limit: int | None = None) -> str:
+        """Run ``dramatiq-reliable ARGS`` against the app's store and broker; print and return its output.
+
+        ``limit``: print at most about that many lines of it (a bulk replay prints one per id).
+        """
         from dramatiq_reliable.cli import main
 
         shown = "dramatiq-reliable " + " ".join(shlex.quote(a) for a in args)
@@ -87,7 +90,10 @@ class Walkthrough:
         argv = ["--store", self.settings.store_url, "--broker", self.settings.cli_broker_url, *args]
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(argv)
-        for line in (out.getvalue() + err.getvalue()).rstrip().splitlines():
+        lines = (out.getvalue() + err.getvalue()).rstrip().splitlines()
+        if limit is not None and len(lines) > limit:
+            lines = [*lines[: limit - 3], f"… {len(lines) - limit + 1} more lines", *lines[-2:]]
+        for line in lines:
             print(f"     {line}")
         self.check(code == expect, f"`{shown}` exited {code}, expected {expect}")
         return out.getvalue()
@@ -270,7 +276,7 @@ finds a note on each account; the on-call gets one alert, not {n}.
         self.say("The cause is fixed; every welcome email that died is replayed at once.")
         self.data.switch("smtp", "ok")
         before = self.data.sent("Welcome aboard")
-        self.cli("dead", "replay", "--all", "--actor", "send_welcome_email", "--yes")
+        self.cli("dead", "replay", "--all", "--actor", "send_welcome_email", "--yes", limit=8)
         self.wait(f"{n} welcome emails to go out", lambda: self.data.sent("Welcome aboard") - before >= n)
         self.say(f"{self.data.sent('Welcome aboard') - before} welcome emails sent.")
 
