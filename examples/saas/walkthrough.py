@@ -118,6 +118,7 @@ class Walkthrough:
 
     def run(self) -> None:
         s = self.settings
+        started = time.time()
         print("The SaaS example's operator minute")
         print(f"  broker {s.broker_url}, store {s.store_url}, queues {', '.join(s.queues)}")
         print("  The commands below read these (or take --store URL --broker URL before the command):")
@@ -132,6 +133,10 @@ class Walkthrough:
         self.replay_again(job_id, order)
         self.stuck_report()
         self.outage()
+        print("\nThe alerts of this minute, as the on-call got them (one per job type and error):")
+        for alert in self.alerts():
+            if alert["received"] >= started:
+                print(f"   {alert['text'].splitlines()[0]}")
         print("\nEvery step behaved.")
 
     def workers(self) -> None:
