@@ -337,3 +337,21 @@ def test_k8s_workers_schedulers_and_probes() -> None:
 def test_a_wrong_command_is_caught(argv: list[str]) -> None:
     with pytest.raises(AssertionError):
         check_command(argv)
+
+
+def test_operations_guide_explains_every_rule() -> None:
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    missing = [
+        rule["alert"] for rule in rules() if f"| {rule['alert']}" not in guide and f", {rule['alert']} |" not in guide
+    ]
+    assert not missing, f"docs/operations.md does not explain {missing}"
+
+
+def test_the_image_has_what_the_commands_need() -> None:
+    # scheduler needs the cron extra, metrics the prometheus one; the commands import examples.saas
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    extras = re.search(r"pip install [^\n]*'\.\[([a-z,]+)\]'", dockerfile)
+    assert extras is not None and (
+        {"all"} <= set(extras.group(1).split(",")) or {"cron", "prometheus"} <= set(extras.group(1).split(","))
+    )
+    assert "COPY examples ./examples" in dockerfile and "PYTHONPATH=/app" in dockerfile
