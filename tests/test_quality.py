@@ -22,11 +22,15 @@ def tool(name: str) -> str:
 
 def test_ruff_lint_and_format() -> None:
     lint = subprocess.run(
-        [tool("ruff"), "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True, check=False
+        [tool("ruff"), "check", "src", "tests", "bench", "examples"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = subprocess.run(
-        [tool("ruff"), "format", "--check", "src", "tests", "bench"],
+        [tool("ruff"), "format", "--check", "src", "tests", "bench", "examples"],
         cwd=ROOT,
         capture_output=True,
         text=True,

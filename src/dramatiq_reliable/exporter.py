@@ -36,6 +36,22 @@ logger = logging.getLogger("dramatiq_reliable.exporter")
 #: Seconds a Redis queue discovery (SCAN) is reused.
 DISCOVERY_TTL = 60.0
 
+#: The gauges served, by name without :data:`~dramatiq_reliable.metrics.PREFIX`, with their help texts.
+GAUGES: dict[str, str] = {
+    "jobs_in_status": "Job records in each status (from the store).",
+    "queue_depth": "Messages ready in the queue.",
+    "queue_delayed": "Messages waiting for their delay (retries included).",
+    "queue_dead_letters": "Messages in the broker's dead-letter queue.",
+    "queue_oldest_age_seconds": "Age of the oldest ready message (Redis only).",
+    "exporter_source_up": "1 if the source answered this scrape.",
+}
+
+
+def _gauge(name: str, label: str) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(PREFIX + name, GAUGES[name], labels=[label])
+
 
 @dataclass(frozen=True)
 class QueueStats:
@@ -148,16 +164,10 @@ class StateCollector:
         return []  # collected at scrape time only
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        up = GaugeMetricFamily(
-            PREFIX + "exporter_source_up", "1 if the source answered this scrape.", labels=["source"]
-        )
+        up = _gauge("exporter_source_up", "source")
         with self._lock:
             if self.store is not None:
-                jobs = GaugeMetricFamily(
-                    PREFIX + "jobs_in_status", "Job records in each status (from the store).", labels=["status"]
-                )
+                jobs = _gauge("jobs_in_status", "status")
                 try:
                     for status, count in self.store.count_jobs().items():
                         jobs.add_metric([status], count)
@@ -176,20 +186,12 @@ class StateCollector:
         yield up
 
     def _queue_gauges(self, broker: _RedisQueues | _RabbitQueues) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
         stats = broker.stats(self.queues or broker.discover())
         families = {
-            "depth": GaugeMetricFamily(PREFIX + "queue_depth", "Messages ready in the queue.", labels=["queue"]),
-            "delayed": GaugeMetricFamily(
-                PREFIX + "queue_delayed", "Messages waiting for their delay (retries included).", labels=["queue"]
-            ),
-            "dead": GaugeMetricFamily(
-                PREFIX + "queue_dead_letters", "Messages in the broker's dead-letter queue.", labels=["queue"]
-            ),
-            "oldest_age": GaugeMetricFamily(
-                PREFIX + "queue_oldest_age_seconds", "Age of the oldest ready message (Redis only).", labels=["queue"]
-            ),
+            "depth": _gauge("queue_depth", "queue"),
+            "delayed": _gauge("queue_delayed", "queue"),
+            "dead": _gauge("queue_dead_letters", "queue"),
+            "oldest_age": _gauge("queue_oldest_age_seconds", "queue"),
         }
         for s in stats:
             families["depth"].add_metric([s.queue], s.depth)

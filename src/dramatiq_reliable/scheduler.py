@@ -155,7 +155,7 @@ class Scheduler:
         except StoreError as exc:
             when = _when(schedule, fire_ms)
             logger.warning("Schedule %r: cannot claim tick %s (%s); retrying.", schedule.name, when, exc)
-            metrics.inc("store_errors_total", operation="cron_claim")
+            metrics.inc("store_errors_total", op="cron_claim")
             self._unclaimed.add((schedule.name, fire_ms))
             return "deferred"
         if outcome != "claimed":
@@ -202,7 +202,7 @@ class Scheduler:
             outcome, holder = self.store.cron_confirm(name, fire_ms, owner=self.owner, state=state, now=self.clock())
         except StoreError as exc:
             logger.warning("Schedule %r: cannot confirm tick %d (%s); retrying.", name, fire_ms, exc)
-            metrics.inc("store_errors_total", operation="cron_confirm")
+            metrics.inc("store_errors_total", op="cron_confirm")
             self._unconfirmed[(name, fire_ms)] = state
             return
         self._unconfirmed.pop((name, fire_ms), None)

@@ -115,3 +115,27 @@ def test_demo_runs_without_a_server(capsys) -> None:
     assert code == 0
     assert "Every job reached the status it should" in out
     assert "dead-lettered after 2 attempts" in out
+
+
+def test_queues_and_metrics_take_the_namespace_of_the_broker_url(capsys, redis_server, ns) -> None:
+    import redis
+
+    # Given one message waiting in a queue of a RedisBroker namespaced by this test
+    client = redis.Redis.from_url(f"{redis_server}/14")
+    prefix = f"dramatiq-{ns}:"
+    client.rpush(prefix + "q", "m1")
+    client.hset(prefix + "q.msgs", "m1", "{}")
+    url = f"{redis_server}/14?namespace=dramatiq-{ns}"
+    try:
+        # When queues and the exporter read it through a URL that carries the namespace
+        code, out, err = run(capsys, "--broker", url, "queues", "-q", "q", "--json")
+        assert code == 0, err
+        assert json.loads(out)[0]["depth"] == 1
+        code, out, err = run(capsys, "--store", "memory://", "--broker", url, "metrics", "--once", "-Q", "q")
+        assert code == 0, err
+        assert 'dramatiq_reliable_queue_depth{queue="q"} 1.0' in out
+        # And --namespace still wins over it
+        code, out, _ = run(capsys, "--broker", url, "queues", "-q", "q", "--namespace", "elsewhere", "--json")
+        assert code == 0 and json.loads(out)[0]["depth"] == 0
+    finally:
+        client.delete(prefix + "q", prefix + "q.msgs")

@@ -222,10 +222,12 @@ def test_store_outage_claims_are_retried_within_the_grace(broker: FlakyBroker, s
     (a,) = schedulers(broker, store, clock, n=1)
     # Given the store is unreachable at two ticks
     store.down = {"cron_claim"}
+    errors = metrics.value("store_errors_total", op="cron_claim")
     assert a.fire(schedule, T0) == "deferred"
     assert a.fire(schedule, T0 + 1000) == "deferred"
     a.maintain()
     assert sent(broker) == []
+    assert metrics.value("store_errors_total", op="cron_claim") >= errors + 2  # under the label every store error has
     # When it answers again after the first tick's grace but within the second's
     store.down = set()
     clock.now = T0 + a.grace_ms + 500
@@ -240,7 +242,9 @@ def test_a_confirm_that_met_a_store_error_is_retried(broker: FlakyBroker, store:
     schedule = app(broker, store)
     a, b, _ = schedulers(broker, store, clock)
     store.down = {"cron_confirm"}
+    errors = metrics.value("store_errors_total", op="cron_confirm")
     assert a.fire(schedule, T0) == "enqueued"
+    assert metrics.value("store_errors_total", op="cron_confirm") == errors + 1
     store.down = set()
     a.maintain()  # the confirm goes first, so the upkeep never takes its own tick over
     clock.now = T0 + a.lease_ms + 1

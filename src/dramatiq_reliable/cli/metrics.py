@@ -29,7 +29,11 @@ from .._context import CliState, run_command
     metavar="NAME",
     help="Queues to report (repeatable). Default: every queue found on a Redis broker; none on RabbitMQ.",
 )
-@click.option("--namespace", default="dramatiq", show_default=True, help="The Redis broker's namespace.")
+@click.option(
+    "--namespace",
+    metavar="NS",
+    help="The RedisBroker's namespace. [default: the --broker URL's ?namespace=, else dramatiq]",
+)
 @click.option("--once", is_flag=True, help="Print one scrape to stdout and exit (no server).")
 @click.pass_obj
 @run_command
@@ -39,7 +43,7 @@ def metrics(
     host: str,
     multiproc_dir: str | None,
     queues: tuple[str, ...],
-    namespace: str,
+    namespace: str | None,
     once: bool,
 ) -> int:
     """Serve Prometheus metrics on http://HOST:PORT/metrics.
@@ -60,7 +64,7 @@ def metrics(
     if state.broker_url:
         from ..brokers import broker_from_url, check_broker_url, ping_broker
 
-        options = {"namespace": namespace} if check_broker_url(state.broker_url) == "redis" else {}
+        options = {"namespace": namespace} if namespace and check_broker_url(state.broker_url) == "redis" else {}
         broker = state._broker = broker_from_url(state.broker_url, **options)  # closed with the state
         ping_broker(broker)
     reg = registry(store, broker, queues=queues, multiproc_dir=multiproc_dir)

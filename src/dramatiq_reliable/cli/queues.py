@@ -24,7 +24,11 @@ from ..errors import ConfigurationError
     "management plugin): name them, or give --app.",
 )
 @click.option("--app", metavar="MODULE[:BROKER]", help="Import this app for its declared queues (and its broker).")
-@click.option("--namespace", default="dramatiq", show_default=True, help="The RedisBroker's namespace.")
+@click.option(
+    "--namespace",
+    metavar="NS",
+    help="The RedisBroker's namespace. [default: the --broker URL's ?namespace=, else dramatiq]",
+)
 @click.option("--check", is_flag=True, help="Exit 1 when a queue crosses a limit (health probe, cron).")
 @click.option("--max-age", metavar="DURATION", help="Limit on the oldest waiting message's age, e.g. 10m.")
 @click.option("--max-depth", type=click.IntRange(min=0), metavar="N", help="Limit on the messages waiting.")
@@ -41,7 +45,7 @@ def queues(
     state: CliState,
     names: tuple[str, ...],
     app: str | None,
-    namespace: str,
+    namespace: str | None,
     check: bool,
     max_age: str | None,
     max_depth: int | None,
@@ -90,7 +94,7 @@ def _is_rabbitmq(broker: Any) -> bool:
     return hasattr(broker, "parameters") and not hasattr(broker, "broker_id")
 
 
-def _broker(state: CliState, app: str | None, namespace: str) -> tuple[Any, list[str]]:
+def _broker(state: CliState, app: str | None, namespace: str | None) -> tuple[Any, list[str]]:
     """The broker to read (``--broker``, else the app's) and the app's declared queues."""
     declared: list[str] = []
     app_broker = None
@@ -105,7 +109,7 @@ def _broker(state: CliState, app: str | None, namespace: str) -> tuple[Any, list
     if state.broker_url:
         from ..brokers import broker_from_url, check_broker_url
 
-        options = {"namespace": namespace} if check_broker_url(state.broker_url) == "redis" else {}
+        options = {"namespace": namespace} if namespace and check_broker_url(state.broker_url) == "redis" else {}
         broker = broker_from_url(state.broker_url, **options)
         state._broker = broker  # closed with the command
         return broker, declared
