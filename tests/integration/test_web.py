@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -172,6 +171,13 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     assert "[redacted]" in browser.find_element(By.CSS_SELECTOR, "pre.args").text
     assert browser.save_screenshot(str(artifacts / "job-page.png"))
     assert (artifacts / "job-page.png").stat().st_size > 0
+    size = browser.get_window_size()
+    browser.set_window_size(390, 844)  # a phone: the page fits its width
+    fits = "const e = document.documentElement; return [e.scrollWidth, e.clientWidth];"
+    scroll_width, client_width = browser.execute_script(fits)
+    assert scroll_width <= client_width, (scroll_width, client_width)
+    browser.save_screenshot(str(artifacts / "job-page-phone.png"))
+    browser.set_window_size(size["width"], size["height"])
 
     # A replay without the token is refused and changes nothing
     browser.find_element(By.LINK_TEXT, "Replay…").click()
@@ -179,7 +185,8 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     form_signature = browser.find_element(By.NAME, "csrf").get_attribute("value")
     browser.find_element(By.NAME, "token").send_keys("not-the-token-at-all")
     browser.find_element(By.CSS_SELECTOR, "form.confirm button").click()
-    assert "wrong token" in browser.page_source and "Nothing was changed" in browser.page_source
+    wait_until(lambda: "Nothing was changed" in browser.page_source, timeout=30, what="the refusal")
+    assert "wrong token" in browser.page_source
     code, page = shop.web.post("/act/replay", {"id": declined, "csrf": form_signature, "token": ""})
     assert code == 403 and "Nothing was changed" in page
     assert status_of(shop.store, declined) == "failed" and shop.store.get_dead_letter(declined) is not None
@@ -189,6 +196,7 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     browser.get(f"{shop.web.url}/act/replay?id={declined}")
     browser.find_element(By.NAME, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "form.confirm button").click()
+    wait_until(lambda: "Replay:" in browser.title, timeout=60, what="the replay's results")
     assert "1 of 1 done" in browser.page_source, browser.page_source[-2000:]
     assert browser.find_element(By.CSS_SELECTOR, "td.outcome").text == "replayed"
     wait_until(lambda: status_of(shop.store, declined) == "done", timeout=60, what="the replayed job done")

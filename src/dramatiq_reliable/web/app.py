@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._clock import ago, format_duration, iso
 from ..actors.cron import Schedule
-from ..errors import BrokerUnavailable, StoreUnavailable
+from ..errors import BrokerUnavailable, DramatiqReliableError, StoreUnavailable
 from ..store.base import Store
 from .security import Guard
 
@@ -42,7 +42,7 @@ SECURITY_HEADERS = [
         b"frame-ancestors 'none'; base-uri 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
 ]
@@ -186,6 +186,9 @@ def create_app(
     async def unavailable(request: Request, exc: Exception) -> Response:
         return site.error(request, 503, "A server cannot be reached", str(exc))
 
+    async def failed(request: Request, exc: Exception) -> Response:
+        return site.error(request, 500, "It did not work", str(exc))
+
     routes = [
         Route("/", views.bind(site, views.search), name="search"),
         Route("/jobs/{job_id:path}", views.bind(site, views.job), name="job"),
@@ -207,7 +210,12 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={StoreUnavailable: unavailable, BrokerUnavailable: unavailable, 404: not_found},
+        exception_handlers={
+            StoreUnavailable: unavailable,
+            BrokerUnavailable: unavailable,
+            DramatiqReliableError: failed,
+            404: not_found,
+        },
     )
     app.state.site = site
     return app
