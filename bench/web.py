@@ -81,7 +81,9 @@ def pages(store: dr.Store) -> list[tuple[str, str, bool]]:
         ("search: no filter (newest 50)", "/", True),
         ("search: status done", "/?status=done", True),
         ("search: actor invoice", "/?actor=invoice", True),
-        ("search: actor invoice, status running (none match)", "/?actor=invoice&status=running", True),
+        ("search: actor invoice, status running (none running)", "/?actor=invoice&status=running", True),
+        ("search: actor invoice, status failed (none match)", "/?actor=invoice&status=failed", True),
+        ("search: actor invoice, order_id=N", f"/?actor=invoice&q=order_id%3D{order}", True),
         ("job page", f"/jobs/{job.id}", False),
         ("dead letters (store's copy, counts)", "/dead", False),
         ("queues (store only)", "/queues", False),
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, path, is_search in timed:
                 row = {"page": label, "path": path, "search": is_search, **time_page(conn, path, args.reps)}
                 rows.append(row)
-                print(f"{label:55} {row['median_ms']:7.1f} ms  p90 {row['p90_ms']:7.1f} ms  HTTP {row['status']}")
+                print(f"{label:60} {row['median_ms']:7.1f} ms  p90 {row['p90_ms']:7.1f} ms  HTTP {row['status']}")
             conn.close()
         finally:
             proc.terminate()

@@ -22,7 +22,7 @@ from dramatiq_reliable.cli import main
 pytest.importorskip("starlette", reason="the web extra is not installed")
 from starlette.testclient import TestClient
 
-from dramatiq_reliable.web import Guard, actions, create_app
+from dramatiq_reliable.web import Guard, actions, create_app, views
 from dramatiq_reliable.web.security import FORM_MAX_AGE
 
 TOKEN = "correct horse battery staple"
@@ -100,9 +100,14 @@ def test_a_plain_value_is_looked_up_as_the_search_keys(shop) -> None:
     assert shop.ok not in without.text and "order_id=4711" in without.text
 
 
-def test_search_by_actor_and_status(shop) -> None:
-    page = client(shop).get("/", params={"actor": "invoice", "status": "done"})
+@pytest.mark.parametrize("few", [1_000, 0], ids=["through the status index", "through the actor index"])
+def test_search_by_actor_and_status(shop, monkeypatch, few) -> None:
+    monkeypatch.setattr(views, "FEW", few)
+    http = client(shop)
+    page = http.get("/", params={"actor": "invoice", "status": "done"})
     assert shop.ok in page.text and shop.bad not in page.text
+    page = http.get("/", params={"actor": "someone_else", "status": "failed"})
+    assert shop.bad not in page.text and "No jobs match." in page.text
 
 
 def test_bad_search_input_is_a_400_with_one_line(shop) -> None:
