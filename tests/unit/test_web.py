@@ -314,3 +314,33 @@ def test_web_command_without_the_extra(capsys, monkeypatch) -> None:
 
 def test_web_command_with_an_unreachable_store(capsys) -> None:
     assert main(["--store", "redis://127.0.0.1:1/0", "web"]) == 3
+
+
+def test_web_command_serves_the_page_it_was_asked_for(tmp_path, monkeypatch, capsys) -> None:
+    # Given an app module with a cron schedule on a queue of its own
+    (tmp_path / "web_cron_app.py").write_text(
+        "import dramatiq\n"
+        "from dramatiq.brokers.stub import StubBroker\n"
+        "import dramatiq_reliable as dr\n"
+        "broker = StubBroker()\n"
+        "dramatiq.set_broker(broker)\n"
+        "@dr.cron('0 2 * * *', timezone='UTC')\n"
+        "@dramatiq.actor(broker=broker, queue_name='reports')\n"
+        "def nightly_report(): ...\n"
+    )
+    import uvicorn
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    # When the command starts the page for it
+    argv = ["--store", "memory://", "web", "--port", "8123", "--app", "web_cron_app", "-P", str(tmp_path)]
+    assert main(argv) == 0
+    # Then the page is served on loopback, read-only, with the app's schedules and queues
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    assert "http://127.0.0.1:8123/ (read-only)" in capsys.readouterr().err
+    http = TestClient(served["app"], base_url="http://127.0.0.1:8123")
+    assert "nightly_report" in http.get("/cron").text
+    assert "reports" in http.get("/queues").text
+    assert http.get("/act/replay", params={"id": "x"}).status_code == 403
+    # and a Host header of another name is refused (DNS rebinding)
+    assert TestClient(served["app"], base_url="http://evil.example").get("/").status_code == 400
