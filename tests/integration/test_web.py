@@ -46,7 +46,8 @@ def browser() -> Iterator[Any]:
         if CI:
             pytest.fail(f"{reason} (CI is set, so this is an error)")
         pytest.skip(reason)
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium fetch a browser or a driver
+    offline = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # never let selenium fetch a browser or a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -59,6 +60,10 @@ def browser() -> Iterator[Any]:
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+    if offline is None:
+        del os.environ["SE_OFFLINE"]
+    else:
+        os.environ["SE_OFFLINE"] = offline
 
 
 def free_port() -> int:

@@ -181,7 +181,7 @@ def create_app(
     css = resources.files("dramatiq_reliable.web").joinpath("static/style.css").read_bytes()
 
     async def style(request: Request) -> Response:
-        return Response(css, media_type="text/css", headers={"cache-control": "max-age=3600"})
+        return Response(css, media_type="text/css")
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         return site.error(request, 503, "A server cannot be reached", str(exc))
