@@ -52,7 +52,13 @@ def shop(stub_broker: StubBroker, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
     bad = invoice.send(order_id=4712, customer="Ann", card="4111")
     settle(stub_broker, store, worker)
     yield SimpleNamespace(
-        broker=stub_broker, store=store, worker=worker, ok=ok.message_id, bad=bad.message_id, broken=broken
+        broker=stub_broker,
+        store=store,
+        worker=worker,
+        invoice=invoice,
+        ok=ok.message_id,
+        bad=bad.message_id,
+        broken=broken,
     )
     worker.stop()
 
@@ -227,6 +233,30 @@ def test_replay_with_the_token_brings_the_job_back(shop) -> None:
     record = shop.store.get_job(shop.bad)
     assert record is not None and record.status is dr.Status.DONE
     assert shop.store.get_dead_letter(shop.bad) is None
+
+
+def test_replay_several_from_the_dead_letters_page(shop) -> None:
+    # Given a second dead letter
+    shop.broken.add("4713")
+    other = shop.invoice.send(order_id=4713, customer="Bo").message_id
+    settle(shop.broker, shop.store, shop.worker)
+    http = client(shop, token=TOKEN)
+    listing = http.get("/dead").text
+    assert f'name="id" value="{shop.bad}"' in listing and f'name="id" value="{other}"' in listing
+    # When both are ticked, confirmed and replayed with the token
+    confirm = http.get("/act/replay", params={"id": [shop.bad, other]})
+    assert "Replay 2 dead letters?" in confirm.text
+    shop.broken.clear()
+    done = http.post("/act/replay", data={**form_of(confirm.text), "token": TOKEN})
+    # Then both run again to the end
+    assert done.status_code == 200 and "2 of 2 done" in done.text
+    settle(shop.broker, shop.store, shop.worker)
+    assert {status(shop.store, i) for i in (shop.bad, other)} == {"done"}
+
+
+def status(store: dr.Store, job_id: str) -> str | None:
+    record = store.get_job(job_id)
+    return record.status.value if record is not None else None
 
 
 @pytest.mark.parametrize(
