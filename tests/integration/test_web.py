@@ -162,6 +162,7 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     box.send_keys("order_id=4712" + Keys.ENTER)
     wait_until(lambda: declined in browser.page_source, timeout=30, what="the search result")
     assert fine not in browser.page_source
+    browser.save_screenshot(str(artifacts / "search-page.png"))
     # (a plain order number works too, with --search-key order_id)
     browser.get(shop.web.url + "/?q=4711")
     assert fine in browser.page_source and declined not in browser.page_source
@@ -183,6 +184,11 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     assert scroll_width <= client_width, (scroll_width, client_width)
     browser.save_screenshot(str(artifacts / "job-page-phone.png"))
     browser.set_window_size(size["width"], size["height"])
+
+    browser.get(shop.web.url + "/dead")
+    assert declined in browser.page_source and "CardDeclined" in browser.page_source
+    browser.save_screenshot(str(artifacts / "dead-letters.png"))
+    browser.get(f"{shop.web.url}/jobs/{declined}")
 
     # A replay without the token is refused and changes nothing
     browser.find_element(By.LINK_TEXT, "Replay…").click()
