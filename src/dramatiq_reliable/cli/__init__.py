@@ -27,6 +27,7 @@ from .demo import demo
 from .jobs import jobs
 from .metrics import metrics
 from .queues import queues
+from .web import web
 
 #: Exit codes.
 RET_OK = 0
@@ -68,6 +69,7 @@ cli.add_command(scheduler_command)
 cli.add_command(queues)
 cli.add_command(dead)
 cli.add_command(metrics)
+cli.add_command(web)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,111 @@
+"""Replay and purge from the page: a confirmation form, then a checked POST.
+
+``GET /act/replay?id=…&id=…`` shows what would be done and a form signed for exactly that
+action on those ids; ``POST /act/replay`` checks the form's signature, the token typed in it and
+the request's ``Origin``, then calls ``dr.replay`` (or ``dr.purge``), the same functions as
+``dramatiq-reliable dead replay``. A refused request gets 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import dead as dead_api
+from ..records import DeadResult
+from .app import Site
+from .security import ACTIONS
+
+logger = logging.getLogger(__name__)
+
+#: Ids one form may carry.
+MAX_IDS = 1_000
+#: Longest id accepted (characters).
+MAX_ID = 200
+#: Largest form body read (bytes).
+MAX_BODY = 256 * 1024
+#: Seconds a request with a wrong token waits before its 403 (slows guessing).
+WRONG_TOKEN_DELAY = 1.0
+
+
+def _check_ids(ids: list[str]) -> str | None:
+    if not ids:
+        return "no dead letter ids were given"
+    if len(ids) > MAX_IDS:
+        return f"at most {MAX_IDS} dead letters at once"
+    if any(not i or len(i) > MAX_ID for i in ids):
+        return "an id is empty or too long"
+    return None
+
+
+def confirm(site: Site, request: Request) -> Response:
+    """The confirmation form for an action on the ids of the query (``?id=…&id=…``)."""
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        return site.error(request, 404, "Not found", f"There is no action {action!r}.")
+    if not site.guard.enabled:
+        return site.error(request, 403, "Actions are off", "This page was started read-only (see docs/web.md).")
+    ids = list(dict.fromkeys(request.query_params.getlist("id")))
+    problem = _check_ids(ids)
+    if problem:
+        return site.error(request, 400, "Nothing to do", problem)
+    letters = site.store.get_dead_letters(ids)
+    rows = list(zip(ids, letters, strict=True))
+    form_signature = site.guard.sign(action, ids)
+    return site.page(request, "confirm.html", action=action, rows=rows, ids=ids, form_signature=form_signature)
+
+
+def _origin_mismatch(request: Request) -> bool:
+    """A browser's POST from another site (its ``Origin`` names another host than ours)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != request.headers.get("host", "")
+
+
+def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
+    """The ``POST /act/{action}`` endpoint."""
+
+    async def act(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            return site.error(request, 404, "Not found", f"There is no action {action!r}.")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            return site.error(request, 415, "Refused", "The form must be posted as application/x-www-form-urlencoded.")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return site.error(request, 413, "Refused", "The form is too large.")
+        form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        ids = form.get("id", [])
+        if _origin_mismatch(request):
+            return site.error(request, 403, "Refused", "The form was posted from another site.")
+        reason = site.guard.refuse(
+            action, ids, (form.get("csrf") or [""])[0], (form.get("token") or [""])[0]
+        ) or _check_ids(ids)
+        client = request.client.host if request.client else "?"
+        if reason is not None:
+            logger.warning("refused %s of %d dead letters from %s: %s", action, len(ids), client, reason)
+            if reason == "wrong token":
+                await anyio.sleep(WRONG_TOKEN_DELAY)
+            return site.error(request, 403, "Refused", f"{reason}. Nothing was changed.")
+        results = await run_in_threadpool(_run, site, action, ids)
+        done = sum(1 for r in results if r.ok)
+        logger.info("%s of %d dead letters from %s: %d done", action, len(ids), client, done)
+        return site.page(request, "results.html", action=action, results=results, done=done)
+
+    return act
+
+
+def _run(site: Site, action: str, ids: list[str]) -> list[DeadResult]:
+    assert site.broker is not None  # create_app refuses a token without a broker
+    fn = dead_api.replay if action == "replay" else dead_api.purge
+    with site.broker_lock:
+        return fn(site.store, site.broker, ids)

@@ -1,0 +1,376 @@
+"""The support page on StubBroker + MemoryStore through Starlette's TestClient: pages, escaping, refusals.
+
+The same page in a real browser on real brokers is in tests/integration/test_web.py.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+
+import dramatiq_reliable as dr
+from dramatiq_reliable.cli import main
+
+pytest.importorskip("starlette", reason="the web extra is not installed")
+from starlette.testclient import TestClient
+
+from dramatiq_reliable.web import Guard, actions, create_app, views
+from dramatiq_reliable.web.security import FORM_MAX_AGE
+
+TOKEN = "correct horse battery staple"
+MARKUP = "<b>declined</b><script>alert(1)</script>"
+
+
+class CardDeclined(Exception):
+    pass
+
+
+@pytest.fixture
+def shop(stub_broker: StubBroker, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    """Two invoices run on a StubBroker: order 4711 done, order 4712 dead-lettered with markup in its error."""
+    monkeypatch.setattr(actions, "WRONG_TOKEN_DELAY", 0)
+    store = dr.MemoryStore()
+    dr.install(stub_broker, store)
+    broken = {"4712"}
+
+    @dramatiq.actor(broker=stub_broker, throws=(CardDeclined,), track=("order_id",))
+    def invoice(order_id: int, customer: str, card: str = "") -> None:
+        if str(order_id) in broken:
+            raise CardDeclined(MARKUP)
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    ok = invoice.send(order_id=4711, customer="<img src=x onerror=alert(2)>", card="4111 1111 1111 1111")
+    bad = invoice.send(order_id=4712, customer="Ann", card="4111")
+    settle(stub_broker, store, worker)
+    yield SimpleNamespace(
+        broker=stub_broker,
+        store=store,
+        worker=worker,
+        invoice=invoice,
+        ok=ok.message_id,
+        bad=bad.message_id,
+        broken=broken,
+    )
+    worker.stop()
+
+
+def settle(broker: StubBroker, store: dr.Store, worker: dramatiq.Worker) -> None:
+    for queue in list(broker.queues):
+        if not queue.endswith(".DQ"):
+            broker.join(queue)
+    worker.join()
+    store.journal.flush()
+
+
+def client(shop: SimpleNamespace, **options: Any) -> TestClient:
+    return TestClient(create_app(shop.store, shop.broker, **options), follow_redirects=False)
+
+
+def form_of(html: str) -> dict[str, Any]:
+    """The hidden fields of the confirmation form."""
+    fields: dict[str, Any] = {"id": re.findall(r'name="id" value="([^"]*)"', html)}
+    fields["csrf"] = re.search(r'name="csrf" value="([^"]*)"', html).group(1)  # type: ignore[union-attr]
+    return fields
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def test_search_by_business_key_finds_the_job(shop) -> None:
+    page = client(shop).get("/", params={"q": "order_id=4712"})
+    assert page.status_code == 200
+    assert shop.bad in page.text and shop.ok not in page.text
+    assert '<span class="status s-failed">failed</span>' in page.text
+
+
+def test_search_by_id_goes_to_the_job_page(shop) -> None:
+    page = client(shop).get("/", params={"q": shop.ok})
+    assert page.status_code == 303 and page.headers["location"] == f"/jobs/{shop.ok}"
+
+
+def test_a_plain_value_is_looked_up_as_the_search_keys(shop) -> None:
+    # Given a page that knows order ids are what people type
+    with_keys = client(shop, search_keys=["order_id"]).get("/", params={"q": "4711"})
+    without = client(shop).get("/", params={"q": "4711"})
+    # Then the plain number finds the job only there, and the other page says how to search a key
+    assert shop.ok in with_keys.text
+    assert shop.ok not in without.text and "order_id=4711" in without.text
+
+
+@pytest.mark.parametrize("few", [1_000, 0], ids=["through the status index", "through the actor index"])
+def test_search_by_actor_and_status(shop, monkeypatch, few) -> None:
+    monkeypatch.setattr(views, "FEW", few)
+    http = client(shop)
+    page = http.get("/", params={"actor": "invoice", "status": "done"})
+    assert shop.ok in page.text and shop.bad not in page.text
+    page = http.get("/", params={"actor": "someone_else", "status": "failed"})
+    assert shop.bad not in page.text and "No jobs match." in page.text
+
+
+def test_bad_search_input_is_a_400_with_one_line(shop) -> None:
+    http = client(shop)
+    for params, words in [
+        ({"status": "lost"}, "unknown status 'lost'"),
+        ({"status": "done", "cursor": "garbage"}, "cursor"),
+        ({"q": "=4711"}, "name=value"),
+    ]:
+        page = http.get("/", params=params)
+        assert page.status_code == 400, params
+        assert words in html.unescape(page.text)
+
+
+def test_job_page_shows_why_it_failed_escaped(shop) -> None:
+    page = client(shop).get(f"/jobs/{shop.bad}")
+    assert page.status_code == 200
+    text = page.text
+    assert "CardDeclined" in text and "Why it failed" in text
+    # Markup from the error is text, never markup
+    assert "<script>alert(1)</script>" not in text and "<b>declined</b>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert f'href="/dead/{shop.bad}"' in text  # its dead letter
+
+
+def test_arguments_are_escaped_and_redacted(shop) -> None:
+    text = client(shop).get(f"/jobs/{shop.ok}").text
+    assert "<img src=x" not in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "4111 1111" not in text and "[redacted]" in text
+
+
+def test_every_page_forbids_scripts(shop) -> None:
+    http = client(shop)
+    for path in ["/", f"/jobs/{shop.bad}", "/dead", f"/dead/{shop.bad}", "/queues", "/nowhere"]:
+        response = http.get(path)
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src" not in csp, path
+        assert "<script" not in response.text.replace("&lt;script", ""), path
+
+
+def test_dead_letters_page_lists_and_counts(shop) -> None:
+    page = client(shop).get("/dead")
+    assert page.status_code == 200
+    assert shop.bad in page.text and "CardDeclined" in page.text
+    assert "1 dead letter held" in page.text
+    assert "&lt;script&gt;" in page.text and "<script>" not in page.text
+    assert shop.bad not in client(shop).get("/dead", params={"actor": "someone_else"}).text
+
+
+def test_dead_letter_page_hides_raw_arguments(shop) -> None:
+    text = client(shop).get(f"/dead/{shop.bad}").text
+    assert "The message a replay enqueues" in text
+    assert '"4111"' not in text  # the card only as the redacted snapshot
+
+
+def test_not_found_pages_are_404(shop) -> None:
+    http = client(shop)
+    assert http.get("/jobs/no-such-job").status_code == 404
+    assert http.get("/dead/no-such-job").status_code == 404
+    assert http.get(f"/dead/{shop.ok}").status_code == 404  # done, not dead
+    assert http.get("/cron").status_code == 404  # no schedules given
+    assert http.get("/nowhere").status_code == 404
+    assert client(shop, token=TOKEN).get("/act/explode", params={"id": shop.bad}).status_code == 404
+
+
+def test_queues_page(shop) -> None:
+    page = client(shop).get("/queues")
+    assert page.status_code == 200 and "default" in page.text
+
+
+def test_cron_page_lists_the_schedules(stub_broker, shop) -> None:
+    @dr.cron("0 2 * * *", timezone="UTC")
+    @dramatiq.actor(broker=stub_broker)
+    def nightly_report() -> None: ...
+
+    page = client(shop, schedules=list(dr.registry_of(stub_broker))).get("/cron")
+    assert page.status_code == 200 and "nightly_report" in page.text and "0 2 * * *" in page.text
+    assert 'href="/cron"' in page.text
+
+
+def test_unreachable_store_is_a_503() -> None:
+    page = TestClient(create_app(dr.RedisStore("redis://127.0.0.1:1/0", socket_connect_timeout=0.2))).get("/")
+    assert page.status_code == 503 and "cannot be reached" in page.text
+
+
+def test_other_host_headers_are_refused(shop) -> None:
+    assert client(shop, allowed_hosts=["127.0.0.1"]).get("/").status_code == 400
+    assert client(shop, allowed_hosts=["testserver"]).get("/").status_code == 200
+
+
+# -- acting ----------------------------------------------------------------------------------
+
+
+def test_read_only_page_offers_no_action_and_refuses_one(shop) -> None:
+    http = client(shop)
+    assert "/act/replay" not in http.get(f"/jobs/{shop.bad}").text
+    assert http.get("/act/replay", params={"id": shop.bad}).status_code == 403
+    # A form signed by another page does not help either
+    csrf = Guard(TOKEN).sign("replay", [shop.bad])
+    refused = http.post("/act/replay", data={"id": shop.bad, "csrf": csrf, "token": TOKEN})
+    assert refused.status_code == 403 and "Nothing was changed" in refused.text
+    assert shop.store.get_dead_letter(shop.bad) is not None
+
+
+def test_replay_with_the_token_brings_the_job_back(shop) -> None:
+    # Given the page with actions on, and the order fixed
+    http = client(shop, token=TOKEN)
+    assert f"/act/replay?id={shop.bad}" in http.get(f"/jobs/{shop.bad}").text
+    confirm = http.get("/act/replay", params={"id": shop.bad})
+    assert confirm.status_code == 200 and "Replay 1 dead letter?" in confirm.text
+    shop.broken.clear()
+    # When the confirmation form is posted with the token
+    done = http.post("/act/replay", data={**form_of(confirm.text), "token": TOKEN})
+    # Then it is replayed with its id, and runs to the end
+    assert done.status_code == 200 and "replayed" in done.text
+    settle(shop.broker, shop.store, shop.worker)
+    record = shop.store.get_job(shop.bad)
+    assert record is not None and record.status is dr.Status.DONE
+    assert shop.store.get_dead_letter(shop.bad) is None
+
+
+def test_replay_several_from_the_dead_letters_page(shop) -> None:
+    # Given a second dead letter
+    shop.broken.add("4713")
+    other = shop.invoice.send(order_id=4713, customer="Bo").message_id
+    settle(shop.broker, shop.store, shop.worker)
+    http = client(shop, token=TOKEN)
+    listing = http.get("/dead").text
+    assert f'name="id" value="{shop.bad}"' in listing and f'name="id" value="{other}"' in listing
+    # When both are ticked, confirmed and replayed with the token
+    confirm = http.get("/act/replay", params={"id": [shop.bad, other]})
+    assert "Replay 2 dead letters?" in confirm.text
+    shop.broken.clear()
+    done = http.post("/act/replay", data={**form_of(confirm.text), "token": TOKEN})
+    # Then both run again to the end
+    assert done.status_code == 200 and "2 of 2 done" in done.text
+    settle(shop.broker, shop.store, shop.worker)
+    assert {status(shop.store, i) for i in (shop.bad, other)} == {"done"}
+
+
+def status(store: dr.Store, job_id: str) -> str | None:
+    record = store.get_job(job_id)
+    return record.status.value if record is not None else None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"token": ""}, id="no token"),
+        pytest.param({"token": TOKEN + "x"}, id="wrong token"),
+        pytest.param({"csrf": ""}, id="no form signature"),
+        pytest.param({"csrf": "1.deadbeef"}, id="forged form signature"),
+        pytest.param({"id": ["other"]}, id="form of other ids"),
+    ],
+)
+def test_a_refused_action_changes_nothing(shop, change) -> None:
+    http = client(shop, token=TOKEN)
+    fields = {**form_of(http.get("/act/replay", params={"id": shop.bad}).text), "token": TOKEN, **change}
+    refused = http.post("/act/replay", data=fields)
+    assert refused.status_code == 403 and "Nothing was changed" in refused.text
+    assert shop.store.get_dead_letter(shop.bad) is not None
+    record = shop.store.get_job(shop.bad)
+    assert record is not None and record.status is dr.Status.FAILED
+
+
+def test_a_form_posted_from_another_site_is_refused(shop) -> None:
+    http = client(shop, token=TOKEN)
+    fields = {**form_of(http.get("/act/purge", params={"id": shop.bad}).text), "token": TOKEN}
+    refused = http.post("/act/purge", data=fields, headers={"origin": "https://evil.example"})
+    assert refused.status_code == 403 and shop.store.get_dead_letter(shop.bad) is not None
+    # A purge form does not replay: a signature is for one action on its ids
+    assert http.post("/act/replay", data=fields).status_code == 403
+    assert http.post("/act/purge", content=b"id=x", headers={"content-type": "text/plain"}).status_code == 415
+
+
+def test_purge_with_the_token(shop) -> None:
+    http = client(shop, token=TOKEN)
+    fields = {**form_of(http.get("/act/purge", params={"id": shop.bad}).text), "token": TOKEN}
+    done = http.post("/act/purge", data=fields)
+    assert done.status_code == 200 and "purged" in done.text
+    assert shop.store.get_dead_letter(shop.bad) is None
+
+
+def test_guard_forms_expire_and_tokens_are_long() -> None:
+    now = [1_000_000.0]
+    guard = Guard(TOKEN, clock=lambda: now[0])
+    form = guard.sign("purge", ["a", "b"])
+    assert guard.refuse("purge", ["a", "b"], form, TOKEN) is None
+    assert guard.refuse("replay", ["a", "b"], form, TOKEN) is not None
+    assert guard.refuse("purge", ["b", "a"], form, TOKEN) is not None
+    now[0] += FORM_MAX_AGE + 1
+    assert "expired" in (guard.refuse("purge", ["a", "b"], form, TOKEN) or "")
+    assert Guard(None).refuse("purge", ["a"], form, TOKEN) is not None
+    with pytest.raises(ValueError, match="12 characters"):
+        Guard("short")
+    with pytest.raises(ValueError, match="broker"):
+        create_app(dr.MemoryStore(), None, token=TOKEN)
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["web", "--allow-actions"], "--allow-actions needs --token"),
+        (["web", "--allow-actions", "--token", TOKEN], "needs --broker"),
+        (["--broker", "redis://127.0.0.1:1/0", "web", "--allow-actions", "--token", "short"], "12 characters"),
+        (
+            ["--broker", "redis://127.0.0.1:1/0", "web", "--host", "0.0.0.0", "--allow-actions", "--token", TOKEN],
+            "--allow-remote-actions",
+        ),
+        (["web", "--port", "0"], "--port"),
+    ],
+)
+def test_web_command_bad_usage(capsys, argv, message) -> None:
+    code = main(["--store", "memory://", *argv])
+    _out, err = capsys.readouterr()
+    assert code == 2 and message in err and len(err.strip().splitlines()) <= 2
+
+
+def test_web_command_without_the_extra(capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    code = main(["--store", "memory://", "web"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'dramatiq-reliable[web]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_web_command_with_an_unreachable_store(capsys) -> None:
+    assert main(["--store", "redis://127.0.0.1:1/0", "web"]) == 3
+
+
+def test_web_command_serves_the_page_it_was_asked_for(tmp_path, monkeypatch, capsys) -> None:
+    # Given an app module with a cron schedule on a queue of its own
+    (tmp_path / "web_cron_app.py").write_text(
+        "import dramatiq\n"
+        "from dramatiq.brokers.stub import StubBroker\n"
+        "import dramatiq_reliable as dr\n"
+        "broker = StubBroker()\n"
+        "dramatiq.set_broker(broker)\n"
+        "@dr.cron('0 2 * * *', timezone='UTC')\n"
+        "@dramatiq.actor(broker=broker, queue_name='reports')\n"
+        "def nightly_report(): ...\n"
+    )
+    import uvicorn
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    # When the command starts the page for it
+    argv = ["--store", "memory://", "web", "--port", "8123", "--app", "web_cron_app", "-P", str(tmp_path)]
+    assert main(argv) == 0
+    # Then the page is served on loopback, read-only, with the app's schedules and queues
+    assert (served["host"], served["port"]) == ("127.0.0.1", 8123)
+    assert "http://127.0.0.1:8123/ (read-only)" in capsys.readouterr().err
+    http = TestClient(served["app"], base_url="http://127.0.0.1:8123")
+    assert "nightly_report" in http.get("/cron").text
+    assert "reports" in http.get("/queues").text
+    assert http.get("/act/replay", params={"id": "x"}).status_code == 403
+    # and a Host header of another name is refused (DNS rebinding)
+    assert TestClient(served["app"], base_url="http://evil.example").get("/").status_code == 400
