@@ -158,3 +158,35 @@ def test_an_unknown_op_kind_is_an_error_result_not_a_crash(store) -> None:
     results = apply(store, {"k": "bogus", "id": "z"}, {"k": "enqueue", "id": "z2", "job": creation()})
     assert "unknown op kind" in results[0]["error"]
     assert store.get_job("z2") is not None
+
+
+def test_combined_filters_page_completely_and_check_the_other_index(store) -> None:
+    # 300 jobs of one actor, every 7th done, the others queued; two customers.
+    ops = [
+        {"k": "enqueue", "id": f"c{i:03d}", "job": creation(enq=NOW + i, keys={"customer": str(i % 2)})}
+        for i in range(300)
+    ]
+    apply(store, *ops)
+    done = [f"c{i:03d}" for i in range(300) if i % 7 == 0]
+    for job_id in done:
+        apply(store, {"k": "start", "id": job_id, "job": {"att": 1, "worker": "w"}})
+        apply(store, {"k": "finish", "id": job_id, "job": {"outcome": "done", "att": 1, "detail": ""}})
+
+    def everything(**query):
+        seen, cursor = [], None
+        while True:
+            page = store.find_jobs(limit=5, cursor=cursor, **query)
+            seen += [r.id for r in page]
+            if page.cursor is None:
+                return seen
+            cursor = page.cursor
+
+    assert everything(actor="invoice", status="done") == sorted(done, reverse=True)
+    assert everything(key=("customer", "0"), status="done") == sorted(
+        (j for j in done if int(j[1:]) % 2 == 0), reverse=True
+    )
+    assert everything(key=("customer", "1"), actor="invoice", status="queued") == sorted(
+        (f"c{i:03d}" for i in range(300) if i % 2 == 1 and i % 7 != 0), reverse=True
+    )
+    assert everything(key=("customer", "1"), actor="nobody") == []
+    assert everything(actor="invoice", status="failed") == []

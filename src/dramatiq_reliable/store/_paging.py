@@ -3,7 +3,10 @@
 Every index orders job ids by a score in milliseconds, newest first; ties are broken by id,
 descending. A cursor is ``"<score>:<id>"`` of the last item returned, and the next page starts
 strictly after it. Filters that the chosen index does not cover are applied to the loaded
-records; a page that needs more than ``SCAN_BUDGET`` candidates returns early with a cursor.
+records. When the store can tell index membership cheaply (``member``), a filter that another
+index covers (the status of ``--actor A --status S``) is checked against that index first, so
+only the records that will be shown are loaded. A page that needs more than ``SCAN_BUDGET``
+loaded records, or ``EXAMINE_BUDGET`` index entries, returns early with a cursor.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from ..errors import ConfigurationError
 from ..records import JobRecord, Page
 from ..status import Status
 
-#: Index entries examined for one page at most.
+#: Records loaded for one page at most.
 SCAN_BUDGET = 5_000
+#: Index entries examined for one page at most (membership checks are cheap, loads are not).
+EXAMINE_BUDGET = 50_000
+#: Index entries read per round trip when a membership check filters them.
+CHECKED_CHUNK = 1_000
 #: The largest page a caller may ask for.
 MAX_LIMIT = 1_000
 
@@ -26,6 +33,8 @@ Entry = tuple[float, str]
 #: ``fetch(index, after, count)`` → up to ``count`` entries of one index strictly after ``after``.
 Fetch = Callable[[str, "Entry | None", int], list[Entry]]
 Load = Callable[[Sequence[str]], list["dict[str, Any] | None"]]
+#: ``member(index, ids)`` → for each id, whether the index holds it.
+Member = Callable[[str, Sequence[str]], list[bool]]
 
 
 def encode_cursor(entry: Entry) -> str:
@@ -69,6 +78,7 @@ def find(
     key: tuple[str, str] | None,
     limit: int,
     cursor: str | None,
+    member: Member | None = None,
 ) -> Page:
     """Run a ``find_jobs`` query over the indexes ``fetch`` reads."""
     position = decode_cursor(cursor)
@@ -80,6 +90,13 @@ def find(
         indexes = [f"status:{status}"]
     else:
         indexes = [f"status:{s.value}" for s in Status]
+    # Filters another index covers: checked there before any record is loaded.
+    checks: list[str] = []
+    if member is not None:
+        if status is not None and not indexes[0].startswith("status:"):
+            checks.append(f"status:{status}")
+        if actor is not None and key is not None:
+            checks.append(f"actor:{actor}")
 
     def keep(data: dict[str, Any]) -> bool:
         if status is not None and data.get("status") != status:
@@ -93,15 +110,31 @@ def find(
         return True
 
     items: list[JobRecord] = []
-    scanned = 0
-    chunk = max(limit, 50)
-    while scanned < SCAN_BUDGET:
+    loaded = examined = 0
+    chunk = max(limit, CHECKED_CHUNK if checks else 50)
+    while loaded < SCAN_BUDGET and examined < EXAMINE_BUDGET:
         candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
         if not candidates:
             return Page(items, None)
-        scanned += len(candidates)
-        for (score, job_id), data in zip(candidates, load([c[1] for c in candidates]), strict=True):
+        examined += len(candidates)
+        wanted = [c[1] for c in candidates]
+        for index in checks:
+            if wanted:
+                wanted = [job_id for job_id, ok in zip(wanted, member(index, wanted), strict=True) if ok]
+        records: dict[str, dict[str, Any] | None] = {}
+        next_load = 0  # wanted[next_load:] are not loaded yet
+        pending = set(wanted)
+        for score, job_id in candidates:
             position = (score, job_id)
+            if job_id not in pending:
+                continue
+            if job_id not in records:
+                # Load what this page can still show (and a few more), not the whole chunk.
+                batch = wanted[next_load : next_load + limit - len(items) + 8]
+                next_load += len(batch)
+                loaded += len(batch)
+                records.update(zip(batch, load(batch), strict=True))
+            data = records.get(job_id)
             if data is not None and keep(data):
                 items.append(JobRecord.from_stored(data, job_id))
                 if len(items) == limit:

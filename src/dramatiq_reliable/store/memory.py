@@ -249,7 +249,13 @@ class MemoryStore(Store):
             key=key,
             limit=limit,
             cursor=cursor,
+            member=self._member,
         )
+
+    def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
+        with self.lock:
+            entries = self.indexes.get(index, {})
+            return [job_id in entries for job_id in ids]
 
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         with self.lock:

@@ -248,7 +248,12 @@ class RedisStore(Store):
             key=key,
             limit=limit,
             cursor=cursor,
+            member=self._member,
         )
+
+    def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
+        scores = self._call("a listing", self.client.zmscore, self.prefix + "jobs:" + index, list(ids))
+        return [score is not None for score in scores]
 
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         name = self.prefix + "jobs:" + index
