@@ -119,7 +119,7 @@ def find(
         examined += len(candidates)
         wanted = [c[1] for c in candidates]
         for index in checks:
-            if wanted:
+            if wanted and member is not None:
                 wanted = [job_id for job_id, ok in zip(wanted, member(index, wanted), strict=True) if ok]
         records: dict[str, dict[str, Any] | None] = {}
         next_load = 0  # wanted[next_load:] are not loaded yet
