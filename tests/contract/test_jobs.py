@@ -160,7 +160,12 @@ def test_an_unknown_op_kind_is_an_error_result_not_a_crash(store) -> None:
     assert store.get_job("z2") is not None
 
 
-def test_combined_filters_page_completely_and_check_the_other_index(store) -> None:
+@pytest.mark.parametrize("intersect_max", [0, 20_000], ids=["walk", "intersect"])
+def test_combined_filters_page_completely_and_check_the_other_index(store, intersect_max, monkeypatch) -> None:
+    # Small indexes are intersected at once; larger ones walked with membership checks.
+    from dramatiq_reliable.store import _paging
+
+    monkeypatch.setattr(_paging, "INTERSECT_MAX", intersect_max)
     # 300 jobs of one actor, every 7th done, the others queued; two customers.
     ops = [
         {"k": "enqueue", "id": f"c{i:03d}", "job": creation(enq=NOW + i, keys={"customer": str(i % 2)})}

@@ -23,7 +23,9 @@ from ..status import Status
 #: Records loaded for one page at most.
 SCAN_BUDGET = 5_000
 #: Index entries examined for one page at most (membership checks are cheap, loads are not).
-EXAMINE_BUDGET = 50_000
+EXAMINE_BUDGET = 10_000
+#: Intersect the indexes at once when the smallest of them holds at most this many entries.
+INTERSECT_MAX = 20_000
 #: Index entries read per round trip when a membership check filters them.
 CHECKED_CHUNK = 1_000
 #: The largest page a caller may ask for.
@@ -35,6 +37,9 @@ Fetch = Callable[[str, "Entry | None", int], list[Entry]]
 Load = Callable[[Sequence[str]], list["dict[str, Any] | None"]]
 #: ``member(index, ids)`` → for each id, whether the index holds it.
 Member = Callable[[str, Sequence[str]], list[bool]]
+#: ``intersect(index, others, most)`` → the entries of ``index`` (its scores, newest first) that
+#: every one of ``others`` holds; None when the smallest of them holds more than ``most``.
+Intersect = Callable[[str, Sequence[str], int], "list[Entry] | None"]
 
 
 def encode_cursor(entry: Entry) -> str:
@@ -79,24 +84,11 @@ def find(
     limit: int,
     cursor: str | None,
     member: Member | None = None,
+    intersect: Intersect | None = None,
 ) -> Page:
     """Run a ``find_jobs`` query over the indexes ``fetch`` reads."""
     position = decode_cursor(cursor)
-    if key is not None:
-        indexes = [f"key:{key[0]}={key[1]}"]
-    elif actor is not None:
-        indexes = [f"actor:{actor}"]
-    elif status is not None:
-        indexes = [f"status:{status}"]
-    else:
-        indexes = [f"status:{s.value}" for s in Status]
-    # Filters another index covers: checked there before any record is loaded.
-    checks: list[str] = []
-    if member is not None:
-        if status is not None and not indexes[0].startswith("status:"):
-            checks.append(f"status:{status}")
-        if actor is not None and key is not None:
-            checks.append(f"actor:{actor}")
+    indexes, checks = _plan(status, actor, key, checked=member is not None)
 
     def keep(data: dict[str, Any]) -> bool:
         if status is not None and data.get("status") != status:
@@ -108,6 +100,11 @@ def find(
             if not isinstance(keys, dict) or keys.get(key[0]) != key[1]:
                 return False
         return True
+
+    if checks and intersect is not None:
+        matches = intersect(indexes[0], checks, INTERSECT_MAX)
+        if matches is not None:
+            return _page_of(matches, position, load, keep, limit)
 
     items: list[JobRecord] = []
     loaded = examined = 0
@@ -142,6 +139,45 @@ def find(
         if len(candidates) < chunk:
             return Page(items, None)
     return Page(items, encode_cursor(position) if position else None)
+
+
+def _plan(
+    status: str | None, actor: str | None, key: tuple[str, str] | None, *, checked: bool
+) -> tuple[list[str], list[str]]:
+    """The indexes to walk, and those that cover the other filters (checked before loading)."""
+    if key is not None:
+        indexes = [f"key:{key[0]}={key[1]}"]
+    elif actor is not None:
+        indexes = [f"actor:{actor}"]
+    elif status is not None:
+        indexes = [f"status:{status}"]
+    else:
+        indexes = [f"status:{s.value}" for s in Status]
+    checks: list[str] = []
+    if checked:
+        if status is not None and not indexes[0].startswith("status:"):
+            checks.append(f"status:{status}")
+        if actor is not None and key is not None:
+            checks.append(f"actor:{actor}")
+    return indexes, checks
+
+
+def _page_of(
+    matches: list[Entry], position: Entry | None, load: Load, keep: Callable[[dict[str, Any]], bool], limit: int
+) -> Page:
+    """One page of an index intersection already computed (newest first)."""
+    rest = [entry for entry in matches if after(entry, position)]
+    items: list[JobRecord] = []
+    done = 0
+    while done < len(rest):
+        batch = rest[done : done + limit - len(items) + 8]
+        for entry, data in zip(batch, load([e[1] for e in batch]), strict=True):
+            done += 1
+            if data is not None and keep(data):
+                items.append(JobRecord.from_stored(data, entry[1]))
+                if len(items) == limit:
+                    return Page(items, encode_cursor(entry) if done < len(rest) else None)
+    return Page(items, None)
 
 
 def _merge(lists: list[list[Entry]], count: int) -> list[Entry]:

@@ -250,7 +250,19 @@ class MemoryStore(Store):
             limit=limit,
             cursor=cursor,
             member=self._member,
+            intersect=self._intersect,
         )
+
+    def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
+        with self.lock:
+            indexes = [self.indexes.get(name, {}) for name in (index, *others)]
+            if min(len(i) for i in indexes) > most:
+                return None
+            entries = [
+                (float(score), job_id) for job_id, score in indexes[0].items() if all(job_id in i for i in indexes[1:])
+            ]
+        entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return entries
 
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
         with self.lock:

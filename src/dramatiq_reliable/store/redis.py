@@ -249,7 +249,25 @@ class RedisStore(Store):
             limit=limit,
             cursor=cursor,
             member=self._member,
+            intersect=self._intersect,
         )
+
+    def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
+        names = [self.prefix + "jobs:" + name for name in (index, *others)]
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.zcard(name)
+        sizes = self._call("a listing", pipe.execute)
+        if min(sizes) > most:
+            return None
+        if min(sizes) == 0:
+            return []
+        # The first index's scores (weight 1; the others' weigh 0), in Redis's ascending order.
+        weights = {name: (1 if i == 0 else 0) for i, name in enumerate(names)}
+        rows = self._call("a listing", self.client.zinter, weights, withscores=True)
+        entries = [(float(score), m.decode() if isinstance(m, bytes) else str(m)) for m, score in rows]
+        entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+        return entries
 
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
         scores = self._call("a listing", self.client.zmscore, self.prefix + "jobs:" + index, list(ids))
