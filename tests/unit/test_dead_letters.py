@@ -16,6 +16,7 @@ from dramatiq.middleware import Retries
 import dramatiq_reliable as dr
 from dramatiq_reliable import metrics
 from dramatiq_reliable.dead import reconcile
+from dramatiq_reliable.errors import ConfigurationError
 from dramatiq_reliable.middleware.idempotency import REPLAY_OPTION
 from dramatiq_reliable.middleware.job_state import JobState
 from tests.helpers import wait_until
@@ -171,6 +172,18 @@ def test_replay_runs_the_job_once_with_its_id_and_history(
     assert record.events[6].detail.startswith("replayed from the dead-letter queue by ")
     assert store.get_dead_letter(sent.message_id) is None
     assert not stub_broker.dead_letters
+
+
+def test_replay_and_purge_name_who_acted(stub_broker: StubBroker, store: dr.MemoryStore, app: Any) -> None:
+    sent = [app.fragile.send(n) for n in (7, 8)]
+    wait_until(lambda: all(store.get_dead_letter(m.message_id) for m in sent), timeout=10)
+    settle(stub_broker, store, app.worker)
+    with pytest.raises(ConfigurationError, match="by must be"):
+        dr.replay(store, stub_broker, [sent[0].message_id], by="  ")
+    assert store.get_dead_letter(sent[0].message_id) is not None  # nothing changed
+    dr.purge(store, stub_broker, [sent[1].message_id], by="ops ticket 42")
+    record = store.get_job(sent[1].message_id)
+    assert record is not None and record.events[-1].detail == "purged from the dead-letter queue by ops ticket 42"
 
 
 def test_a_replay_that_fails_again_is_a_dead_letter_again(

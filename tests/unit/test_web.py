@@ -233,6 +233,8 @@ def test_replay_with_the_token_brings_the_job_back(shop) -> None:
     record = shop.store.get_job(shop.bad)
     assert record is not None and record.status is dr.Status.DONE
     assert shop.store.get_dead_letter(shop.bad) is None
+    # and the history says the page did it, from which client
+    assert any(e.detail.startswith("replayed from the dead-letter queue by the support page (") for e in record.events)
 
 
 def test_replay_several_from_the_dead_letters_page(shop) -> None:

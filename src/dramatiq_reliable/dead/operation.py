@@ -40,7 +40,7 @@ class Operation:
     #: "replay" or "purge", for messages.
     action = ""
 
-    def __init__(self, store: Store, broker: dramatiq.Broker, dry_run: bool) -> None:
+    def __init__(self, store: Store, broker: dramatiq.Broker, dry_run: bool, by: str | None = None) -> None:
         if not isinstance(store, Store):
             raise ConfigurationError(f"{self.action}() needs a store, not {store!r}")
         self.store = store
@@ -48,7 +48,9 @@ class Operation:
         self.dry_run = dry_run
         self.dq: DeadQueue = dead_queue(broker)
         self.results: dict[str, DeadResult] = {}
-        self.who = who()
+        if by is not None and (not isinstance(by, str) or not by.strip() or len(by) > 200):
+            raise ConfigurationError(f"by must be a short non-empty text, not {by!r}")
+        self.who = by.strip() if by is not None else who()
 
     def run(self, ids: Sequence[str]) -> list[DeadResult]:
         if isinstance(ids, str) or not all(isinstance(i, str) and i for i in ids):

@@ -44,12 +44,14 @@ class _Purge(Operation):
                 self._result(letter.id, "unreachable", f"{failure}; it stays in the dead-letter queue", letter.queue)
 
 
-def purge(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run: bool = False) -> list[DeadResult]:
+def purge(
+    store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run: bool = False, by: str | None = None
+) -> list[DeadResult]:
     """Delete dead letters from the broker's dead-letter queue and the store; nothing else.
 
     Only the entries of these ids in ``<queue>.XQ`` are removed: the live queue, its delayed
     messages and the messages workers hold are never touched. The job records stay
-    ``failed``, with a "purged" event.
+    ``failed``, with a "purged" event naming ``by`` (default: the operator's ``user@host``).
 
     Returns:
       list[DeadResult]: one per distinct id (``purged``, ``would purge``, ``not found``, …).
@@ -57,4 +59,4 @@ def purge(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run:
     Raises:
       ConfigurationError, StoreUnavailable: as :func:`replay`.
     """
-    return _Purge(store, broker, dry_run).run(ids)
+    return _Purge(store, broker, dry_run, by).run(ids)

@@ -127,7 +127,9 @@ class _Replay(Operation):
         return ops
 
 
-def replay(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run: bool = False) -> list[DeadResult]:
+def replay(
+    store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run: bool = False, by: str | None = None
+) -> list[DeadResult]:
     """Put dead letters back on their queues, with the same job ids (see the module docstring).
 
     Parameters:
@@ -136,6 +138,8 @@ def replay(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run
         from ``dr.brokers.broker_from_url`` will do).
       ids(list[str]): job ids (Dramatiq message ids) of dead letters.
       dry_run(bool): report what would be done; change nothing.
+      by(str): who replays, for the job's history ("replayed … by <by>"). Defaults to the
+        operator's ``user@host``.
 
     Returns:
       list[DeadResult]: one per distinct id, in order (see :class:`~dramatiq_reliable.DeadResult`).
@@ -144,4 +148,4 @@ def replay(store: Store, broker: dramatiq.Broker, ids: Sequence[str], *, dry_run
       ConfigurationError: ``ids`` is not a list of ids, or the broker is not supported.
       StoreUnavailable: the store cannot be reached (nothing was replayed).
     """
-    return _Replay(store, broker, dry_run).run(ids)
+    return _Replay(store, broker, dry_run, by).run(ids)

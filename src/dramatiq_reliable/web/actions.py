@@ -96,7 +96,7 @@ def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
             if reason == "wrong token":
                 await anyio.sleep(WRONG_TOKEN_DELAY)
             return site.error(request, 403, "Refused", f"{reason}. Nothing was changed.")
-        results = await run_in_threadpool(_run, site, action, ids)
+        results = await run_in_threadpool(_run, site, action, ids, f"the support page ({client})")
         done = sum(1 for r in results if r.ok)
         logger.info("%s of %d dead letters from %s: %d done", action, len(ids), client, done)
         return site.page(request, "results.html", action=action, results=results, done=done)
@@ -104,8 +104,8 @@ def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
     return act
 
 
-def _run(site: Site, action: str, ids: list[str]) -> list[DeadResult]:
+def _run(site: Site, action: str, ids: list[str], by: str) -> list[DeadResult]:
     assert site.broker is not None  # create_app refuses a token without a broker
     fn = dead_api.replay if action == "replay" else dead_api.purge
     with site.broker_lock:
-        return fn(site.store, site.broker, ids)
+        return fn(site.store, site.broker, ids, by=by)
