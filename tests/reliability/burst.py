@@ -83,6 +83,7 @@ class Burst:
             "faults": len(self.faults),
             "fault_s": round(sum(end - start for start, end in self.faults), 1),
             "recover_s": self.recover_s(records),
+            "resume_s": self.resume_s(records),
             "settle_s": round(self.settled_at - self.faults[-1][1], 1) if self.settled_at and self.faults else None,
             "statuses": _count(r.status.value if r else "missing" for r in records),
         }
@@ -101,6 +102,15 @@ class Burst:
             took = max(r.finished_at.timestamp() for r in caught if r.finished_at is not None) - start
             worst = took if worst is None else max(worst, took)
         return None if worst is None else round(worst, 1)
+
+    def resume_s(self, records: list[dr.JobRecord | None]) -> float | None:
+        """Seconds from the end of the last fault to the first job finishing after it (work resumed)."""
+        if not self.faults:
+            return None
+        end = self.faults[-1][1]
+        after = [r.finished_at.timestamp() for r in records if r is not None and r.finished_at is not None]
+        after = [t for t in after if t >= end]
+        return round(min(after) - end, 1) if after else None
 
 
 def _running_at(record: dr.JobRecord, at: float) -> bool:
