@@ -31,6 +31,8 @@ from dramatiq_reliable.cli import main
 from tests.conftest import BROKER_DB, STORE_DB, delete_prefix
 
 SECRET = "hunter2-s3cr3t"
+#: The password of the job that died (its dead letter keeps the message whole, for replay).
+DEAD_SECRET = "correct-horse-battery"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1"
 UNREACHABLE_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
 
@@ -103,7 +105,7 @@ def seeded(redis_server: str, ns: str, redis_store: dr.RedisStore) -> Iterator[S
         # A job done, and a good and a malformed entry in the queue's dead-letter queue
         invoice.send(order_id=4711, password=SECRET)
         xq = f"{seeded.namespace}:{seeded.queue}.XQ"
-        dead = invoice.message(order_id=4712)
+        dead = invoice.message(order_id=4712, password=DEAD_SECRET)
         seeded.broker_client.zadd(xq, {"good-1": time.time() * 1000, "bad-1": time.time() * 1000})
         seeded.broker_client.hset(xq + ".msgs", mapping={"good-1": dead.encode(), "bad-1": b"{not json"})
         seeded.dead_id = dead.message_id
@@ -247,6 +249,27 @@ def test_secrets_stay_redacted_in_the_record_jobs_show_and_json(capsys: Any, see
     for argv in (["jobs", "show", record.id], ["jobs", "show", record.id, "--json"], ["jobs", "list", "--json"]):
         code, out, err = seeded.run(capsys, *argv)
         assert code == 0 and err == "" and SECRET not in out and "[redacted]" in out
+
+
+def test_a_dead_letter_shows_no_secret_but_keeps_them_for_replay(capsys: Any, seeded: Seeded) -> None:
+    code, out, err = seeded.run(capsys, "dead", "show", seeded.dead_id)
+    assert code == 0 and err == ""
+    assert DEAD_SECRET not in out and "arguments      not recorded; whole in --json" in out
+    # --json gives the stored Dramatiq message, whole (the contract of dead letters: replay needs it)
+    code, out, err = seeded.run(capsys, "dead", "show", seeded.dead_id, "--json")
+    assert code == 0 and json.loads(out)["message"]["kwargs"]["password"] == DEAD_SECRET
+
+
+def test_a_secret_argument_cannot_be_a_business_key(stub_broker: StubBroker) -> None:
+    dr.install(stub_broker, dr.MemoryStore(), notifiers=[])
+    before = set(stub_broker.actors)
+    with pytest.raises(dr.ConfigurationError) as info:
+
+        @dramatiq.actor(broker=stub_broker, track=("order_id", "api_token"))
+        def charge(order_id: int, api_token: str) -> None: ...
+
+    assert "track names 'api_token', whose values are redacted" in one_line(str(info.value))
+    assert set(stub_broker.actors) == before
 
 
 def test_secrets_in_a_big_argument_are_redacted_before_the_cap(stub_broker: StubBroker) -> None:
