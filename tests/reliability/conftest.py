@@ -4,7 +4,7 @@ Sizes come from the environment (see ``tests/reliability/README.md``):
 
 * ``DR_FAULT_JOBS``: jobs per burst (default 200; the full size is 1000);
 * ``DR_FAULT_OUTAGE``: seconds the store's Redis stays down (default 5; the full size is 30);
-* ``DR_FAULT_WORK``: seconds each job works between its two steps (default 0.1).
+* ``DR_FAULT_WORK``: seconds each job works between its two steps (default 0.2).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def size() -> Size:
     return Size(
         jobs=int(os.getenv("DR_FAULT_JOBS", "200")),
         outage=float(os.getenv("DR_FAULT_OUTAGE", "5")),
-        work=float(os.getenv("DR_FAULT_WORK", "0.1")),
+        work=float(os.getenv("DR_FAULT_WORK", "0.2")),
     )
 
 
@@ -52,7 +52,8 @@ class Report:
         self.suite = folder.parent / "reliability.jsonl"
 
     def write(self, figures: dict[str, Any]) -> None:
-        line = json.dumps(figures, sort_keys=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = json.dumps({**figures, "at": stamp}, sort_keys=True)
         for path in (self.folder / "figures.jsonl", self.suite):
             with open(path, "a") as f:
                 f.write(line + "\n")

@@ -54,7 +54,7 @@ def test_kill_9_a_worker_process_three_times(server_env: ServerEnv, size: Size, 
     try:
         # When a worker process is killed -9 three times while the burst runs, and the
         # instance (which Dramatiq stops when one of its processes dies) is restarted at once
-        for n, fraction in enumerate((0.15, 0.4, 0.65)):
+        for n, fraction in enumerate((0.1, 0.3, 0.5)):
             burst.wait_done(fraction)
             left_at_kill.append(size.jobs - burst.done())
             killed_at = time.time()
