@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CI, _unreachable
+from tests.conftest import _unreachable
 from tests.helpers import wait_until
 
 
@@ -179,4 +179,4 @@ def private_rabbitmq(tmp_path: Path, rabbitmq_server: str) -> Iterator[PrivateRa
         node.stop()
 
 
-__all__ = ["CI", "PrivateRabbitMQ", "Report", "Size"]
+__all__ = ["PrivateRabbitMQ", "Report", "Size"]

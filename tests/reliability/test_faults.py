@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 #: Worker processes and threads, as a production instance.
 PROCESSES, THREADS = 2, 8
-#: Seconds a draining worker process waits for its running jobs.
+#: A draining worker process waits up to 30 s (Dramatiq takes milliseconds) for its running jobs.
 SHUTDOWN = ("--worker-shutdown-timeout", "30000")
 
 
