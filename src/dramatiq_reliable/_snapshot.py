@@ -150,6 +150,10 @@ class Snapshotter:
             return json.dumps({"_truncated": True, "_bytes": size, "_preview": preview}, ensure_ascii=False)
         return text
 
+    def secret(self, name: str) -> bool:
+        """Whether values of an argument called ``name`` are redacted."""
+        return _secret(name, self.redact)
+
     def keys(self, track: tuple[str, ...], bound: dict[str, Any]) -> dict[str, str]:
         """The business keys named by ``track``, as strings (``7`` → ``"7"``)."""
         out = {}

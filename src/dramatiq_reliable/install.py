@@ -56,7 +56,8 @@ def install(
         dramatiq.set_broker(broker)
 
     Raises:
-      ConfigurationError: an unknown option, or a middleware of the bundle already on ``broker``.
+      ConfigurationError: an unknown or invalid option, or a middleware of the bundle already on
+        ``broker``; then none is added.
     """
     if not isinstance(store, Store):
         raise ConfigurationError(f"install() needs a store (dr.RedisStore or dr.MemoryStore), not {store!r}")
@@ -72,14 +73,14 @@ def install(
     for cls in ORDER:
         if any(isinstance(m, cls) for m in broker.middleware):
             raise ConfigurationError(f"{cls.__name__} is already on this broker; add each middleware once")
-    added = []
-    for cls in ORDER:
+    built = []
+    for cls in ORDER:  # every one built (its options checked) before any is added: a bad option adds none
         kwargs = {k: v for k, v in options.items() if k in owners and owners[k] is cls}
         kwargs.update({ALIASES[k][1]: v for k, v in options.items() if k in ALIASES and ALIASES[k][0] is cls})
-        middleware = _build(cls, store, kwargs)
+        built.append(_build(cls, store, kwargs))
+    for middleware in built:
         add(broker, middleware)
-        added.append(middleware)
-    return added
+    return built
 
 
 def _build(cls: Callable[..., ReliableMiddleware], store: Store, kwargs: dict[str, Any]) -> ReliableMiddleware:

@@ -149,3 +149,42 @@ def test_processes_of_other_brokers_or_long_gone_are_not_touched(fleet: Fleet) -
     # A broker id without a heartbeat left has nothing in the broker any more: done
     gone = fleet.pending(dead)
     assert recovery.recover([gone], {dead.broker_id}) == [gone.proc]
+
+
+def test_messages_a_stopped_worker_prefetched_but_never_ran_are_put_back(
+    redis_server: str, ns: str, redis_store: Any
+) -> None:
+    # Given a worker whose Redis consumer fetched three messages and was stopped before it
+    # handed them out (they sit in its ack set; Dramatiq's shutdown requeues only what it handed out)
+    import dramatiq_reliable as dr
+
+    url = f"{redis_server}/{BROKER_DB}"
+    broker = RedisBroker(url=url, namespace=f"dramatiq-{ns}")
+    client = redis.Redis.from_url(url)
+    queue = f"{ns}_q"
+    try:
+        dr.install(broker, redis_store, notifiers=[])
+
+        @dramatiq.actor(broker=broker, queue_name=queue)
+        def job(i: int) -> None: ...
+
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+        worker.start()
+        consumer = worker.consumers[queue]
+        consumer.pause()
+        consumer.paused_event.wait(5)
+        for i in range(3):
+            job.send(i)
+        consumer.consumer.message_cache.extend(broker.do_fetch(queue, 3))
+        acks = f"dramatiq-{ns}:__acks__.{broker.broker_id}.{queue}"
+        assert client.scard(acks) == 3
+
+        # When the worker stops
+        worker.stop()
+
+        # Then they are back in their queue, and the stopped process holds nothing
+        assert client.scard(acks) == 0
+        assert client.llen(f"dramatiq-{ns}:{queue}") == 3
+    finally:
+        broker.close()
+        delete_prefix(client, f"dramatiq-{ns}:")

@@ -82,9 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted.", err=True)
         return RET_FAILED
     except click.UsageError as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        if exc.ctx is not None:
-            click.echo(f"(see: {exc.ctx.command_path} --help)", err=True)
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
         return RET_USAGE
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)

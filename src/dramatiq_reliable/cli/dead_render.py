@@ -49,8 +49,10 @@ def detail(letter: DeadLetter) -> str:
     message = letter.message or {}
     options = message.get("options") or {}
     lines.append(f"  message id     {message.get('message_id', '-')}")
-    lines.append(f"  args           {json.dumps(message.get('args'), ensure_ascii=False)[:500]}")
-    lines.append(f"  kwargs         {json.dumps(message.get('kwargs'), ensure_ascii=False)[:500]}")
+    # The message keeps the arguments whole (a replay needs them), secrets included: show the
+    # record's redacted snapshot (above) instead.
+    recorded = letter.job.args is not None
+    lines.append(f"  arguments      {'as recorded above (redacted)' if recorded else 'not recorded'}; whole in --json")
     shown = {k: v for k, v in options.items() if k != "traceback"}
     lines.append(f"  options        {json.dumps(shown, ensure_ascii=False)[:500]}")
     lines.append(f"  replay         dramatiq-reliable dead replay {letter.id}")

@@ -176,5 +176,45 @@ class RedisRecovery:
         return self._tool
 
 
+def put_back_prefetched(worker: Any) -> int:
+    """Put back the messages a stopped worker's Redis consumers fetched but never handed out.
+
+    Dramatiq's Redis consumer fetches messages in batches (they move to the process's ack set)
+    and hands them to the worker one at a time. A consumer stopped between the two keeps the
+    rest in memory, and Dramatiq's shutdown requeues only the messages the worker holds: those
+    stay in the ack set of a process that is gone, until Dramatiq's own maintenance finds them
+    (a minute at least), and meanwhile they stop the Watchdog from putting back the messages of
+    any process that died about then (they make its broker id look like a live one). None of
+    them was handed to a worker thread, so they are put back here at once.
+
+    Returns:
+      int: how many were put back.
+    """
+    from dramatiq import Message
+    from dramatiq.errors import DecodeError
+
+    count = 0
+    for thread in list(getattr(worker, "consumers", {}).values()):
+        consumer = getattr(thread, "consumer", None)
+        cache = getattr(consumer, "message_cache", None)
+        if not cache or consumer is None:
+            continue
+        messages = []
+        for data in cache:
+            try:
+                messages.append(Message.decode(data))
+            except (DecodeError, TypeError):
+                continue  # no message id to put back by: left to Dramatiq's maintenance
+        consumer.message_cache = []
+        try:
+            consumer.requeue(messages)
+        except Exception as exc:
+            logger.warning("Could not put back %d prefetched message(s): %s", len(messages), exc)
+            continue
+        count += len(messages)
+        logger.info("Put back %d prefetched message(s) no worker thread took, in %r.", len(messages), thread.queue_name)
+    return count
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

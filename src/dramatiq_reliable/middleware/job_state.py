@@ -89,7 +89,14 @@ class JobState(ReliableMiddleware):
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         super().before_declare_actor(broker, actor)
         if "track" in actor.options:
-            actor.options["track"] = check_track(actor.actor_name, actor.fn, actor.options["track"])
+            track = check_track(actor.actor_name, actor.fn, actor.options["track"])
+            for name in track:
+                if self.snapshots.secret(name):
+                    raise ConfigurationError(
+                        f"actor {actor.actor_name!r}: track names {name!r}, whose values are redacted; "
+                        "business keys are recorded in clear, so track another argument"
+                    )
+            actor.options["track"] = track
 
     # -- enqueue --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
 from ._heartbeat import heartbeat_for
-from ._recovery import RedisRecovery, redis_locator
+from ._recovery import RedisRecovery, put_back_prefetched, redis_locator
 from ._run import JobRun
 from ._watcher import RunningJob, Watcher, report_abandoned, warn_consumer_timeout
 from .base import Outcome, ReliableMiddleware, resolve
@@ -142,6 +142,8 @@ class Watchdog(ReliableMiddleware):
             warn_consumer_timeout(broker, self._time_limit, self.consumer_timeout)
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        if self.recovery is not None:
+            put_back_prefetched(worker)
         self._workers = [w for w in self._workers if w is not worker]
         if not self._workers and self._pid == os.getpid():
             self._shutdown()
