@@ -75,3 +75,22 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != raw:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h, 7d)")
     return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def time_ago(option: str, text: str | None) -> datetime | None:
+    """``time_ago("--since", "2h")`` → the aware UTC datetime two hours ago (``None`` stays ``None``).
+
+    Raises:
+      ConfigurationError: the text is not a duration; the message names ``option``.
+    """
+    from datetime import timedelta
+
+    from .errors import ConfigurationError
+
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from None
+    return datetime.now(timezone.utc) - timedelta(seconds=seconds)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import click
 
 from .. import dead as api
-from .._clock import parse_duration
+from .._clock import time_ago
 from .._context import CliState, echo_json, run_command
 from ..errors import ConfigurationError
 from ..records import DeadResult
@@ -16,17 +16,6 @@ from . import dead_render as render
 
 #: Dead letters read per page when collecting ``--all``.
 PAGE = 1_000
-
-
-def _ago(option: str, text: str | None) -> datetime | None:
-    """``--since 2h`` → the aware datetime two hours ago."""
-    if text is None:
-        return None
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{option}: {exc}") from None
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
 
 
 def _broker(state: CliState, *, required: bool) -> Any:
@@ -69,7 +58,7 @@ def list_(
     as_json: bool,
 ) -> int:
     """List dead letters, newest first, with the error that killed each."""
-    since_at = _ago("--since", since)
+    since_at = time_ago("--since", since)
     _store_only_note(state)
     page = api.find(
         state.store(),
@@ -212,7 +201,7 @@ def purge(
     as_json: bool,
 ) -> int:
     """Delete dead letters for good. Live and in-flight messages are never touched."""
-    before = _ago("--older-than", older_than)
+    before = time_ago("--older-than", older_than)
     selected = _select(state, ids, select_all, queue=queue, actor=actor, before=before)
     _confirm("Purge", selected, select_all, yes, dry_run)
     results = api.purge(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []

@@ -8,7 +8,7 @@ Starlette runs them in its thread pool.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .. import dead as dead_api
-from .._clock import now_ms, parse_duration
+from .._clock import now_ms, time_ago
 from ..backlog import discover_queues, queue_stats
 from ..errors import ConfigurationError, NotFound
 from ..records import JobRecord
@@ -120,22 +120,12 @@ def job(site: Site, request: Request) -> Response:
     return site.page(request, "job.html", job=record or (letter.job if letter else None), letter=letter)
 
 
-def _since(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"since: {exc}") from None
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
-
-
 def dead_letters(site: Site, request: Request) -> Response:
     """Dead letters, newest first, filtered; counts by actor and error type, and by queue."""
     form = {name: _param(request, name) or "" for name in ("queue", "actor", "error", "since")}
     cursor = _param(request, "cursor")
     try:
-        since = _since(form["since"] or None)
+        since = time_ago("since", form["since"] or None)
         with site.broker_lock:
             page = dead_api.find(
                 site.store,
