@@ -19,6 +19,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._clock import now_ms
+from . import _dead, _paging
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -85,7 +88,6 @@ class Store(abc.ABC):
     def get_job(self, job_id: str) -> JobRecord | None:
         """The record of one job, or ``None`` if there is none (never recorded, or expired)."""
 
-    @abc.abstractmethod
     def find_jobs(
         self,
         *,
@@ -110,6 +112,36 @@ class Store(abc.ABC):
         Raises:
           ConfigurationError: a malformed cursor, an unknown status or a bad limit.
         """
+        status_value = _paging.check_query(status, limit)
+        return _paging.find(
+            fetch=self._fetch_index,
+            load=self._load_records,
+            status=status_value,
+            actor=actor,
+            key=key,
+            limit=limit,
+            cursor=cursor,
+            member=self._member,
+            intersect=self._intersect,
+        )
+
+    # The indexes of job records, read by ``find_jobs`` (see ``_paging`` for the contracts).
+
+    @abc.abstractmethod
+    def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
+        """Up to ``count`` entries of ``jobs:<index>`` strictly after ``position``, newest first."""
+
+    @abc.abstractmethod
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The stored job records of ``ids``, ``None`` where missing or undecodable."""
+
+    @abc.abstractmethod
+    def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
+        """For each id, whether ``jobs:<index>`` holds it."""
+
+    @abc.abstractmethod
+    def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
+        """The entries of ``index`` every one of ``others`` holds, newest first; ``None`` if too large."""
 
     # -- step checkpoints (``dr.once``) ---------------------------------------------------------
 
@@ -226,7 +258,6 @@ class Store(abc.ABC):
 
     # -- dead letters ------------------------------------------------------------------------
 
-    @abc.abstractmethod
     def dead_letters(
         self,
         *,
@@ -259,6 +290,32 @@ class Store(abc.ABC):
         Raises:
           ConfigurationError: a malformed cursor, bad bounds or a bad limit.
         """
+        return _dead.find(
+            fetch=self._fetch_dead,
+            load=self._load_dead,
+            queue=queue,
+            actor=actor,
+            since=since,
+            before=before,
+            error=error,
+            limit=limit,
+            cursor=cursor,
+            now_ms=self._now_ms(),
+        )
+
+    @abc.abstractmethod
+    def _fetch_dead(
+        self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
+    ) -> list[_paging.Entry]:
+        """Up to ``count`` entries of ``deads:<index>`` scored in ``[low, high)`` after ``position``."""
+
+    @abc.abstractmethod
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """``(dead-letter record, job record)`` per id, ``None`` where missing."""
+
+    def _now_ms(self) -> int:
+        """The time expiry is judged by (``MemoryStore`` has its own clock)."""
+        return now_ms()
 
     @abc.abstractmethod
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:

@@ -12,12 +12,11 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from .._clock import now_ms
 from ..fleet import WorkerProcess, build_processes
-from ..records import DeadLetter, DeadStats, JobRecord, Page
+from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import TERMINAL, Status
 from . import _dead, _paging
 from .base import Store, statuses_to_count
@@ -231,28 +230,6 @@ class MemoryStore(Store):
             rec = self._get_record(job_id)
             return JobRecord.from_stored(json.loads(json.dumps(rec)), job_id) if rec else None
 
-    def find_jobs(
-        self,
-        *,
-        status: Status | str | None = None,
-        actor: str | None = None,
-        key: tuple[str, str] | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        status_value = _paging.check_query(status, limit)
-        return _paging.find(
-            fetch=self._fetch_index,
-            load=self._load_records,
-            status=status_value,
-            actor=actor,
-            key=key,
-            limit=limit,
-            cursor=cursor,
-            member=self._member,
-            intersect=self._intersect,
-        )
-
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
         with self.lock:
             indexes = [self.indexes.get(name, {}) for name in (index, *others)]
@@ -310,32 +287,11 @@ class MemoryStore(Store):
 
     # -- dead letters ---------------------------------------------------------------------------
 
+    def _now_ms(self) -> int:
+        return self.clock()
+
     def dead_hash(self, name: str) -> dict[str, Any]:
         return self.dead_hashes.setdefault(name, {})
-
-    def dead_letters(
-        self,
-        *,
-        queue: str | None = None,
-        actor: str | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        error: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        return _dead.find(
-            fetch=self._fetch_dead,
-            load=self._load_dead,
-            queue=queue,
-            actor=actor,
-            since=since,
-            before=before,
-            error=error,
-            limit=limit,
-            cursor=cursor,
-            now_ms=self.clock(),
-        )
 
     def _fetch_dead(
         self, index: str, position: _paging.Entry | None, count: int, low: float, high: float

@@ -76,7 +76,6 @@ import json
 import os
 import threading
 from collections.abc import Sequence
-from datetime import datetime
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -89,7 +88,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._clock import now_ms
 from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
-from ..records import DeadLetter, DeadStats, JobRecord, Page
+from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
 from . import _dead, _paging
 from .base import Store, statuses_to_count
@@ -230,28 +229,6 @@ class RedisStore(Store):
         data = _paging.decode_record(self._call("a read", self.client.get, self.k("job", job_id)))
         return JobRecord.from_stored(data, job_id) if data else None
 
-    def find_jobs(
-        self,
-        *,
-        status: Status | str | None = None,
-        actor: str | None = None,
-        key: tuple[str, str] | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        status_value = _paging.check_query(status, limit)
-        return _paging.find(
-            fetch=self._fetch_index,
-            load=self._load_records,
-            status=status_value,
-            actor=actor,
-            key=key,
-            limit=limit,
-            cursor=cursor,
-            member=self._member,
-            intersect=self._intersect,
-        )
-
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
         names = [self.prefix + "jobs:" + name for name in (index, *others)]
         pipe = self.client.pipeline(transaction=False)
@@ -342,30 +319,6 @@ class RedisStore(Store):
         )
 
     # -- dead letters ---------------------------------------------------------------------------
-
-    def dead_letters(
-        self,
-        *,
-        queue: str | None = None,
-        actor: str | None = None,
-        since: datetime | None = None,
-        before: datetime | None = None,
-        error: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        return _dead.find(
-            fetch=self._fetch_dead,
-            load=self._load_dead,
-            queue=queue,
-            actor=actor,
-            since=since,
-            before=before,
-            error=error,
-            limit=limit,
-            cursor=cursor,
-            now_ms=now_ms(),
-        )
 
     def _fetch_dead(
         self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
