@@ -251,8 +251,13 @@ class RedisStore(Store):
         return [score is not None for score in scores]
 
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
-        name = self.prefix + "jobs:" + index
         top: float | str = "+inf" if position is None else position[0]
+        return self._zpage(self.prefix + "jobs:" + index, top, "-inf", position, count)
+
+    def _zpage(
+        self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
+    ) -> list[_paging.Entry]:
+        """Up to ``count`` entries of zset ``name`` in ``[bottom, top]``, newest first, after ``position``."""
         out: list[_paging.Entry] = []
         offset = 0
         while len(out) < count:
@@ -261,7 +266,7 @@ class RedisStore(Store):
                 self.client.zrevrangebyscore,
                 name,
                 top,
-                "-inf",
+                bottom,
                 start=offset,
                 num=count + 16,
                 withscores=True,
@@ -323,32 +328,11 @@ class RedisStore(Store):
     def _fetch_dead(
         self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
     ) -> list[_paging.Entry]:
-        name = self.prefix + "deads:" + index
         top: float | str = "+inf" if high == float("inf") else f"({high}"
         if position is not None:
             top = position[0] if position[0] < high else top
         bottom: float | str = "-inf" if low == float("-inf") else low
-        out: list[_paging.Entry] = []
-        offset = 0
-        while len(out) < count:
-            rows = self._call(
-                "a listing",
-                self.client.zrevrangebyscore,
-                name,
-                top,
-                bottom,
-                start=offset,
-                num=count + 16,
-                withscores=True,
-            )
-            for member, score in rows:
-                entry = (float(score), member.decode() if isinstance(member, bytes) else str(member))
-                if _paging.after(entry, position):
-                    out.append(entry)
-            if len(rows) < count + 16:
-                break
-            offset += len(rows)
-        return out[:count]
+        return self._zpage(self.prefix + "deads:" + index, top, bottom, position, count)
 
     def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         if not ids:
