@@ -30,13 +30,8 @@ Load = Callable[[Sequence[str]], list[tuple["dict[str, Any] | None", "dict[str, 
 
 
 def decode(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and "id" in data and "queue" in data else None
+    """A stored dead letter (it has an ``id`` and a ``queue``)."""
+    return _paging.decode_object(raw, "id", "queue")
 
 
 def message_text(d: dict[str, Any]) -> str | None:

@@ -199,11 +199,17 @@ class _neg(str):
         return str.__gt__(self, other)
 
 
-def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
+def decode_object(raw: bytes | str | None, *required: str) -> dict[str, Any] | None:
+    """A stored JSON object holding every ``required`` field; ``None`` if missing or malformed."""
     if raw is None:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
         return None
-    return data if isinstance(data, dict) and "status" in data else None
+    return data if isinstance(data, dict) and all(name in data for name in required) else None
+
+
+def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A stored job record (it has a ``status``)."""
+    return decode_object(raw, "status")

@@ -340,7 +340,7 @@ class RedisStore(Store):
         keys = [self.k("dead", i) for i in ids] + [self.k("job", i) for i in ids]
         raws = self._call("a read", self.client.mget, keys)
         n = len(ids)
-        return [(_dead.decode(raws[i]), _decode_json(raws[n + i])) for i in range(n)]
+        return [(_dead.decode(raws[i]), _paging.decode_object(raws[n + i])) for i in range(n)]
 
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:
         return self.get_dead_letters([job_id])[0]
@@ -406,16 +406,6 @@ class RedisStore(Store):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decode_json(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _reason(exc: BaseException) -> str:
