@@ -18,11 +18,12 @@ from dramatiq.brokers.stub import StubBroker
 
 import dramatiq_reliable as dr
 from dramatiq_reliable.cli import main
+from dramatiq_reliable.store import _paging
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 from starlette.testclient import TestClient
 
-from dramatiq_reliable.web import Guard, actions, create_app, views
+from dramatiq_reliable.web import Guard, actions, create_app
 from dramatiq_reliable.web.security import FORM_MAX_AGE
 
 TOKEN = "correct horse battery staple"
@@ -106,9 +107,9 @@ def test_a_plain_value_is_looked_up_as_the_search_keys(shop) -> None:
     assert shop.ok not in without.text and "order_id=4711" in without.text
 
 
-@pytest.mark.parametrize("few", [1_000, 0], ids=["through the status index", "through the actor index"])
-def test_search_by_actor_and_status(shop, monkeypatch, few) -> None:
-    monkeypatch.setattr(views, "FEW", few)
+@pytest.mark.parametrize("most", [20_000, 0], ids=["indexes intersected", "actor index walked"])
+def test_search_by_actor_and_status(shop, monkeypatch, most) -> None:
+    monkeypatch.setattr(_paging, "INTERSECT_MAX", most)
     http = client(shop)
     page = http.get("/", params={"actor": "invoice", "status": "done"})
     assert shop.ok in page.text and shop.bad not in page.text

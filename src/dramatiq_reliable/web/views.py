@@ -25,8 +25,6 @@ from .app import Site
 
 View = Callable[[Site, Request], Response]
 
-#: A status with at most this many jobs is searched through its own index (one read).
-FEW = 1_000
 #: Statuses in the order the search page lists their counts.
 STATUSES = [s.value for s in Status]
 
@@ -69,8 +67,7 @@ def search(site: Site, request: Request) -> Response:
     try:
         if status is not None and status not in STATUSES:
             raise ConfigurationError(f"unknown status {status!r} (known: {', '.join(STATUSES)})")
-        few = status is not None and cursor is None and context["counts"].get(status, 0) <= FEW
-        records, next_cursor, note = _search(site, q, actor, status, cursor, few_in_status=few)
+        records, next_cursor, note = _search(site, q, actor, status, cursor)
     except ConfigurationError as exc:
         return site.page(request, "search.html", 400, error=str(exc), jobs=[], **context)
     if isinstance(records, JobRecord):
@@ -79,16 +76,11 @@ def search(site: Site, request: Request) -> Response:
 
 
 def _search(
-    site: Site, q: str | None, actor: str | None, status: str | None, cursor: str | None, *, few_in_status: bool
+    site: Site, q: str | None, actor: str | None, status: str | None, cursor: str | None
 ) -> tuple[JobRecord | list[JobRecord], str | None, str | None]:
     """The records found, the next page's cursor, and a note for the reader."""
     limit = site.page_size
     key = parse_key(q) if q is not None and "=" in q else None
-    if status is not None and actor is not None and key is None and few_in_status:
-        # Few jobs are in this status: read them all and keep the actor's, rather than walk
-        # the actor's (maybe long) index until enough match or the store's scan budget runs out.
-        everything = site.store.find_jobs(status=status, limit=FEW).items
-        return [r for r in everything if r.actor == actor][:limit], None, None
     if q is None or key is not None:
         page = site.store.find_jobs(status=status, actor=actor, key=key, limit=limit, cursor=cursor)
         return page.items, page.cursor, None
