@@ -140,11 +140,9 @@ class JobState(ReliableMiddleware):
         msg = run.msg
         if RECORDED_OPTION in msg.options:
             fields = {"actor": run.actor, "queue": run.queue, "enq": msg.message_timestamp}
-            track = self._info(broker, run.actor)[2]
-            if track:  # for dr.current_job().keys
-                run.keys = self.snapshots.keys(
-                    track, self.snapshots.bind(self._info(broker, run.actor)[1], msg.args, msg.kwargs)
-                )
+            info = self._info(broker, run.actor)
+            if info[2]:  # track=, for dr.current_job().keys
+                run.keys = self.snapshots.keys(info[2], self.snapshots.bind(info[1], msg.args, msg.kwargs))
         else:
             fields = self._creation(broker, msg, run)
         fields["att"] = run.attempt
