@@ -160,7 +160,12 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     browser.get(shop.web.url + "/")
     box = browser.find_element(By.NAME, "q")
     box.send_keys("order_id=4712" + Keys.ENTER)
-    wait_until(lambda: declined in browser.page_source, timeout=30, what="the search result")
+    # (the empty search page lists the newest jobs too: wait for the search's own page)
+    wait_until(
+        lambda: "q=order_id" in browser.current_url and declined in browser.page_source,
+        timeout=30,
+        what="the search result",
+    )
     assert fine not in browser.page_source
     browser.save_screenshot(str(artifacts / "search-page.png"))
     # (a plain order number works too, with --search-key order_id)
