@@ -227,3 +227,58 @@ def metrics_now() -> int:
     from dramatiq_reliable._clock import now_ms
 
     return now_ms()
+
+
+def test_worker_boot_declares_the_counters_at_zero(tmp_path: Path) -> None:
+    # Given a worker process with metrics in a folder, one actor and a notifier
+    run_python(
+        f"""
+        import dramatiq
+        from dramatiq.brokers.stub import StubBroker
+        import dramatiq_reliable as dr
+        dr.enable_metrics({str(tmp_path)!r})
+        broker = StubBroker()
+        dramatiq.set_broker(broker)
+        dr.install(broker, dr.MemoryStore(), notifiers=[dr.LogNotifier()])
+
+        @dramatiq.actor(queue_name="billing")
+        def charge():
+            pass
+
+        worker = dramatiq.Worker(broker, worker_threads=1)
+        worker.start()
+        worker.stop()
+        """
+    )
+
+    # When the exporter reads the folder before any job ran
+    values = samples(generate_latest(registry(multiproc_dir=str(tmp_path))).decode())
+
+    # Then every counter the rules watch is there, at 0
+    actor = frozenset({("actor", "charge"), ("queue", "billing")})
+    assert values[("dramatiq_reliable_dead_letters_total", actor)] == 0
+    assert values[("dramatiq_reliable_jobs_total", actor | {("outcome", "failed")})] == 0
+    assert values[("dramatiq_reliable_abandoned_jobs_total", frozenset({("actor", "charge")}))] == 0
+    assert values[("dramatiq_reliable_notifier_errors_total", frozenset({("notifier", "log")}))] == 0
+    assert values[("dramatiq_reliable_alerts_dropped_total", frozenset({("notifier", "log")}))] == 0
+    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_idempotency_leases_lost_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_job_run_seconds_count", actor)] == 0
+
+
+def test_declared_counters_reach_a_registry_enabled_later() -> None:
+    out = run_python(
+        """
+        from prometheus_client import CollectorRegistry, generate_latest
+        from dramatiq_reliable import metrics
+        metrics.declare_actor("send", "default")
+        metrics.declare("store_writes_dropped_total")
+        reg = CollectorRegistry()
+        metrics.enable_metrics(registry=reg)
+        print(generate_latest(reg).decode())
+        """
+    )
+    values = samples(out)
+    assert values[("dramatiq_reliable_dead_letters_total", frozenset({("actor", "send"), ("queue", "default")}))] == 0
+    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_job_wait_seconds_count", frozenset({("actor", "send"), ("queue", "default")}))] == 0
