@@ -279,6 +279,7 @@ def test_declared_counters_reach_a_registry_enabled_later() -> None:
         """
     )
     values = samples(out)
-    assert values[("dramatiq_reliable_dead_letters_total", frozenset({("actor", "send"), ("queue", "default")}))] == 0
+    actor = frozenset({("actor", "send"), ("queue", "default")})
+    assert values[("dramatiq_reliable_dead_letters_total", actor)] == 0
     assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
-    assert values[("dramatiq_reliable_job_wait_seconds_count", frozenset({("actor", "send"), ("queue", "default")}))] == 0
+    assert values[("dramatiq_reliable_job_wait_seconds_count", actor)] == 0
