@@ -136,6 +136,6 @@ def test_queues_and_metrics_take_the_namespace_of_the_broker_url(capsys, redis_s
         assert 'dramatiq_reliable_queue_depth{queue="q"} 1.0' in out
         # And --namespace still wins over it
         code, out, _ = run(capsys, "--broker", url, "queues", "-q", "q", "--namespace", "elsewhere", "--json")
-        assert code == 0 and json.loads(out)[0]["depth"] == 0
+        assert code == 0 and json.loads(out)[0]["exists"] is False
     finally:
         client.delete(prefix + "q", prefix + "q.msgs")
