@@ -1,25 +1,26 @@
 """Queue backlog on both brokers: how many messages wait, and how long the oldest has waited.
 
-Read without disturbing consumers: this never flushes, consumes or declares anything new.
+One reader for the ``queues`` command, the exporter's gauges and the support page. Read
+without disturbing consumers: this never flushes, consumes, requeues or declares anything.
 
 * **Redis**: ``LLEN``/``HLEN``/``ZCARD`` of Dramatiq's keys, and the head of the queue's list
   for the oldest waiting message. Queues are discovered by a ``SCAN`` of the namespace (a
-  queue without any message has no key, and is not listed).
-* **RabbitMQ**: passive declares of ``q``, ``q.DQ`` and ``q.XQ`` (a missing queue is reported
-  as such). AMQP has no queue listing (that needs the management plugin), so queues are
-  named by the caller or taken from an app's declared queues. AMQP has no peek either: the
-  oldest message's age is unknown unless ``peek=True``, which takes the head message with
-  ``basic_get`` and puts it straight back (``basic_nack(requeue=True)``): it keeps its place,
-  but is flagged ``redelivered``.
+  queue that only holds dead letters included; one without any message has no key).
+* **RabbitMQ**: exact counts by passive declares of ``q``, ``q.DQ`` and ``q.XQ``; the queue
+  list and the head message's age from the management HTTP API when the plugin is enabled
+  (see :mod:`._backlog_rabbitmq`). Without it, queues must be named and ages are unknown.
 
 A message's wait is counted from when it became ready: the latest of its send
 (``message_timestamp``), its last failure (Retries' ``requeue_timestamp``) and the moment a
-consumer moved it out of its delay queue (:data:`READY_OPTION`, stamped by the Watchdog).
+consumer moved it out of its delay queue (:data:`READY_OPTION`, stamped by the Watchdog). On
+RabbitMQ, the AMQP ``timestamp`` the Watchdog stamps when a message is published (sent,
+retried or moved out of its delay queue) stands for the same moment.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,8 @@ class QueueStats:
             out.append(f"depth {self.depth} > {max_depth}")
         if max_age is not None and self.oldest_age is not None and self.oldest_age > max_age:
             out.append(f"oldest waiting {format_duration(self.oldest_age)} > {format_duration(max_age)}")
+        elif max_age is not None and self.exists and self.depth and self.oldest_age is None:
+            out.append("age of the oldest waiting message unknown")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -90,16 +93,29 @@ def ready_since(data: bytes | str | None) -> int | None:
 
 
 def discover_queues(broker: Any) -> list[str]:
-    """The queues of ``broker`` that hold anything, found without an app (Redis only).
+    """The queues of ``broker``, found without an app.
+
+    On Redis, those holding anything (ready, delayed, in flight or dead-lettered messages). On
+    RabbitMQ, every queue of the virtual host the management API lists (canonical names).
 
     Raises:
-      ConfigurationError: on RabbitMQ, which cannot list queues over AMQP.
+      ConfigurationError: on RabbitMQ without the management API, or on a StubBroker.
       BrokerUnavailable: the broker cannot be reached.
     """
-    if _kind(broker) != "redis":
-        raise ConfigurationError(
-            "RabbitMQ cannot list queues over AMQP (that needs the management plugin): name them with --queue"
-        )
+    kind = _kind(broker)
+    if kind == "rabbitmq":
+        from ._backlog_rabbitmq import ManagementUnavailable, management_queues
+
+        try:
+            listed = management_queues(broker)
+        except ManagementUnavailable as exc:
+            raise ConfigurationError(
+                f"cannot list RabbitMQ's queues ({exc}): enable the management plugin "
+                "(rabbitmq-plugins enable rabbitmq_management), name them with --queue, or give --app"
+            ) from None
+        return sorted({_canonical(name) for name in listed if not name.startswith("amq.")})
+    if kind != "redis":
+        raise ConfigurationError("name the queues: only Redis and RabbitMQ brokers can list them")
     prefix = broker.namespace + ":"
     names: set[str] = set()
     with _broker_errors():
@@ -115,23 +131,30 @@ def discover_queues(broker: Any) -> list[str]:
     return sorted(names)
 
 
-def queue_stats(broker: Any, queues: list[str], *, peek: bool = False) -> list[QueueStats]:
+def _canonical(name: str) -> str:
+    return name[:-3] if name.endswith((".DQ", ".XQ")) else name
+
+
+def queue_stats(broker: Any, queues: list[str], *, known: Iterable[str] = ()) -> list[QueueStats]:
     """The backlog of each of ``queues`` (canonical names) on ``broker``.
 
     Parameters:
       broker(Broker): a RedisBroker, RabbitmqBroker or StubBroker.
       queues(list[str]): the queues to look at.
-      peek(bool): RabbitMQ: read the oldest message's age by taking it and putting it straight
-        back (it is flagged ``redelivered``). Without it the age is unknown on RabbitMQ.
+      known(Iterable[str]): queues known to exist (an app declares them, a worker consumes
+        them). Redis deletes an empty queue's keys: a queue without keys that is not known
+        is reported as not existing.
 
     Raises:
       BrokerUnavailable: the broker cannot be reached.
     """
     kind = _kind(broker)
     if kind == "redis":
-        return _redis_stats(broker, queues)
+        return _redis_stats(broker, queues, set(known))
     if kind == "rabbitmq":
-        return _rabbitmq_stats(broker, queues, peek=peek)
+        from ._backlog_rabbitmq import stats
+
+        return stats(broker, queues, QueueStats)
     return _stub_stats(broker, queues)
 
 
@@ -173,7 +196,7 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return (redis.ConnectionError, redis.TimeoutError, AMQPConnectionError, OSError)
 
 
-def _redis_stats(broker: Any, queues: list[str]) -> list[QueueStats]:
+def _redis_stats(broker: Any, queues: list[str], known: set[str]) -> list[QueueStats]:
     client = broker.client
     ns = broker.namespace
     out = []
@@ -184,10 +207,14 @@ def _redis_stats(broker: Any, queues: list[str]) -> list[QueueStats]:
             pipe.hlen(f"{ns}:{q}.msgs")
             pipe.hlen(f"{ns}:{q}.DQ.msgs")
             pipe.zcard(f"{ns}:{q}.XQ")
+            pipe.exists(f"{ns}:{q}.DQ", f"{ns}:{q}.XQ.msgs")
         counts = pipe.execute()
         now = now_ms()
         for i, q in enumerate(queues):
-            depth, stored, delayed, dead = counts[4 * i : 4 * i + 4]
+            depth, stored, delayed, dead, others = counts[5 * i : 5 * i + 5]
+            if not (depth or stored or delayed or dead or others) and q not in known:
+                out.append(QueueStats(queue=q, exists=False))
+                continue
             out.append(
                 QueueStats(
                     queue=q,
@@ -211,63 +238,6 @@ def _redis_oldest(client: Any, ns: str, queue: str, now: int) -> float | None:
         if since is not None:
             return max(now - since, 0) / 1000
     return None
-
-
-def _rabbitmq_stats(broker: Any, queues: list[str], *, peek: bool) -> list[QueueStats]:
-    import pika
-    from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker
-
-    try:
-        connection = pika.BlockingConnection(broker.parameters)
-    except (AMQPConnectionError, OSError) as exc:
-        raise BrokerUnavailable(f"broker unreachable: {exc or type(exc).__name__}") from exc
-    channel = connection.channel()
-
-    def declare(name: str) -> Any:
-        nonlocal channel
-        try:
-            return channel.queue_declare(name, passive=True).method
-        except ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:
-                raise
-            channel = connection.channel()  # a 404 closes the channel
-            return None
-
-    out = []
-    try:
-        with _broker_errors():
-            for q in queues:
-                main, dq, xq = declare(q), declare(f"{q}.DQ"), declare(f"{q}.XQ")
-                if main is None:
-                    out.append(QueueStats(queue=q, exists=False))
-                    continue
-                age = _rabbitmq_oldest(channel, q) if peek and main.message_count else None
-                out.append(
-                    QueueStats(
-                        queue=q,
-                        depth=main.message_count,
-                        delayed=dq.message_count if dq else None,
-                        dead=xq.message_count if xq else None,
-                        consumers=main.consumer_count,
-                        oldest_age=age,
-                    )
-                )
-    finally:
-        try:
-            connection.close()
-        except Exception:  # pragma: no cover - already closed by the server
-            pass
-    return out
-
-
-def _rabbitmq_oldest(channel: Any, queue: str) -> float | None:
-    """Take the head message without acking it, read its age, and put it back at once."""
-    method, _properties, body = channel.basic_get(queue, auto_ack=False)
-    if method is None:
-        return None
-    channel.basic_nack(method.delivery_tag, requeue=True)
-    since = ready_since(body)
-    return None if since is None else max(now_ms() - since, 0) / 1000
 
 
 def _stub_stats(broker: Any, queues: list[str]) -> list[QueueStats]:

@@ -10,7 +10,7 @@ and histograms the worker processes write (multiprocess folder, see
   ``dramatiq_reliable_queue_delayed{queue}``: delayed or retrying ones,
   ``dramatiq_reliable_queue_dead_letters{queue}``: dead-lettered ones (the broker's ``.XQ``),
   ``dramatiq_reliable_queue_oldest_age_seconds{queue}``: age of the oldest ready message
-  (Redis only; RabbitMQ cannot peek without redelivering);
+  (on RabbitMQ from the management API; left out while unknown);
 * ``dramatiq_reliable_exporter_source_up{source}``: 1 if the store (or broker) answered.
 
 The gauges are fleet-wide values: when several hosts each run an exporter, aggregate them
@@ -19,14 +19,13 @@ with ``max``, not ``sum``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from .backlog import QueueStats, discover_queues, queue_stats
 from .errors import ConfigurationError, DramatiqReliableError
 from .metrics import PREFIX
 from .store.base import Store
@@ -42,7 +41,7 @@ GAUGES: dict[str, str] = {
     "queue_depth": "Messages ready in the queue.",
     "queue_delayed": "Messages waiting for their delay (retries included).",
     "queue_dead_letters": "Messages in the broker's dead-letter queue.",
-    "queue_oldest_age_seconds": "Age of the oldest ready message (Redis only).",
+    "queue_oldest_age_seconds": "Age of the oldest ready message (left out while unknown).",
     "exporter_source_up": "1 if the source answered this scrape.",
 }
 
@@ -53,93 +52,30 @@ def _gauge(name: str, label: str) -> Any:
     return GaugeMetricFamily(PREFIX + name, GAUGES[name], labels=[label])
 
 
-@dataclass(frozen=True)
-class QueueStats:
-    """What a broker says about one queue."""
+class _Queues:
+    """The broker's queues for the gauges: named ones, or those discovered (kept :data:`DISCOVERY_TTL`)."""
 
-    queue: str
-    depth: int
-    delayed: int
-    dead: int
-    #: Seconds since the oldest ready message was first enqueued (``None`` if unknown or empty).
-    oldest_age: float | None = None
+    def __init__(self, broker: Any, queues: Sequence[str]) -> None:
+        self.broker = broker
+        self.named = list(queues)
+        self._found: tuple[float, list[str]] = (-DISCOVERY_TTL, [])
 
-
-class _RedisQueues:
-    def __init__(self, broker: Any) -> None:
-        self.client = broker.client
-        self.namespace = broker.namespace
-        self._found: tuple[float, list[str]] = (0.0, [])
-
-    def discover(self) -> list[str]:
+    def names(self) -> list[str]:
+        if self.named:
+            return self.named
         at, names = self._found
-        if time.monotonic() - at < DISCOVERY_TTL:
-            return names
-        prefix = f"{self.namespace}:"
-        found = set()
-        for key in self.client.scan_iter(match=prefix + "*.msgs", count=1000):
-            name = key.decode()[len(prefix) : -len(".msgs")]
-            if not name.endswith((".DQ", ".XQ")):
-                found.add(name)
-        self._found = (time.monotonic(), sorted(found))
-        return self._found[1]
+        if time.monotonic() - at >= DISCOVERY_TTL:
+            try:
+                names = discover_queues(self.broker)
+            except ConfigurationError as exc:  # RabbitMQ without its management API
+                logger.warning("No queue gauges: %s", exc)
+                names = []
+            self._found = (time.monotonic(), names)
+        return names
 
-    def stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        ns = self.namespace
-        pipe = self.client.pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(f"{ns}:{q}")
-            pipe.hlen(f"{ns}:{q}.DQ.msgs")
-            pipe.zcard(f"{ns}:{q}.XQ")
-            pipe.lindex(f"{ns}:{q}", 0)
-        raw = pipe.execute()
-        out = []
-        for i, q in enumerate(queues):
-            depth, delayed, dead, first = raw[4 * i : 4 * i + 4]
-            out.append(QueueStats(q, int(depth), int(delayed), int(dead), self._age(q, first)))
-        return out
-
-    def _age(self, queue: str, first: bytes | None) -> float | None:
-        if first is None:
-            return None
-        data = self.client.hget(f"{self.namespace}:{queue}.msgs", first)
-        try:
-            timestamp = json.loads(data)["message_timestamp"] if data else None
-        except (ValueError, KeyError, TypeError):
-            return None
-        return max(time.time() - timestamp / 1000, 0.0) if timestamp else None
-
-
-class _RabbitQueues:
-    def __init__(self, broker: Any) -> None:
-        self.parameters = broker.parameters
-        self._connection: Any = None
-
-    def discover(self) -> list[str]:
-        return []  # AMQP has no listing; give --queue
-
-    def _count(self, name: str) -> int:
-        import pika
-
-        if self._connection is None or not self._connection.is_open:
-            self._connection = pika.BlockingConnection(self.parameters)
-        channel = self._connection.channel()
-        try:
-            return int(channel.queue_declare(name, passive=True).method.message_count)
-        except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
-            return 0
-        finally:
-            if channel.is_open:
-                channel.close()
-
-    def stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        try:
-            return [QueueStats(q, self._count(q), self._count(f"{q}.DQ"), self._count(f"{q}.XQ")) for q in queues]
-        except Exception:
-            if self._connection is not None and self._connection.is_open:
-                self._connection.close()
-            self._connection = None
-            raise
+    def stats(self) -> list[QueueStats]:
+        names = self.names()
+        return queue_stats(self.broker, names) if names else []
 
 
 class StateCollector:
@@ -148,17 +84,16 @@ class StateCollector:
     Parameters:
       store(Store | None): where job records are counted by status.
       broker(Broker | None): a RedisBroker or RabbitmqBroker, for queue gauges.
-      queues(Sequence[str]): the queues to report. Defaults to those found on a Redis broker
-        (none on RabbitMQ, which cannot list queues).
+      queues(Sequence[str]): the queues to report. Defaults to those the broker lists (every
+        queue holding messages or dead letters on Redis; every queue the management API
+        lists on RabbitMQ, none without it).
     """
 
     def __init__(self, store: Store | None = None, broker: Any = None, queues: Sequence[str] = ()) -> None:
         self.store = store
         self.queues = list(queues)
         self._lock = threading.Lock()
-        self._broker: _RedisQueues | _RabbitQueues | None = None
-        if broker is not None:
-            self._broker = _RedisQueues(broker) if hasattr(broker, "namespace") else _RabbitQueues(broker)
+        self._broker = _Queues(broker, queues) if broker is not None else None
 
     def describe(self) -> list[Any]:
         return []  # collected at scrape time only
@@ -185,8 +120,8 @@ class StateCollector:
                     up.add_metric(["broker"], 0)
         yield up
 
-    def _queue_gauges(self, broker: _RedisQueues | _RabbitQueues) -> Iterator[Any]:
-        stats = broker.stats(self.queues or broker.discover())
+    def _queue_gauges(self, broker: _Queues) -> Iterator[Any]:
+        stats = [s for s in broker.stats() if s.exists]
         families = {
             "depth": _gauge("queue_depth", "queue"),
             "delayed": _gauge("queue_delayed", "queue"),
@@ -194,10 +129,12 @@ class StateCollector:
             "oldest_age": _gauge("queue_oldest_age_seconds", "queue"),
         }
         for s in stats:
-            families["depth"].add_metric([s.queue], s.depth)
-            families["delayed"].add_metric([s.queue], s.delayed)
-            families["dead"].add_metric([s.queue], s.dead)
-            families["oldest_age"].add_metric([s.queue], s.oldest_age or 0.0)
+            for field in ("depth", "delayed", "dead"):
+                value = getattr(s, field)
+                if value is not None:
+                    families[field].add_metric([s.queue], value)
+            if s.oldest_age is not None or not s.depth:  # unknown: no sample rather than a false 0
+                families["oldest_age"].add_metric([s.queue], s.oldest_age or 0.0)
         yield from families.values()
 
 

@@ -35,6 +35,8 @@ PREFIX = "dramatiq_reliable_"
 
 _lock = threading.Lock()
 _values: defaultdict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+#: Histogram label sets declared before a first sample (created at zero in Prometheus too).
+_declared_histograms: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
 
 #: Every counter name the bundle increments, with its help text.
 COUNTERS: dict[str, str] = {
@@ -153,10 +155,62 @@ def observe_job(actor: str, queue: str, outcome: str, run_seconds: float | None,
         prom.observe_job(actor, queue, outcome, run_seconds, wait_seconds)
 
 
+#: The outcomes ``jobs_total`` counts.
+OUTCOMES = ("done", "retrying", "failed", "skipped")
+#: Counters of one actor (labels ``actor`` and, where they take it, ``queue``).
+ACTOR_COUNTERS = (
+    "retries_total",
+    "dead_letters_total",
+    "idempotent_skips_total",
+    "idempotency_deferred_total",
+    "idempotency_unchecked_total",
+    "stuck_jobs_total",
+    "abandoned_jobs_total",
+)
+
+
+def declare(name: str, **labels: str) -> None:
+    """Make the counter ``name`` with ``labels`` exist at 0 if it was never counted.
+
+    A Prometheus counter that first appears at 1 has no earlier sample, so ``increase()``
+    over it is 0 and a rule on it misses the first event. Declaring the label sets a process
+    knows (its actors, queues, notifiers) at boot gives every rule a 0 to start from.
+    """
+    key = (name, tuple(sorted(labels.items())))
+    with _lock:
+        if key in _values:
+            return
+        _values[key] = 0.0
+    prom = _prom
+    if prom is not None:
+        prom.inc(name, 0.0, labels)
+
+
+def declare_actor(actor: str, queue: str) -> None:
+    """Declare at 0 every counter and histogram of one actor (see :func:`declare`)."""
+    by_actor = {"actor": actor, "queue": queue}
+    with _lock:
+        if ("jobs_total", (("actor", actor), ("outcome", "done"), ("queue", queue))) in _values:
+            return
+    for outcome in OUTCOMES:
+        declare("jobs_total", **by_actor, outcome=outcome)
+    for name in ACTOR_COUNTERS:
+        declare(name, **{k: v for k, v in by_actor.items() if k in LABELS[name]})
+    key = tuple(sorted(by_actor.items()))
+    with _lock:
+        for histogram in HISTOGRAMS:
+            _declared_histograms.add((histogram, key))
+    prom = _prom
+    if prom is not None:
+        for histogram in HISTOGRAMS:
+            prom.declare_histogram(histogram, by_actor)
+
+
 def reset() -> None:
     """Forget the in-process values (for tests; Prometheus values are not touched)."""
     with _lock:
         _values.clear()
+        _declared_histograms.clear()
 
 
 # -- Prometheus ---------------------------------------------------------------------------------
@@ -211,6 +265,12 @@ class _Prometheus:
     def observe(self, name: str, seconds: float, labels: dict[str, str]) -> None:
         try:
             self._child(name, labels, True).observe(seconds)
+        except Exception:
+            self._fail(name)
+
+    def declare_histogram(self, name: str, labels: dict[str, str]) -> None:
+        try:
+            self._child(name, labels, True)
         except Exception:
             self._fail(name)
 
@@ -297,8 +357,11 @@ def enable_metrics(directory: str | os.PathLike[str] | None = None, *, registry:
             prom = _Prometheus(registry if registry is not None else prometheus_client.REGISTRY, None)
         samples = {h + suffix for h in HISTOGRAMS for suffix in ("_count", "_sum")}
         counted = [(n, dict(labels), v) for (n, labels), v in _values.items() if n not in samples]
+        histograms = [(n, dict(labels)) for n, labels in _declared_histograms]
     for name, labels, amount in counted:
-        prom.inc(name, amount, labels)  # what was counted before, so both views agree
+        prom.inc(name, amount, labels)  # what was counted (or declared at 0) before, so both views agree
+    for name, labels in histograms:
+        prom.declare_histogram(name, labels)
     _prom = prom
 
 

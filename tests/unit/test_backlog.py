@@ -54,7 +54,7 @@ def test_limits_name_what_they_cross() -> None:
         ["--broker", "redis://:x@/0", "queues", "-q", "a"],
         ["--broker", "kafka://127.0.0.1", "queues", "-q", "a"],
         ["queues", "-q", "a"],
-        ["--broker", "amqp://guest:guest@127.0.0.1:1/%2F", "queues", "-q", "a", "--max-age", "1m"],
+        ["--broker", "amqp://guest:guest@127.0.0.1:1/%2F", "queues", "-q", "a", "--peek"],
         ["--broker", "redis://127.0.0.1:6379/0", "queues", "--app", "no_such_module_here"],
         ["--broker", "redis://127.0.0.1:6379/0", "queues", "--max-depth", "-1"],
     ],

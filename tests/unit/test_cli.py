@@ -136,6 +136,25 @@ def test_queues_and_metrics_take_the_namespace_of_the_broker_url(capsys, redis_s
         assert 'dramatiq_reliable_queue_depth{queue="q"} 1.0' in out
         # And --namespace still wins over it
         code, out, _ = run(capsys, "--broker", url, "queues", "-q", "q", "--namespace", "elsewhere", "--json")
-        assert code == 0 and json.loads(out)[0]["depth"] == 0
+        assert code == 0 and json.loads(out)[0]["exists"] is False
     finally:
         client.delete(prefix + "q", prefix + "q.msgs")
+
+
+def test_the_bare_command_prints_its_help_and_exits_2(capsys) -> None:
+    # Exit 2: no command ran, so a script that calls it by mistake does not take it for success
+    code, out, err = run(capsys)
+    assert code == 2 and err == ""
+    assert out.startswith("Usage: dramatiq-reliable") and "Commands:" in out and "error" not in out
+
+
+def test_a_global_option_after_the_subcommand_says_where_it_goes(capsys) -> None:
+    code, out, err = run(capsys, "jobs", "list", "--store", "redis://127.0.0.1:6379/1")
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "error: --store is a global option: put it before the subcommand (dramatiq-reliable --store URL jobs list ...)"
+    )
+    code, _, err = run(capsys, "dead", "show", "--broker=amqp://x", "ID")
+    assert code == 2 and "--broker is a global option" in err
+    code, _, err = run(capsys, "jobs", "list", "--bogus")
+    assert code == 2 and "No such option '--bogus'" in err

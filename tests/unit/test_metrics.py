@@ -227,3 +227,97 @@ def metrics_now() -> int:
     from dramatiq_reliable._clock import now_ms
 
     return now_ms()
+
+
+def test_worker_boot_declares_the_counters_at_zero(tmp_path: Path) -> None:
+    # Given a worker process with metrics in a folder, one actor and a notifier
+    run_python(
+        f"""
+        import dramatiq
+        from dramatiq.brokers.stub import StubBroker
+        import dramatiq_reliable as dr
+        dr.enable_metrics({str(tmp_path)!r})
+        broker = StubBroker()
+        dramatiq.set_broker(broker)
+        dr.install(broker, dr.MemoryStore(), notifiers=[dr.LogNotifier()])
+
+        @dramatiq.actor(queue_name="billing")
+        def charge():
+            pass
+
+        worker = dramatiq.Worker(broker, worker_threads=1)
+        worker.start()
+        worker.stop()
+        """
+    )
+
+    # When the exporter reads the folder before any job ran
+    values = samples(generate_latest(registry(multiproc_dir=str(tmp_path))).decode())
+
+    # Then every counter the rules watch is there, at 0
+    actor = frozenset({("actor", "charge"), ("queue", "billing")})
+    assert values[("dramatiq_reliable_dead_letters_total", actor)] == 0
+    assert values[("dramatiq_reliable_jobs_total", actor | {("outcome", "failed")})] == 0
+    assert values[("dramatiq_reliable_abandoned_jobs_total", frozenset({("actor", "charge")}))] == 0
+    assert values[("dramatiq_reliable_notifier_errors_total", frozenset({("notifier", "log")}))] == 0
+    assert values[("dramatiq_reliable_alerts_dropped_total", frozenset({("notifier", "log")}))] == 0
+    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_idempotency_leases_lost_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_job_run_seconds_count", actor)] == 0
+
+
+def test_declared_counters_reach_a_registry_enabled_later() -> None:
+    out = run_python(
+        """
+        from prometheus_client import CollectorRegistry, generate_latest
+        from dramatiq_reliable import metrics
+        metrics.declare_actor("send", "default")
+        metrics.declare("store_writes_dropped_total")
+        reg = CollectorRegistry()
+        metrics.enable_metrics(registry=reg)
+        print(generate_latest(reg).decode())
+        """
+    )
+    values = samples(out)
+    actor = frozenset({("actor", "send"), ("queue", "default")})
+    assert values[("dramatiq_reliable_dead_letters_total", actor)] == 0
+    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_job_wait_seconds_count", actor)] == 0
+
+
+def test_exporter_finds_a_queue_holding_only_dead_letters_and_ages_as_queues_does(
+    capsys: pytest.CaptureFixture[str], redis_server: str, ns: str
+) -> None:
+    import json
+
+    import redis
+
+    from dramatiq_reliable._clock import now_ms
+
+    # Given a drained queue with 3 dead letters, and a queue whose only message was sent an
+    # hour ago and failed (Retries stamped requeue_timestamp) a minute ago
+    client = redis.Redis.from_url(f"{redis_server}/14")
+    prefix = f"dramatiq-{ns}:"
+    for i in range(3):
+        client.zadd(prefix + "drained.XQ", {f"d{i}": i})
+        client.hset(prefix + "drained.XQ.msgs", f"d{i}", "{}")
+    message = {"message_timestamp": now_ms() - 3_600_000, "options": {"requeue_timestamp": now_ms() - 60_000}}
+    client.rpush(prefix + "retried", "m1")
+    client.hset(prefix + "retried.msgs", "m1", json.dumps(message))
+    url = f"{redis_server}/14?namespace=dramatiq-{ns}"
+    try:
+        # When the exporter and `queues` read the broker without naming queues
+        assert main(["--store", "memory://", "--broker", url, "metrics", "--once"]) == 0
+        values = samples(capsys.readouterr().out)
+        assert main(["--broker", url, "queues", "--json"]) == 0
+        listed = {q["queue"]: q for q in json.loads(capsys.readouterr().out)}
+
+        # Then both list the drained queue with its dead letters
+        assert values[("dramatiq_reliable_queue_dead_letters", frozenset({("queue", "drained")}))] == 3
+        assert listed["drained"]["dead"] == 3
+        # And both count the retried message's wait from its failure, not its send
+        exported = values[("dramatiq_reliable_queue_oldest_age_seconds", frozenset({("queue", "retried")}))]
+        assert 55 < exported < 600 and 55 < listed["retried"]["oldest_age_seconds"] < 600
+    finally:
+        delete = list(client.scan_iter(match=prefix + "*"))
+        client.delete(*delete)

@@ -81,6 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return RET_FAILED
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A command (or group) given nothing to do: its help, without calling it an error. Exit 2
+        # all the same, as for any usage that did not run a command: a script that calls the
+        # bare command by mistake must not take it for a success.
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return RET_USAGE
+    except click.NoSuchOption as exc:
+        click.echo(f"error: {_no_such_option(exc)}", err=True)
+        return RET_USAGE
     except click.UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -92,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {exc}", err=True)
         return RET_USAGE
     return int(result or 0)
+
+
+def _no_such_option(exc: click.NoSuchOption) -> str:
+    """The message of an unknown option; a global one given after the subcommand says where it goes."""
+    name = exc.option_name.split("=", 1)[0]
+    if exc.ctx is not None and exc.ctx.parent is not None:
+        for param in cli.params:
+            if isinstance(param, click.Option) and name in param.opts:
+                root, _, sub = exc.ctx.command_path.partition(" ")
+                value = f" {param.metavar}" if param.metavar else ""
+                return f"{name} is a global option: put it before the subcommand ({root} {name}{value} {sub} ...)"
+    hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    return f"{exc.format_message()}{hint}"
 
 
 def entry() -> None:  # pragma: no cover - the console script

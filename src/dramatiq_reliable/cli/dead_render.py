@@ -9,7 +9,7 @@ import click
 
 from .._clock import ago
 from ..records import DeadLetter, DeadResult, DeadStats
-from .render import job_detail, when
+from .render import cut, first_line, job_detail, when
 
 
 def _ms(letter: DeadLetter) -> float:
@@ -17,12 +17,15 @@ def _ms(letter: DeadLetter) -> float:
 
 
 def error_line(letter: DeadLetter, width: int = 70) -> str:
+    """The error column of ``dead list``: one line, ending with "…" when cut."""
     if letter.malformed:
-        return f"MALFORMED: {letter.malformed}"[:width]
+        return first_line(f"MALFORMED: {letter.malformed}", width)
     if letter.error is None:
         return "-" if letter.recorded else "(not recorded)"
-    text = str(letter.error).splitlines()[0] if str(letter.error) else letter.error.type
-    return (text if letter.recorded else f"{text} (not recorded)")[:width]
+    if letter.recorded:
+        return first_line(str(letter.error) or letter.error.type, width)
+    suffix = " (not recorded)"
+    return first_line(str(letter.error) or letter.error.type, width - len(suffix)) + suffix
 
 
 def table(letters: Sequence[DeadLetter]) -> str:
@@ -44,7 +47,7 @@ def detail(letter: DeadLetter) -> str:
     lines.append(f"  dead-lettered  {when(letter.dead_at)} from {letter.queue}.XQ ({how})")
     if letter.malformed:
         lines.append(click.style(f"  malformed      {letter.malformed}; it cannot be replayed, only purged", fg="red"))
-        lines += ["", click.style("Stored payload", bold=True), "  " + (letter.raw or "")[:1000]]
+        lines += ["", click.style("Stored payload", bold=True), "  " + cut(letter.raw or "", 1000)]
         return "\n".join(lines)
     message = letter.message or {}
     options = message.get("options") or {}
@@ -53,12 +56,13 @@ def detail(letter: DeadLetter) -> str:
     # record's redacted snapshot (above) instead.
     recorded = letter.job.args is not None
     lines.append(f"  arguments      {'as recorded above (redacted)' if recorded else 'not recorded'}; whole in --json")
-    shown = {k: v for k, v in options.items() if k != "traceback"}
-    lines.append(f"  options        {json.dumps(shown, ensure_ascii=False)[:500]}")
+    # The bundle's own options (dr_*) and the stored traceback are not the sender's options.
+    shown = {k: v for k, v in options.items() if k != "traceback" and not k.startswith("dr_")}
+    lines.append(f"  options        {cut(json.dumps(shown, ensure_ascii=False), 500)}")
     lines.append(f"  replay         dramatiq-reliable dead replay {letter.id}")
     if letter.error and letter.error.traceback and letter.job.status.value != "failed":
         lines += ["", click.style("Traceback of the final error", bold=True)]
-        lines += ["  " + line for line in letter.error.traceback.rstrip().splitlines()[-12:]]
+        lines += ["  " + line for line in letter.error.traceback.rstrip().splitlines()]
     return "\n".join(lines)
 
 

@@ -19,11 +19,16 @@ from ..errors import ConfigurationError
     "names",
     multiple=True,
     metavar="NAME",
-    help="A queue to show (repeatable). Default: the --app's queues, or every queue holding "
-    "messages on a Redis broker. RabbitMQ cannot list queues over AMQP (that needs the "
-    "management plugin): name them, or give --app.",
+    help="A queue to show (repeatable). Default: the --app's queues and those the broker lists "
+    "(every queue holding messages or dead letters on Redis; on RabbitMQ, those its management "
+    "API lists: rabbitmq-plugins enable rabbitmq_management).",
 )
-@click.option("--app", metavar="MODULE[:BROKER]", help="Import this app for its declared queues (and its broker).")
+@click.option(
+    "--app",
+    metavar="MODULE[:BROKER]",
+    help="Import this app (from the current directory, as dramatiq does) for its declared queues "
+    "(and its broker, without --broker).",
+)
 @click.option(
     "--namespace",
     metavar="NS",
@@ -32,12 +37,6 @@ from ..errors import ConfigurationError
 @click.option("--check", is_flag=True, help="Exit 1 when a queue crosses a limit (health probe, cron).")
 @click.option("--max-age", metavar="DURATION", help="Limit on the oldest waiting message's age, e.g. 10m.")
 @click.option("--max-depth", type=click.IntRange(min=0), metavar="N", help="Limit on the messages waiting.")
-@click.option(
-    "--peek",
-    is_flag=True,
-    help="RabbitMQ: read the oldest message's age by taking it and putting it straight back "
-    "(it keeps its place, flagged redelivered). Without it the age is unknown on RabbitMQ.",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per queue.")
 @click.pass_obj
 @run_command
@@ -49,26 +48,30 @@ def queues(
     check: bool,
     max_age: str | None,
     max_depth: int | None,
-    peek: bool,
     as_json: bool,
 ) -> int:
     """Per queue: messages waiting, delayed, dead, in flight, and the oldest one's age.
 
+    Nothing is taken from a queue to look at it: on RabbitMQ the oldest message's age comes
+    from the management API (messages published where the bundle is installed carry their
+    publish time); where it is unknown, a --max-age check fails rather than pass blindly.
+
     \b
-    Exit codes: 0 ok, 1 a limit is crossed (with --check), 2 usage, 3 broker unreachable.
+    Exit codes: 0 ok, 1 a limit is crossed, a queue does not exist, or no queue was found
+    (with --check), 2 usage, 3 broker unreachable.
     Example: dramatiq-reliable --broker redis://10.0.0.5:6379/0 queues --check --max-age 10m
     """
     age_limit = _duration(max_age) if max_age is not None else None
     if check and age_limit is None and max_depth is None:
         raise ConfigurationError("--check needs --max-age and/or --max-depth")
     broker, declared = _broker(state, app, namespace)
-    if age_limit is not None and _is_rabbitmq(broker) and not peek:
-        raise ConfigurationError(
-            "--max-age needs --peek on RabbitMQ: AMQP cannot read a message's age without taking it (see --help)"
-        )
-    wanted = list(dict.fromkeys(names)) or declared or discover_queues(broker)
-    stats = queue_stats(broker, wanted, peek=peek) if wanted else []
+    wanted = list(dict.fromkeys(names)) or _all_queues(broker, declared)
+    stats = queue_stats(broker, wanted, known=declared) if wanted else []
+    if not names:  # a listed queue deleted since is gone, not missing; a declared one is missing
+        stats = [s for s in stats if s.exists or s.queue in declared]
     problems = {s.queue: s.problems(max_age=age_limit, max_depth=max_depth) for s in stats}
+    if check and not stats:
+        problems[""] = ["no queues found"]
     if as_json:
         echo_json([{**s.to_json(), "problems": problems[s.queue]} for s in stats])
     elif not stats:
@@ -79,8 +82,19 @@ def queues(
     if check and failed and not as_json:
         for queue, found in problems.items():
             for problem in found:
-                click.echo(f"CHECK FAILED: queue {queue}: {problem}", err=True)
+                click.echo(f"CHECK FAILED: {f'queue {queue}: ' if queue else ''}{problem}", err=True)
     return 1 if check and failed else 0
+
+
+def _all_queues(broker: Any, declared: list[str]) -> list[str]:
+    """The app's queues and those the broker lists; the app's alone if the broker cannot list."""
+    try:
+        found = discover_queues(broker)
+    except ConfigurationError:
+        if declared:
+            return declared
+        raise
+    return sorted(set(declared) | set(found))
 
 
 def _duration(text: str) -> float:
@@ -90,22 +104,15 @@ def _duration(text: str) -> float:
         raise ConfigurationError(f"--max-age: {exc}") from None
 
 
-def _is_rabbitmq(broker: Any) -> bool:
-    return hasattr(broker, "parameters") and not hasattr(broker, "broker_id")
-
-
 def _broker(state: CliState, app: str | None, namespace: str | None) -> tuple[Any, list[str]]:
     """The broker to read (``--broker``, else the app's) and the app's declared queues."""
     declared: list[str] = []
     app_broker = None
     if app is not None:
-        from dramatiq.cli import import_broker
+        from ._app import load_app
 
-        try:
-            _module, app_broker = import_broker(app)  # type: ignore[no-untyped-call]
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigurationError(f"cannot import app {app!r}: {exc}") from None
-        declared = sorted(app_broker.get_declared_queues())
+        app_broker = load_app(app)  # from the current directory, as `dramatiq app` imports it
+        declared = sorted(q for q in app_broker.get_declared_queues() if not q.endswith((".DQ", ".XQ")))
     if state.broker_url:
         from ..brokers import broker_from_url, check_broker_url
 

@@ -23,6 +23,20 @@ STATUS_COLORS = {
 }
 
 
+def cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters; ending with "…" when something was cut."""
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def first_line(text: str, width: int) -> str:
+    """The first line of ``text`` in at most ``width`` characters; "…" if more was left out."""
+    lines = text.splitlines() or [""]
+    line = lines[0]
+    if len(lines) > 1 and len(line) < width:
+        line += " …"
+    return cut(line, width)
+
+
 def _ms(dt: datetime | None) -> float | None:
     return dt.timestamp() * 1000 if dt else None
 
@@ -64,8 +78,8 @@ def job_detail(r: JobRecord) -> str:
         rows.append(("duplicate of", r.duplicate_of))
     if r.error:
         label = "last error" if r.status.value in ("done", "running", "queued") else "error"
-        rows.append((label, click.style(str(r.error).splitlines()[0][:300], fg="red")))
-    rows.append(("args", json.dumps(r.args, ensure_ascii=False)[:500] if r.args is not None else "-"))
+        rows.append((label, click.style(first_line(str(r.error), 300), fg="red")))
+    rows.append(("args", cut(json.dumps(r.args, ensure_ascii=False), 500) if r.args is not None else "-"))
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
     if r.stack:
@@ -80,7 +94,7 @@ def job_detail(r: JobRecord) -> str:
             lines.append(f"  {iso(e.at)}  {status_word(e.status.ljust(9))} {e.detail}")
     if r.error and r.error.traceback and r.status.value in ("failed", "retrying"):
         lines += ["", click.style("Traceback of the last error", bold=True)]
-        lines += ["  " + line for line in r.error.traceback.rstrip().splitlines()[-12:]]
+        lines += ["  " + line for line in r.error.traceback.rstrip().splitlines()]
     return "\n".join(lines)
 
 
@@ -97,7 +111,7 @@ def job_table(records: Sequence[JobRecord]) -> str:
                 ago(_ms(r.since)),
                 str(r.attempts),
                 " ".join(f"{k}={v}" for k, v in r.keys.items()) or "-",
-                (str(r.error).splitlines()[0][:60] if r.error else "-"),
+                (first_line(str(r.error), 60) if r.error else "-"),
             )
         )
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]

@@ -84,6 +84,10 @@ class Outbox:
         self._pid = 0
         self._lock = threading.Lock()
 
+    def labels(self) -> list[str]:
+        """The notifiers' names, as metrics label them."""
+        return [notifier_name(n) for n in self.notifiers]
+
     def lanes(self) -> list[_Lane]:
         """This process's lanes, started on first use."""
         if self._pid != os.getpid():

@@ -154,6 +154,13 @@ class Alerts(ReliableMiddleware):
         if "alert_on" in actor.options:
             self._actor_kinds[actor.actor_name] = kinds_of(actor.options["alert_on"], f"actor {actor.actor_name!r}")
 
+    def declare_metrics(self, broker: Broker) -> None:
+        super().declare_metrics(broker)
+        metrics.declare("alerts_dropped_total", notifier="*")
+        for label in self.outbox.labels():
+            metrics.declare("notifier_errors_total", notifier=label)
+            metrics.declare("alerts_dropped_total", notifier=label)
+
     def kinds_for(self, actor_name: str) -> frozenset[str]:
         """The kinds alerted on for an actor (its ``alert_on`` option, else the middleware's)."""
         return self._actor_kinds.get(actor_name, self.alert_on)

@@ -71,8 +71,23 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         check_once(broker)
 
+    def after_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        metrics.declare_actor(actor.actor_name, actor.queue_name)
+
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         check_once(broker)
+        self.declare_metrics(broker)
+
+    def declare_metrics(self, broker: Broker) -> None:
+        """Make the counters this middleware increments exist at 0, before the first job.
+
+        For the label sets the process knows (its actors and queues; subclasses add theirs),
+        so that an alert on ``increase()`` fires on the first event, not the second.
+        """
+        for actor in list(broker.actors.values()):
+            metrics.declare_actor(actor.actor_name, actor.queue_name)
+        metrics.declare("store_writes_buffered_total")
+        metrics.declare("store_writes_dropped_total")
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)

@@ -120,6 +120,10 @@ class Idempotency(ReliableMiddleware):
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
             raise ConfigurationError(f"actor {name!r}: idempotency_ttl must be a positive number of seconds")
 
+    def declare_metrics(self, broker: Broker) -> None:
+        super().declare_metrics(broker)
+        metrics.declare("idempotency_leases_lost_total")
+
     # -- send -----------------------------------------------------------------------------------
 
     def before_enqueue(self, broker: Broker, message: dramatiq.Message[Any], delay: int | None) -> None:

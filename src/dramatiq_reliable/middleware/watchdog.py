@@ -14,6 +14,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import TimeLimit
 from dramatiq.worker import ConsumerThread
 
+from .._backlog_rabbitmq import stamp_publish_time
 from .._clock import format_duration, now_ms
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
@@ -195,6 +196,8 @@ class Watchdog(ReliableMiddleware):
         # stamp when it became ready, so that the backlog's age is not counted from its send.
         if delay is None and isinstance(threading.current_thread(), ConsumerThread):
             message.options[READY_OPTION] = now_ms()
+        if hasattr(broker, "parameters"):  # RabbitMQ: the head's age, readable without taking it
+            stamp_publish_time(broker)
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id

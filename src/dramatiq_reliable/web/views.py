@@ -160,7 +160,7 @@ def queues(site: Site, request: Request) -> Response:
         with site.broker_lock:
             if hasattr(site.broker, "namespace") and hasattr(site.broker, "client"):  # RedisBroker
                 names |= set(discover_queues(site.broker))
-            stats = queue_stats(site.broker, sorted(names))
+            stats = queue_stats(site.broker, sorted(names), known=names)
     rows = [{"queue": s.queue, "stats": s, "held": held.get(s.queue, (0, 0))[0]} for s in stats]
     if site.broker is None:
         rows = [{"queue": q, "stats": None, "held": held.get(q, (0, 0))[0]} for q in sorted(names)]
