@@ -12,8 +12,8 @@ from dramatiq.worker import ConsumerThread
 
 from .._clock import from_ms, iso
 from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
-from ..backlog import READY_OPTION
 from ..actors.context import current_run
+from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
 from ._run import JobRun

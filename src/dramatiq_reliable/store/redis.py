@@ -400,9 +400,7 @@ class RedisStore(Store):
             pipe.hgetall(self.k("stats", "m", str(minute)))
         found = self._call("a read", pipe.execute)
         return {
-            m: {_text(f): int(v) for f, v in fields.items()}
-            for m, fields in zip(minutes, found, strict=True)
-            if fields
+            m: {_text(f): int(v) for f, v in fields.items()} for m, fields in zip(minutes, found, strict=True) if fields
         }
 
     # -- housekeeping ---------------------------------------------------------------------------
