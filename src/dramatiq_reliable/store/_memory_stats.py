@@ -47,5 +47,5 @@ def _finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     wait = s.get("w")
     if wait is not None and s.get("q"):
         field = f"w\t{s['q']}"
-        if int(wait) > fields.get(field, 0):
+        if field not in fields or int(wait) > fields[field]:
             fields[field] = int(wait)

@@ -34,8 +34,8 @@ on('finish', 70, 'st', function(ctx, s)
   local wait = tonumber(s.w)
   if wait and s.q then
     local field = 'w\t' .. tostring(s.q)
-    local cur = tonumber(redis.call('HGET', key, field) or '0') or 0
-    if wait > cur then redis.call('HSET', key, field, math.floor(wait)) end
+    local cur = redis.call('HGET', key, field)
+    if not cur or wait > tonumber(cur) then redis.call('HSET', key, field, math.floor(wait)) end
   end
   if not ST_EXPIRING[key] then
     ST_EXPIRING[key] = true
