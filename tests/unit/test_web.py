@@ -339,12 +339,26 @@ def test_guard_forms_expire_and_tokens_are_long() -> None:
             "--allow-remote-actions",
         ),
         (["web", "--port", "0"], "--port"),
+        (["web", "--auth-header", "X-Forwarded-User"], "--auth-header needs --trusted-proxy"),
+        (["web", "--trusted-proxy", "10.0.0.1"], "only used with --auth-header"),
+        (["web", "--auth-header", "X-User", "--trusted-proxy", "proxy.example"], "not an IP address"),
+        (["web", "--basic-auth", "ann"], "USER:PASSWORD"),
+        (["web", "--basic-auth", "ann:pw", "--auth-header", "X-User"], "not both"),
+        (["web", "--secret-file", "/nonexistent/secret"], "cannot be read"),
+        (["web", "--refresh", "-1"], "--refresh"),
     ],
 )
 def test_web_command_bad_usage(capsys, argv, message) -> None:
     code = main(["--store", "memory://", *argv])
     _out, err = capsys.readouterr()
     assert code == 2 and message in err and len(err.strip().splitlines()) <= 2
+
+
+def test_web_command_refuses_a_short_secret(tmp_path, capsys) -> None:
+    (tmp_path / "secret").write_text("too short\n")
+    code = main(["--store", "memory://", "web", "--secret-file", str(tmp_path / "secret")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds 9 bytes, at least 32" in err and len(err.strip().splitlines()) == 1
 
 
 def test_web_command_without_the_extra(capsys, monkeypatch) -> None:

@@ -54,6 +54,11 @@ def nice_step(top: float, ticks: int = Y_TICKS) -> float:
     return float(10 * power)
 
 
+def count_step(top: float, ticks: int = Y_TICKS) -> float:
+    """:func:`nice_step` for counts: never less than 1 (no "0.5 jobs" on the axis)."""
+    return max(1.0, nice_step(top, ticks))
+
+
 def count_label(value: float) -> str:
     """``1200`` → ``1.2k``; small values as they are."""
     if value >= 10_000:
@@ -75,7 +80,7 @@ def line_chart(
     *,
     tick_every_ms: int,
     y_label: Callable[[float], str] = count_label,
-    y_step: Callable[[float], float] = nice_step,
+    y_step: Callable[[float], float] = count_step,
 ) -> Markup:
     """An SVG line chart of ``series`` over slots of ``step_ms`` from ``start_ms``.
 

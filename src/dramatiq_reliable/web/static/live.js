@@ -85,11 +85,13 @@
             var why = page.querySelector("main .flash.error, main h1");
             throw new Error((why ? why.textContent.trim() : "") || "HTTP " + response.status);
           }
+          if (paused) return;  // paused while this was under way: keep what the reader sees
           swap(html);
           say("ok", live());
         });
       })
       .catch(function (error) {
+        if (paused) return;
         say("stale", "refresh failed at " + clock() + " (" + error.message + "); showing the page of the time above; retrying");
       })
       .then(function () { inFlight = false; later(); });
