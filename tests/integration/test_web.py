@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -82,6 +83,7 @@ class WebProcess:
     """``dramatiq-reliable … web`` in a subprocess, on a free loopback port."""
 
     def __init__(self, env: ServerEnv, log: Path, *extra: str) -> None:
+        self.log = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-c", "from dramatiq_reliable.cli import entry; entry()"]
@@ -129,7 +131,7 @@ def shop(server_env: ServerEnv, artifacts: Path) -> Iterator[Any]:
     app = build(server_env)
     workers = DramatiqProcess("apps.support", server_env, artifacts / "workers.log", processes=1, threads=2)
     workers.start()
-    web = WebProcess(server_env, artifacts / "web.log", "--allow-actions", "--search-key", "order_id")
+    web = WebProcess(server_env, artifacts / "web.log", "--allow-actions", "--search-key", "order_id", "--refresh", "0")
     app.web = web
     try:
         yield app
@@ -221,9 +223,130 @@ def test_find_see_why_and_replay_from_the_page(shop, browser, artifacts) -> None
     assert browser.find_element(By.CSS_SELECTOR, ".summary .status").text == "done"
     history = browser.find_element(By.CSS_SELECTOR, "table.history").text
     assert re.search(r"replayed from the dead-letter queue", history)
+    # and the server's log says who did what, at the level it runs (info by default)
+    log = shop.web.log.read_text()
+    assert "WARNING dramatiq_reliable.web.actions: refused replay of 1 dead letters from 127.0.0.1: wrong token" in log
+    assert "INFO dramatiq_reliable.web.actions: replay of 1 dead letters by 127.0.0.1: 1 done" in log
 
     # The other pages answer on this broker too
     browser.get(shop.web.url + "/queues")
     assert shop.invoice.queue_name in browser.page_source
     browser.get(shop.web.url + "/dead")
     assert "No dead letters match." in browser.page_source
+
+
+def test_a_page_left_open_follows_the_incident(server_env, shop, browser, artifacts, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40)
+    web = WebProcess(
+        server_env, artifacts / "live-web.log", "--allow-actions", "--refresh", "1", "--secret-file", str(secret)
+    )
+    try:
+        _follow_an_incident(shop, web, browser, artifacts, By)
+        _parallel_guesses_are_capped(shop, web)
+    finally:
+        web.stop()
+
+
+def _follow_an_incident(shop: Any, web: WebProcess, browser: Any, artifacts: Path, By: Any) -> None:
+    # Given the CRM down, and a sync that keeps failing and being retried
+    shop.crm(up=False)
+    synced = shop.sync_crm.send("ann").message_id
+    wait_until(lambda: (shop.store.get_job(synced) or FAR).attempts >= 2, timeout=60, what="a second failed attempt")
+    # When support opens its page and leaves it open
+    browser.get(f"{web.url}/jobs/{synced}")
+    stamp = browser.find_element(By.ID, "live-stamp").text
+    assert browser.find_element(By.ID, "live-state").text == "updates itself every 1s"
+    assert "CrmDown" in browser.find_element(By.TAG_NAME, "main").text
+    # Then once the CRM answers again the open page shows the job done, without a reload
+    shop.crm(up=True)
+    wait_until(lambda: status_of(shop.store, synced) == "done", timeout=60, what="the sync done")
+    wait_until(lambda: "done after" in _main_text(browser), timeout=30, what="the open page to show it done")
+    assert browser.find_element(By.ID, "live-stamp").text != stamp
+    recovered = browser.find_element(By.CSS_SELECTOR, ".recovered").text
+    assert re.search(r"Done after \d+ attempts; last failure: CrmDown: the CRM did not answer for ann", recovered)
+    assert browser.find_elements(By.CSS_SELECTOR, ".reason") == []
+    browser.save_screenshot(str(artifacts / "recovered-job.png"))
+
+    # Paused, the page stays as it is; resumed, it refreshes again
+    browser.find_element(By.ID, "live-toggle").click()
+    assert browser.find_element(By.ID, "live-state").text == "paused: this page does not update"
+    paused_at = browser.find_element(By.ID, "live-stamp").text
+    before = _fetches(browser)
+    browser.execute_async_script("setTimeout(arguments[0], 2500)")  # 2.5 refresh periods
+    # (a fetch under way when Pause was pressed may end, but its page is dropped)
+    assert _fetches(browser) <= before + 1 and browser.find_element(By.ID, "live-stamp").text == paused_at
+    browser.find_element(By.ID, "live-toggle").click()
+    wait_until(lambda: browser.find_element(By.ID, "live-stamp").text != paused_at, timeout=30, what="a refresh")
+
+    # A second charge of one order is skipped, and the list links the job that did the work
+    first = shop.charge.send(order_id=9).message_id
+    wait_until(lambda: status_of(shop.store, first) == "done", timeout=60, what="the first charge")
+    second = shop.charge.send(order_id=9).message_id
+    wait_until(lambda: status_of(shop.store, second) == "skipped", timeout=60, what="the second charge skipped")
+    browser.get(f"{web.url}/?status=skipped")
+    browser.find_element(By.LINK_TEXT, first).click()
+    wait_until(lambda: f"/jobs/{first}" in browser.current_url, timeout=30, what="the job that did the work")
+
+    # The activity page charts what the workers did, per actor
+    browser.get(f"{web.url}/activity")
+    wait_until(lambda: "failed attempts" in _main_text(browser), timeout=30, what="the activity page")
+    legend = browser.find_elements(By.CSS_SELECTOR, "ul.legend strong")
+    done, failed, dead = (int(e.text) for e in legend)
+    assert done >= 2 and failed >= 2 and dead == 0, (done, failed, dead)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart")) == 3
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline.c-failed")
+    assert shop.store.get_job(synced).queue in _main_text(browser)  # its queue's wait is drawn
+    browser.save_screenshot(str(artifacts / "activity.png"))
+    browser.find_element(By.LINK_TEXT, "sync_crm").click()
+    wait_until(lambda: "sync_crm, last hour" in _main_text(browser), timeout=30, what="the actor's charts")
+
+
+def _parallel_guesses_are_capped(shop: Any, web: WebProcess) -> None:
+    """100 wrong tokens posted at once from 20 threads: only the first 20 are compared."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    shop.breaks(4800, True)
+    dead = shop.invoice.send(order_id=4800, customer="Cy").message_id
+    wait_until(lambda: shop.store.get_dead_letter(dead), timeout=60, what="a dead letter to guess on")
+    with urllib.request.urlopen(f"{web.url}/act/replay?id={dead}", timeout=30) as response:
+        csrf = re.search(r'name="csrf" value="([^"]*)"', response.read().decode()).group(1)  # type: ignore[union-attr]
+    began = time.monotonic()
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(
+            pool.map(
+                lambda n: web.post("/act/replay", {"id": dead, "csrf": csrf, "token": f"guess-{n}"})[0], range(100)
+            )
+        )
+    elapsed = time.monotonic() - began
+    compared = codes.count(403)
+    assert compared <= 20 and codes.count(429) == 100 - compared, codes
+    print(f"100 parallel guesses in {elapsed:.1f}s: {compared} compared with the token, the rest refused unchecked")
+    # and the right token waits too, while the window lasts
+    assert web.post("/act/replay", {"id": dead, "csrf": csrf, "token": TOKEN})[0] == 429
+    assert shop.store.get_dead_letter(dead) is not None
+    log = web.log.read_text()
+    assert "refused replay of 1 dead letters from 127.0.0.1: too many wrong attempts" in log
+
+
+#: A stand-in record while a job has none yet.
+FAR = SimpleNamespace(attempts=0)
+
+
+def _main_text(browser: Any) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(browser.find_element(By.TAG_NAME, "main").text)
+    except StaleElementReferenceException:  # swapped by a refresh while being read
+        return ""
+
+
+def _fetches(browser: Any) -> int:
+    """How many times the page's script has fetched the page again."""
+    script = "return performance.getEntriesByType('resource').filter(e => e.initiatorType === 'fetch').length"
+    return int(browser.execute_script(script))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,6 +13,13 @@ from .._context import CliState, run_command
 from ..errors import ConfigurationError
 from ._app import load_app, path_option
 
+if TYPE_CHECKING:
+    from ..web.auth import Auth
+
+#: Shortest secret accepted from --secret-file (bytes).
+MIN_SECRET = 32
+#: Levels --log-level accepts.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Host names served when the page binds a loopback address (against DNS rebinding).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -59,6 +68,55 @@ def is_loopback(host: str) -> bool:
     metavar="NAME",
     help="A business key a plain search text is also looked up as (repeatable), e.g. order_id.",
 )
+@click.option(
+    "--basic-auth",
+    "basic_auth",
+    multiple=True,
+    envvar="DRAMATIQ_RELIABLE_WEB_BASIC_AUTH",
+    metavar="USER:PASSWORD",
+    help="Ask readers for this user and password (repeatable; HTTP basic auth: put TLS in front). "
+    "[env DRAMATIQ_RELIABLE_WEB_BASIC_AUTH, space-separated]",
+)
+@click.option(
+    "--auth-header",
+    envvar="DRAMATIQ_RELIABLE_WEB_AUTH_HEADER",
+    metavar="NAME",
+    help="Read the user name from this header (e.g. X-Forwarded-User), set by a reverse proxy after "
+    "its login; believed only from --trusted-proxy addresses. [env DRAMATIQ_RELIABLE_WEB_AUTH_HEADER]",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    envvar="DRAMATIQ_RELIABLE_WEB_TRUSTED_PROXIES",
+    metavar="ADDRESS",
+    help="An address or network of the proxy (repeatable), e.g. 10.0.0.0/8. "
+    "[env DRAMATIQ_RELIABLE_WEB_TRUSTED_PROXIES, space-separated]",
+)
+@click.option(
+    "--secret-file",
+    envvar="DRAMATIQ_RELIABLE_WEB_SECRET_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file holding the key forms are signed with (32+ bytes), the same for every replica, so "
+    "each accepts the others' forms. Default: a key drawn at start. [env DRAMATIQ_RELIABLE_WEB_SECRET_FILE]",
+)
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.IntRange(0, 3600),
+    default=5,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between the refreshes of a page left open; 0: never.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    envvar="DRAMATIQ_RELIABLE_WEB_LOG_LEVEL",
+    help="What the server logs to stderr: actions at info, refusals at warning.",
+)
 @click.option("--app", metavar="MODULE[:BROKER]", help="Import this app for its cron schedules and declared queues.")
 @path_option()
 @click.pass_obj
@@ -72,6 +130,12 @@ def web(
     allow_remote_actions: bool,
     allowed_hosts: tuple[str, ...],
     search_keys: tuple[str, ...],
+    basic_auth: tuple[str, ...],
+    auth_header: str | None,
+    trusted_proxies: tuple[str, ...],
+    secret_file: Path | None,
+    refresh_s: int,
+    log_level: str,
     app: str | None,
     paths: tuple[str, ...],
 ) -> int:
@@ -79,7 +143,8 @@ def web(
 
     \b
     Read-only unless --allow-actions and --token are both given. Binds 127.0.0.1 by default;
-    with actions on, a non-loopback --host is refused unless --allow-remote-actions.
+    with actions on, a non-loopback --host is refused unless --allow-remote-actions. Anyone who
+    reaches the port reads the page unless --basic-auth or --auth-header is given.
     Needs the extra: pip install 'dramatiq-reliable[web]'.
     """
     try:
@@ -104,6 +169,8 @@ def web(
             f"--allow-actions on {host}, which is not loopback, needs --allow-remote-actions "
             "(anyone who reaches the port may try the token: put TLS and a firewall in front)"
         )
+    auth = _auth(basic_auth, auth_header, trusted_proxies)
+    secret = _secret(secret_file) if secret_file is not None else None
     hosts: list[str] | None = [*LOOPBACK_HOSTS, *allowed_hosts] if loopback else (list(allowed_hosts) or None)
     schedules: list[Any] = []
     declared: list[str] = []
@@ -132,11 +199,60 @@ def web(
             declared_queues=declared,
             search_keys=search_keys,
             allowed_hosts=hosts,
+            secret=secret,
+            auth=auth,
+            refresh_s=refresh_s,
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     mode = "replay and purge allowed with the token" if allow_actions else "read-only"
+    readers = f"readers need {auth.kind}" if auth is not None else "anyone who reaches it reads it"
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"Serving the support page on http://{shown}:{port}/ ({mode}); Ctrl-C stops it", err=True)
-    uvicorn.run(site, host=host, port=port, log_level="warning", access_log=False)
+    click.echo(f"Serving the support page on http://{shown}:{port}/ ({mode}; {readers}); Ctrl-C stops it", err=True)
+    _log_to_stderr(log_level)
+    # proxy_headers off: the client address is the peer's, which --trusted-proxy is checked against.
+    uvicorn.run(site, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False)
     return 0
+
+
+def _auth(basic_auth: tuple[str, ...], auth_header: str | None, trusted_proxies: tuple[str, ...]) -> Auth | None:
+    """The readers' :class:`~dramatiq_reliable.web.auth.Auth` from the options, or ``None``."""
+    from ..web.auth import Auth, parse_networks, parse_users
+
+    if not basic_auth and not auth_header:
+        if trusted_proxies:
+            raise ConfigurationError("--trusted-proxy is only used with --auth-header")
+        return None
+    if basic_auth and auth_header:
+        raise ConfigurationError("give --basic-auth or --auth-header, not both")
+    if auth_header and not trusted_proxies:
+        raise ConfigurationError("--auth-header needs --trusted-proxy ADDRESS: the header is believed only from it")
+    try:
+        return Auth(users=parse_users(basic_auth), header=auth_header, trusted=parse_networks(trusted_proxies))
+    except ValueError as exc:
+        raise ConfigurationError(f"{'--basic-auth' if basic_auth else '--trusted-proxy'}: {exc}") from None
+
+
+def _secret(path: Path) -> bytes:
+    """The signing key in ``path`` (surrounding whitespace dropped)."""
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"--secret-file {path}: cannot be read ({exc.strerror or exc})") from None
+    if len(secret) < MIN_SECRET:
+        raise ConfigurationError(
+            f"--secret-file {path}: holds {len(secret)} bytes, at least {MIN_SECRET} are needed "
+            "(e.g. openssl rand -hex 32 > FILE)"
+        )
+    return secret
+
+
+def _log_to_stderr(level: str) -> None:
+    """Log the page's actions and refusals to stderr at ``level`` (each line with its time)."""
+    logger = logging.getLogger("dramatiq_reliable.web")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

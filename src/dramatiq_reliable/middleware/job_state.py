@@ -13,6 +13,7 @@ from dramatiq.worker import ConsumerThread
 from .._clock import from_ms, iso
 from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
 from ..actors.context import current_run
+from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
 from ._run import JobRun
@@ -176,6 +177,7 @@ class JobState(ReliableMiddleware):
         if self.history != DEFAULT_HISTORY:
             fields["hist"] = self.history
         run.stage(journal, "finish", "job", fields)
+        run.stage(journal, "finish", "st", _stats_section(run, status))
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self.journal.flush()
@@ -247,3 +249,10 @@ def _raw(message: Any) -> dict[str, Any]:
         bound["*args"] = list(message.args)
     bound.update(message.kwargs or {})
     return bound
+
+
+def _stats_section(run: JobRun, outcome: str) -> dict[str, Any]:
+    """The per-minute counters' part of the final write (``lua/70_stats.lua``)."""
+    options = run.msg.options
+    ready = options.get(READY_OPTION) or options.get("eta") or run.msg.message_timestamp
+    return {"a": run.actor, "q": run.queue, "o": outcome, "w": max(0, run.started_ms - int(ready))}

@@ -369,6 +369,18 @@ class Store(abc.ABC):
           StoreUnavailable: the store cannot be reached.
         """
 
+    def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
+        """The per-minute counters of minutes ``first`` to ``last`` (inclusive; minute = ms // 60000).
+
+        Written with each job's final write (``lua/70_stats.lua``), kept 25 hours. Each minute
+        that holds any maps ``"a\t<actor>\t<done|failed|dead>"`` to a count and
+        ``"w\t<queue>"`` to the longest wait (ms) of a job of that queue that ended then.
+
+        Raises:
+          StoreUnavailable: the store cannot be reached.
+        """
+        return {}
+
     def close(self) -> None:
         """Flush pending writes, stop this process's heartbeat for the store, release connections."""
         from ..middleware._heartbeat import stop_heartbeat

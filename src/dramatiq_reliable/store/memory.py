@@ -184,6 +184,7 @@ class MemoryStore(Store):
             _memory_dead,
             _memory_idem,
             _memory_jobs,
+            _memory_stats,
             _memory_watchdog,
         )
 
@@ -337,6 +338,12 @@ class MemoryStore(Store):
         return None
 
     # -- alerts / metrics ---
+
+    def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
+        from . import _memory_stats
+
+        with self.lock:
+            return _memory_stats.read(self, first, last)
 
     def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
         names = statuses_to_count(statuses)

@@ -50,6 +50,10 @@ Dead letters (``lua/40_dead.lua``; ``finish`` also carries ``dl`` [40]: keep the
 ``dl`` section fields: ``actor queue att maxr err msg enc xid ret`` (ms kept), ``dead`` (ms,
 imports), ``bad`` (why malformed), ``queues``, ``before``, ``offset``, ``token``, ``ttl``.
 
+Counters (``lua/70_stats.lua``; ``finish`` also carries ``st`` [70]: count the job's end in
+its minute, for the support page's charts): ``a`` (actor), ``q`` (queue), ``o`` (outcome),
+``w`` (ms the message waited in its queue), ``ret`` (ms the minute is kept, default 25 h).
+
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
 record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
 ``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),

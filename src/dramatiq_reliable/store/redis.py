@@ -54,6 +54,9 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         occurrences is due (while it has some)
     dr:alerts:quiet             zset    throttle name -> ms it counts as recovered
                                         (``notify_recovered=True`` only)
+    dr:stats:m:<minute>         hash    counters of jobs that ended in that minute (ms // 60000):
+                                        "a\t<actor>\t<done|failed|dead>" -> count, "w\t<queue>" ->
+                                        longest wait (ms); PX 25 hours after its first write
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
 ``msg:<job id>`` for actors without one.
@@ -389,6 +392,16 @@ class RedisStore(Store):
             pipe.zcard(self.k("jobs", "status", name))
         counts = self._call("a count", pipe.execute)
         return {name: int(n) for name, n in zip(names, counts, strict=True)}
+
+    def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
+        minutes = range(first, last + 1)
+        pipe = self.client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(self.k("stats", "m", str(minute)))
+        found = self._call("a read", pipe.execute)
+        return {
+            m: {_text(f): int(v) for f, v in fields.items()} for m, fields in zip(minutes, found, strict=True) if fields
+        }
 
     # -- housekeeping ---------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ MAX_IDS = 1_000
 MAX_ID = 200
 #: Largest form body read (bytes).
 MAX_BODY = 256 * 1024
-#: Seconds a request with a wrong token waits before its 403 (slows guessing).
+#: Seconds a request with a wrong token waits before its 403 (slows one client's guessing;
+#: :class:`~.security.Lockout` bounds parallel guessing).
 WRONG_TOKEN_DELAY = 1.0
 
 
@@ -50,6 +51,7 @@ def confirm(site: Site, request: Request) -> Response:
     if action not in ACTIONS:
         return site.error(request, 404, "Not found", f"There is no action {action!r}.")
     if not site.guard.enabled:
+        logger.warning("refused the %s form to %s: actions are off", action, who(request))
         return site.error(request, 403, "Actions are off", "This page was started read-only (see docs/web.md).")
     ids = list(dict.fromkeys(request.query_params.getlist("id")))
     problem = _check_ids(ids)
@@ -69,36 +71,56 @@ def _origin_mismatch(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc != request.headers.get("host", "")
 
 
+def who(request: Request) -> str:
+    """The client as the log and the job's history name it: ``ann from 10.0.0.7``, or the address."""
+    client = request.client.host if request.client else "?"
+    user = request.scope.get("dr_user")
+    return f"{user} from {client}" if user else client
+
+
 def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
     """The ``POST /act/{action}`` endpoint."""
 
     async def act(request: Request) -> Response:
         action = request.path_params["action"]
+        client = who(request)
+
+        def refuse(status_code: int, reason: str, ids: list[str] | None = None) -> Response:
+            count = f"{len(ids)} dead letters" if ids is not None else "dead letters"
+            logger.warning("refused %s of %s from %s: %s", action, count, client, reason)
+            return site.error(request, status_code, "Refused", f"{reason}. Nothing was changed.")
+
         if action not in ACTIONS:
+            logger.warning("refused an unknown action %r from %s", action, client)
             return site.error(request, 404, "Not found", f"There is no action {action!r}.")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-            return site.error(request, 415, "Refused", "The form must be posted as application/x-www-form-urlencoded.")
+            return refuse(415, "the form must be posted as application/x-www-form-urlencoded")
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY:
-                return site.error(request, 413, "Refused", "The form is too large.")
+                return refuse(413, "the form is too large")
         form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         ids = form.get("id", [])
         if _origin_mismatch(request):
-            return site.error(request, 403, "Refused", "The form was posted from another site.")
+            return refuse(403, "the form was posted from another site", ids)
+        # Checked and counted with no await in between: parallel guesses cannot slip past the count.
+        key = str(request.scope.get("dr_user") or client)
+        blocked = site.lockout.refuse(key) if site.guard.enabled else None
+        if blocked is not None:
+            return refuse(429, blocked, ids)
         reason = site.guard.refuse(
             action, ids, (form.get("csrf") or [""])[0], (form.get("token") or [""])[0]
         ) or _check_ids(ids)
-        client = request.client.host if request.client else "?"
         if reason is not None:
-            logger.warning("refused %s of %d dead letters from %s: %s", action, len(ids), client, reason)
             if reason == "wrong token":
+                site.lockout.failed(key)
                 await anyio.sleep(WRONG_TOKEN_DELAY)
-            return site.error(request, 403, "Refused", f"{reason}. Nothing was changed.")
+            return refuse(403, reason, ids)
+        logger.info("%s of %d dead letters asked by %s: %s", action, len(ids), client, " ".join(ids[:20]))
         results = await run_in_threadpool(_run, site, action, ids, f"the support page ({client})")
         done = sum(1 for r in results if r.ok)
-        logger.info("%s of %d dead letters from %s: %d done", action, len(ids), client, done)
+        logger.info("%s of %d dead letters by %s: %d done", action, len(ids), client, done)
         return site.page(request, "results.html", action=action, results=results, done=done)
 
     return act

@@ -13,7 +13,7 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -32,13 +32,23 @@ from .._clock import ago, format_duration, iso
 from ..actors.cron import Schedule
 from ..errors import BrokerUnavailable, DramatiqReliableError, StoreUnavailable
 from ..store.base import Store
-from .security import Guard
+from .auth import Auth, Authenticate
+from .security import Guard, Lockout
 
-#: Headers of every response: no script runs, nothing is framed, styles come from this page only.
+#: Pages that refresh themselves (``static/live.js``) while open.
+LIVE_PAGES = frozenset(
+    {"search.html", "job.html", "dead.html", "dead_letter.html", "queues.html", "activity.html", "workers.html"}
+)
+#: Files under ``static/`` the page serves, with their media types.
+STATIC = {"style.css": "text/css", "live.js": "text/javascript"}
+
+#: Headers of every response: scripts and styles come from this page's own files only (no inline
+#: script, no eval), nothing is framed.
 SECURITY_HEADERS = [
     (
         b"content-security-policy",
-        b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        b"default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+        b"form-action 'self'; "
         b"frame-ancestors 'none'; base-uri 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
@@ -63,6 +73,10 @@ class Site:
     search_keys: list[str] = field(default_factory=list)
     #: Rows per listing page.
     page_size: int = 50
+    #: Failed token checks, per client and in all (see :class:`Lockout`).
+    lockout: Lockout = field(default_factory=Lockout)
+    #: Seconds between a live page's refreshes; 0 turns the refresh off.
+    refresh_s: int = 5
     #: Serializes every use of the broker: its clients are not shared across threads safely.
     broker_lock: threading.Lock = field(default_factory=threading.Lock)
     templates: Environment = field(init=False)
@@ -87,6 +101,10 @@ class Site:
             actions=self.guard.enabled,
             has_broker=self.broker is not None,
             has_cron=bool(self.schedules),
+            has_workers=True,
+            user=request.scope.get("dr_user"),
+            rendered_at=datetime.now(timezone.utc),
+            live=self.refresh_s if name in LIVE_PAGES and status_code == 200 else 0,
         )
         return HTMLResponse(self.templates.get_template(name).render(context), status_code=status_code)
 
@@ -147,6 +165,9 @@ def create_app(
     search_keys: Sequence[str] = (),
     allowed_hosts: Sequence[str] | None = None,
     secret: bytes | None = None,
+    auth: Auth | None = None,
+    refresh_s: int = 5,
+    lockout: Lockout | None = None,
 ) -> Starlette:
     """The support page as an ASGI app.
 
@@ -161,7 +182,12 @@ def create_app(
       search_keys(list[str]): business key names a plain search text is also looked up as.
       allowed_hosts(list[str] | None): ``Host`` headers served (others get 400), against DNS
         rebinding; ``None`` serves any.
-      secret(bytes | None): the key confirmation forms are signed with (default: random).
+      secret(bytes | None): the key confirmation forms are signed with (default: random, so
+        only this process accepts its forms; give the same secret to every replica).
+      auth(Auth | None): who may read the page (basic auth or a trusted proxy's header);
+        ``None``: whoever reaches it.
+      refresh_s(int): seconds between the refreshes of a live page; 0: never.
+      lockout(Lockout | None): limits on wrong tokens and passwords (default: :class:`Lockout`).
 
     Raises:
       ValueError: a token without a broker, or a token shorter than 12 characters.
@@ -177,11 +203,17 @@ def create_app(
         schedules=list(schedules),
         declared_queues=list(declared_queues),
         search_keys=list(search_keys),
+        lockout=lockout or Lockout(),
+        refresh_s=refresh_s,
     )
-    css = resources.files("dramatiq_reliable.web").joinpath("static/style.css").read_bytes()
+    folder = resources.files("dramatiq_reliable.web").joinpath("static")
+    files = {name: (folder.joinpath(name).read_bytes(), media) for name, media in STATIC.items()}
 
-    async def style(request: Request) -> Response:
-        return Response(css, media_type="text/css")
+    async def static(request: Request) -> Response:
+        found = files.get(request.path_params["name"])
+        if found is None:
+            return site.error(request, 404, "Not found", "There is no page at this address.")
+        return Response(found[0], media_type=found[1])
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         return site.error(request, 503, "A server cannot be reached", str(exc))
@@ -198,11 +230,15 @@ def create_app(
         Route("/cron", views.bind(site, views.cron), name="cron"),
         Route("/act/{action}", views.bind(site, actions.confirm), methods=["GET"], name="confirm"),
         Route("/act/{action}", actions.bind_post(site), methods=["POST"], name="act"),
-        Route("/static/style.css", style, name="style"),
+        Route("/activity", views.bind(site, views.activity), name="activity"),
+        Route("/workers", views.bind(site, views.workers), name="workers"),
+        Route("/static/{name}", static, name="static"),
     ]
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    if auth is not None:
+        middleware.append(Middleware(Authenticate, auth=auth, lockout=site.lockout))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return site.error(request, 404, "Not found", "There is no page at this address.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -88,3 +89,79 @@ class Guard:
         if not hmac.compare_digest(token.encode(), self._token):
             return "wrong token"
         return None
+
+
+class Lockout:
+    """Limits failed secret checks (a wrong token, a wrong password), per client and in all.
+
+    A client with ``per_client`` failures within ``window_s`` seconds is locked out for
+    ``lock_s`` seconds; once ``overall`` failures from all clients fall within ``window_s``,
+    every check is refused until the oldest of them is ``window_s`` old. A locked-out check is
+    refused before the secret is compared, so parallel guesses gain nothing: at most
+    ``overall`` guesses are ever compared per ``window_s``, whatever the number of clients.
+
+    Parameters:
+      per_client(int): failures a client may have within ``window_s``. Defaults to 5.
+      overall(int): failures all clients may have within ``window_s``. Defaults to 20.
+      window_s(float): seconds failures are counted over. Defaults to 60.
+      lock_s(float): seconds a client stays locked out. Defaults to 600.
+      clock(callable): monotonic seconds, for tests.
+    """
+
+    #: Clients remembered at most (the oldest are forgotten first).
+    MAX_CLIENTS = 10_000
+
+    def __init__(
+        self,
+        *,
+        per_client: int = 5,
+        overall: int = 20,
+        window_s: float = 60,
+        lock_s: float = 600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_client, self.overall, self.window_s, self.lock_s = per_client, overall, window_s, lock_s
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked: dict[str, float] = {}
+        self._all: list[float] = []
+        self._lock = threading.Lock()
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.window_s
+        self._all = [t for t in self._all if t > horizon]
+        if len(self._failures) > self.MAX_CLIENTS:
+            for client in list(self._failures)[: len(self._failures) // 2]:
+                del self._failures[client]
+        for client in [c for c, until in self._locked.items() if until <= now]:
+            del self._locked[client]
+
+    def refuse(self, client: str) -> str | None:
+        """Why ``client`` may not try a secret now (with how long to wait); ``None`` if it may."""
+        with self._lock:
+            return self._refuse(client)
+
+    def _refuse(self, client: str) -> str | None:
+        now = self._clock()
+        self._prune(now)
+        until = self._locked.get(client)
+        if until is not None:
+            return f"too many wrong attempts from this client: try again in {int(until - now) + 1}s"
+        if len(self._all) >= self.overall:
+            wait = int(self._all[0] + self.window_s - now) + 1
+            return f"too many wrong attempts from all clients in the last {int(self.window_s)}s: try again in {wait}s"
+        return None
+
+    def failed(self, client: str) -> None:
+        """Count a failed check by ``client`` (locking it out past ``per_client``)."""
+        with self._lock:
+            self._failed(client)
+
+    def _failed(self, client: str) -> None:
+        now = self._clock()
+        self._all.append(now)
+        times = [t for t in self._failures.pop(client, []) if t > now - self.window_s]
+        times.append(now)
+        self._failures[client] = times
+        if len(times) >= self.per_client:
+            self._locked[client] = now + self.lock_s

@@ -187,3 +187,20 @@ def cron(site: Site, request: Request) -> Response:
             }
         )
     return site.page(request, "cron.html", rows=rows)
+
+
+def activity(site: Site, request: Request) -> Response:
+    """Jobs done, failed and dead-lettered, and queue waits, over the last hour or day."""
+    from .activity import RANGES, load
+
+    name = _param(request, "range") or "hour"
+    actor = _param(request, "actor")
+    if name not in RANGES:
+        return site.error(request, 400, "Unknown range", f"range is one of: {', '.join(RANGES)} (got {name!r})")
+    data = load(site.store, RANGES[name], actor, now_ms())
+    return site.page(request, "activity.html", activity=data, ranges=list(RANGES.values()))
+
+
+def workers(site: Site, request: Request) -> Response:
+    """The worker processes the Watchdog knows: alive ones (with their jobs) and those found dead."""
+    return site.page(request, "workers.html", processes=site.store.worker_processes())
