@@ -19,8 +19,8 @@ from ..errors import ConfigurationError
     "names",
     multiple=True,
     metavar="NAME",
-    help="A queue to show (repeatable). Default: the --app's queues and those the broker lists "
-    "(every queue holding messages or dead letters on Redis; on RabbitMQ, those its management "
+    help="A queue to show (repeatable). Default: the --app's queues; without --app, those the broker "
+    "lists (every queue holding messages or dead letters on Redis; on RabbitMQ, those its management "
     "API lists: rabbitmq-plugins enable rabbitmq_management).",
 )
 @click.option(
@@ -65,7 +65,8 @@ def queues(
     if check and age_limit is None and max_depth is None:
         raise ConfigurationError("--check needs --max-age and/or --max-depth")
     broker, declared = _broker(state, app, namespace)
-    wanted = list(dict.fromkeys(names)) or _all_queues(broker, declared)
+    # An app's check covers the app's queues: another app's queue on the same server is not its business.
+    wanted = list(dict.fromkeys(names)) or declared or _all_queues(broker)
     stats = queue_stats(broker, wanted, known=declared) if wanted else []
     if not names:  # a listed queue deleted since is gone, not missing; a declared one is missing
         stats = [s for s in stats if s.exists or s.queue in declared]
@@ -86,15 +87,9 @@ def queues(
     return 1 if check and failed else 0
 
 
-def _all_queues(broker: Any, declared: list[str]) -> list[str]:
-    """The app's queues and those the broker lists; the app's alone if the broker cannot list."""
-    try:
-        found = discover_queues(broker)
-    except ConfigurationError:
-        if declared:
-            return declared
-        raise
-    return sorted(set(declared) | set(found))
+def _all_queues(broker: Any) -> list[str]:
+    """The queues the broker lists."""
+    return sorted(discover_queues(broker))
 
 
 def _duration(text: str) -> float:
