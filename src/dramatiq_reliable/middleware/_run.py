@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dramatiq import Message
@@ -19,6 +20,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import SkipMessage
 
 from .._clock import now_ms
+from .._secrets import TextMask, secret_values
 
 if TYPE_CHECKING:
     from ..store.journal import Journal, Slot
@@ -77,6 +79,7 @@ class JobRun:
         "id",
         "keys",
         "lingering",
+        "mask",
         "message",
         "msg",
         "outcome",
@@ -118,6 +121,8 @@ class JobRun:
         self.requeued_eta: int | None = None
         #: ``(outcome, error, detail)`` once decided at ack/nack time.
         self.outcome: tuple[str, dict[str, str] | None, str] | None = None
+        #: Masks the job's secret values in text; JobState sets it, knowing the actor's parameters.
+        self.mask: Callable[[str], str] | None = None
         #: Middleware-specific values (Idempotency's key and lease token, …).
         self.data: dict[str, Any] = {}
         #: journal -> staged op
@@ -190,6 +195,9 @@ class JobRun:
         message = self.message
         exc = getattr(message, "_exception", None)
         err = error_of(exc)
+        if err is not None:  # every consumer (record, dead letter, alerts, logs) gets the masked text
+            mask = self.mask or fallback_mask(self.msg)
+            err = {k: mask(v) if k != "type" else v for k, v in err.items()}
         n = self.attempt
         if "deferred" in self.data and not nacked:
             self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
@@ -213,6 +221,11 @@ class JobRun:
         else:
             self.outcome = ("done", None, f"attempt {n} done in {now_ms() - self.started_ms} ms")
         return self.outcome
+
+
+def fallback_mask(msg: Message[Any]) -> Callable[[str], str]:
+    """Without JobState: mask the values of secret keyword arguments and URL credentials."""
+    return TextMask(secret_values({"*args": list(msg.args or ()), **(msg.kwargs or {})}))
 
 
 def message_of(message: Message[Any] | MessageProxy) -> Message[Any]:
