@@ -255,3 +255,17 @@ def test_a_deeply_nested_argument_still_gets_a_record(
     assert record is not None and record.status is dr.Status.DONE
     assert TOO_DEEP in json.dumps(record.args) and record.args["token"] == REDACTED
     assert len(caplog.records) < 20
+
+
+def test_an_alert_masks_url_credentials_whatever_produced_it() -> None:
+    # Given an alert built from an event whose text quotes a DSN (not from a job's captured error)
+    alert = Alert(
+        kind="stuck",
+        actor="sync",
+        error_message=f"blocked on {DSN}",
+        detail=f"stuck in connect({DSN!r})",
+        keys={"source": DSN},
+    )
+    # Then no text a notifier sends holds the password
+    for text in (alert.text, json.dumps(alert.to_json())):
+        assert DSN_PASSWORD not in text and "postgresql://app:***@db.internal" in text
