@@ -269,3 +269,8 @@ def test_an_alert_masks_url_credentials_whatever_produced_it() -> None:
     # Then no text a notifier sends holds the password
     for text in (alert.text, json.dumps(alert.to_json())):
         assert DSN_PASSWORD not in text and "postgresql://app:***@db.internal" in text
+
+
+def test_the_default_list_is_public_and_extendable() -> None:
+    snap = Snapshotter((*dr.DEFAULT_REDACT, "ssn"))
+    assert snap.secret("customer_ssn") and snap.secret("sentry_dsn") and not snap.secret("shipping_address")

@@ -199,18 +199,14 @@ class JobState(ReliableMiddleware):
     ) -> None:
         super().after_process_message(broker, message, result=result, exception=exception)
         if exception is not None:  # the error is captured at ack/nack time, masked with these values
-            run = JobRun.of(message)
-            assert run is not None
             self._broker = broker
-            self.mask_for(run.msg, run)
+            self.mask_for(message._message, JobRun.of(message))
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         super().after_skip_message(broker, message)
         if getattr(message, "failed", False):
-            run = JobRun.of(message)
-            assert run is not None
             self._broker = broker
-            self.mask_for(run.msg, run)
+            self.mask_for(message._message, JobRun.of(message))
 
     def mask_for(self, message: Any, run: JobRun | None = None) -> TextMask:
         """What masks ``message``'s secret values in text; kept on ``run`` (computed on errors only)."""
