@@ -274,3 +274,28 @@ def test_an_alert_masks_url_credentials_whatever_produced_it() -> None:
 def test_the_default_list_is_public_and_extendable() -> None:
     snap = Snapshotter((*dr.DEFAULT_REDACT, "ssn"))
     assert snap.secret("customer_ssn") and snap.secret("sentry_dsn") and not snap.secret("shipping_address")
+
+
+def test_a_secret_at_the_cap_of_an_error_message_is_masked_before_the_cut(
+    stub_broker: StubBroker, store: dr.MemoryStore
+) -> None:
+    # Given an error message whose secret straddles the 1,000-character cap
+    dr.install(stub_broker, store, notifiers=[])
+
+    @dramatiq.actor(max_retries=0, broker=stub_broker)
+    def talk(password: str) -> None:
+        raise ValueError("x" * 995 + password)
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=1)
+    worker.start()
+    try:
+        job_id = talk.send(password=SECRET).message_id
+        stub_broker.join(talk.queue_name, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+
+    # Then not even the part of it before the cut was recorded
+    record = store.get_job(job_id)
+    assert record is not None and record.error is not None
+    assert SECRET[:5] not in record.error.message and record.error.message.endswith("…")

@@ -45,14 +45,19 @@ def worker_name() -> str:
     return cached[1]
 
 
-def error_of(exc: BaseException | None) -> dict[str, str] | None:
-    """The ``{type, message, traceback}`` of an exception, capped."""
+def error_of(exc: BaseException | None, mask: Callable[[str], str] | None = None) -> dict[str, str] | None:
+    """The ``{type, message, traceback}`` of an exception, masked with ``mask``, then capped.
+
+    Masking comes first, so that a cap never cuts a secret value in two halves it no longer matches.
+    """
     if exc is None:
         return None
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = str(exc)
+    if mask is not None:
+        text, message = mask(text), mask(message)
     if len(text) > MAX_TRACEBACK:
         text = "…\n" + text[-MAX_TRACEBACK:]
-    message = str(exc)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + "…"
     return {"type": type(exc).__name__, "message": message, "traceback": text}
@@ -194,10 +199,9 @@ class JobRun:
             return self.outcome
         message = self.message
         exc = getattr(message, "_exception", None)
-        err = error_of(exc)
-        if err is not None:  # every consumer (record, dead letter, alerts, logs) gets the masked text
-            mask = self.mask or fallback_mask(self.msg)
-            err = {k: mask(v) if k != "type" else v for k, v in err.items()}
+        # Masked here, once: every consumer (record, dead letter, alerts, logs) gets the masked text.
+        mask = None if exc is None else self.mask if self.mask is not None else fallback_mask(self.msg)
+        err = error_of(exc, mask)
         n = self.attempt
         if "deferred" in self.data and not nacked:
             self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
