@@ -17,6 +17,7 @@ Importing this package touches no network, file or environment variable.
 from __future__ import annotations
 
 from . import dead
+from ._secrets import DEFAULT_REDACT
 from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .alert import Alert
@@ -48,6 +49,7 @@ from .store import MemoryStore, RedisStore, Store, open_store
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_REDACT",
     "Alert",
     "Alerts",
     "ArgumentsError",

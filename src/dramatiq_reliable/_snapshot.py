@@ -1,8 +1,10 @@
 """Argument snapshots and business keys: what JobState records about a job's arguments.
 
-Arguments are bound to the actor's parameter names, secrets are redacted by name (at any
-depth), and the JSON is capped at ``max_args_bytes``. The parameter names of each actor are
-computed once.
+Arguments are bound to the actor's parameter names (extra positionals under ``*args``),
+secrets are redacted by name at any depth (see :mod:`._secrets` for the matching rule), URL
+credentials inside strings are masked, values nested deeper than ``MAX_DEPTH`` levels become a
+placeholder, and the JSON is capped at ``max_args_bytes``. The parameter names of each actor
+are computed once.
 """
 
 from __future__ import annotations
@@ -11,37 +13,27 @@ import inspect
 import json
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
+from ._secrets import DEFAULT_REDACT, MAX_DEPTH, REDACTED, TextMask, is_secret, mask_urls, normalize, secret_values
 from .errors import ArgumentsError, ConfigurationError
 
-#: Argument names redacted by default: a name containing one of these (case-insensitive).
-DEFAULT_REDACT = (
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "authorization",
-    "api_key",
-    "apikey",
-    "card",
-    "cvv",
-    "private_key",
-    "credentials",
-)
-#: What a redacted value is replaced with.
-REDACTED = "[redacted]"
+__all__ = ["DEFAULT_REDACT", "REDACTED", "Snapshotter", "check_track", "signature"]
+
+#: What a value nested deeper than ``MAX_DEPTH`` levels is replaced with in a snapshot.
+TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels]"
 
 _SCALARS = (str, int, float, bool, type(None))
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Signature:
-    __slots__ = ("names", "varargs", "varkw")
+    __slots__ = ("names", "positional", "varargs", "varkw")
 
     def __init__(self, fn: Any) -> None:
+        #: Every named parameter; the first ``positional`` of them take positional arguments.
         self.names: list[str] = []
+        self.positional = 0
         self.varargs: str | None = None
         self.varkw = False
         try:
@@ -52,6 +44,7 @@ class _Signature:
         for p in params:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 self.names.append(p.name)
+                self.positional += 1
             elif p.kind is p.VAR_POSITIONAL:
                 self.varargs = p.name
             elif p.kind is p.VAR_KEYWORD:
@@ -60,9 +53,10 @@ class _Signature:
                 self.names.append(p.name)
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        bound = dict(zip(self.names, args, strict=False))
-        if len(args) > len(self.names):
-            bound["*" + (self.varargs or "args")] = list(args[len(self.names) :])
+        n = self.positional
+        bound = dict(zip(self.names[:n], args, strict=False))
+        if len(args) > n:  # the tail: redacted by the same rules, under the var-positional's name
+            bound["*" + (self.varargs or "args")] = list(args[n:])
         bound.update(kwargs)
         return bound
 
@@ -104,17 +98,12 @@ def check_track(actor_name: str, fn: Any, track: Any) -> tuple[str, ...]:
     return names
 
 
-@lru_cache(maxsize=4096)
-def _secret(name: str, redact: tuple[str, ...]) -> bool:
-    folded = name.lower().replace("-", "_")
-    return any(word in folded for word in redact)
-
-
 class Snapshotter:
     """Turns a message's arguments into a redacted, capped JSON snapshot and business keys.
 
     Parameters:
-      redact(Iterable[str]): names (substrings, case-insensitive) whose values are hidden.
+      redact(Iterable[str]): secret names (whole words of an argument's name, any case; see
+        :mod:`dramatiq_reliable._secrets`) whose values are hidden.
       max_args_bytes(int): the largest snapshot kept whole; larger ones keep a preview.
     """
 
@@ -123,7 +112,7 @@ class Snapshotter:
             raise ConfigurationError("redact must be a tuple of names, e.g. redact=('password',)")
         if not isinstance(max_args_bytes, int) or max_args_bytes < 64:
             raise ConfigurationError(f"max_args_bytes must be an integer of at least 64, not {max_args_bytes!r}")
-        self.redact = tuple(str(r).lower().replace("-", "_") for r in redact)
+        self.redact = normalize(redact)
         self.max_args_bytes = max_args_bytes
 
     def bind(self, fn: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +130,7 @@ class Snapshotter:
         if not bound:
             return "{}"
         try:
-            text = _encode(self._redact(bound) if self._needs_redaction(bound) else bound)
+            text = _encode(self._redact(bound, 0) if self._needs_redaction(bound) else bound)
         except (TypeError, ValueError):
             raise self._not_json(actor_name, bound) from None
         size = len(text.encode("utf-8"))
@@ -152,36 +141,60 @@ class Snapshotter:
 
     def secret(self, name: str) -> bool:
         """Whether values of an argument called ``name`` are redacted."""
-        return _secret(name, self.redact)
+        return is_secret(name, self.redact)
+
+    def redacted(self, value: Any) -> Any:
+        """One argument's value as a snapshot shows it (secret keys hidden, URL credentials masked)."""
+        return self._redact(value, 1)
+
+    def positional_names(self, fn: Any) -> list[str]:
+        """The names of ``fn``'s parameters that take positional arguments, in order."""
+        sig = signature(fn)
+        return sig.names[: sig.positional]
+
+    def mask(self, bound: dict[str, Any]) -> TextMask:
+        """What masks the secret values of ``bound`` (and any URL credentials) in text."""
+        return TextMask(secret_values(bound, self.redact), self.redact)
 
     def keys(self, track: tuple[str, ...], bound: dict[str, Any]) -> dict[str, str]:
-        """The business keys named by ``track``, as strings (``7`` → ``"7"``)."""
+        """The business keys named by ``track``, as strings (``7`` → ``"7"``), URL credentials masked."""
         out = {}
         for name in track:
             if name in bound:
                 value = bound[name]
-                out[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                if not isinstance(value, str):
+                    value = _encode(self._redact(value, 1)) if not isinstance(value, _SCALARS) else _encode(value)
+                out[name] = mask_urls(value, self.redact)
         return out
 
     def _needs_redaction(self, bound: dict[str, Any]) -> bool:
-        """False when no name is secret and every value is a scalar (the common case, made cheap)."""
+        """False when no name is secret and every value is a plain scalar (the common case, made cheap)."""
         redact = self.redact
-        return any(not isinstance(value, _SCALARS) or _secret(name, redact) for name, value in bound.items())
+        for name, value in bound.items():
+            if not isinstance(value, _SCALARS) or is_secret(name, redact):
+                return True
+            if isinstance(value, str) and ("@" in value or "=" in value):  # maybe a URL with credentials
+                return True
+        return False
 
-    def _redact(self, value: Any) -> Any:
+    def _redact(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return mask_urls(value, self.redact) if "@" in value or "=" in value else value
+        if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+            return TOO_DEEP
         if isinstance(value, dict):
             return {
-                k: REDACTED if isinstance(k, str) and _secret(k, self.redact) else self._redact(v)
+                k: REDACTED if isinstance(k, str) and is_secret(k, self.redact) else self._redact(v, depth + 1)
                 for k, v in value.items()
             }
         if isinstance(value, (list, tuple)):
-            return [self._redact(v) for v in value]
+            return [self._redact(v, depth + 1) for v in value]
         return value
 
     def _not_json(self, actor_name: str, bound: dict[str, Any]) -> ArgumentsError:
         for name, value in bound.items():
             try:
-                json.dumps(value)
+                _encode(self._redact(value, 1))
             except (TypeError, ValueError):
                 return ArgumentsError(
                     f"{actor_name}: argument {name!r} is a {type(value).__name__}, which is not "

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from ._clock import format_duration, iso
+from ._secrets import mask_urls
 from .events import KINDS
 
 __all__ = ["KINDS", "Alert"]
@@ -48,6 +49,11 @@ class Alert:
 
     Notifiers get an ``Alert``; most only need :attr:`text`. :meth:`to_json` is the shape
     the webhook posts under ``"alert"``.
+
+    A job's error reaches an alert already masked (its secret argument values hidden where the
+    error was captured); URL credentials in ``error_message``, ``detail`` and business keys are
+    masked here too, whatever produced the alert (a stuck job's event, a dead letter found in
+    the broker).
     """
 
     #: ``failed``, ``retrying``, ``stuck``, ``abandoned`` or ``backlog``.
@@ -83,6 +89,15 @@ class Alert:
     recovered: bool = False
     #: The store could not be reached: throttled in this process only.
     local: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("error_message", "detail"):
+            value = getattr(self, name)
+            masked = mask_urls(value)
+            if masked != value:
+                object.__setattr__(self, name, masked)
+        if any("@" in v or "=" in v for v in self.keys.values()):
+            object.__setattr__(self, "keys", {k: mask_urls(v) for k, v in self.keys.items()})
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -167,8 +167,11 @@ def registry(
     return reg
 
 
-def serve(reg: Any, *, host: str = "0.0.0.0", port: int = 9191) -> tuple[Any, threading.Thread]:
+def serve(reg: Any, *, host: str = "127.0.0.1", port: int = 9191) -> tuple[Any, threading.Thread]:
     """Serve ``reg`` on ``http://host:port/metrics`` from a daemon thread; returns (server, thread).
+
+    ``host`` defaults to loopback, as the support page does: metrics name actors, queues and
+    error types, so listening on every interface (``"0.0.0.0"``) is a choice to make explicitly.
 
     Raises:
       ConfigurationError: the address cannot be listened on (in use, not permitted).

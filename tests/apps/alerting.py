@@ -31,6 +31,10 @@ class SMTPError(Exception):
     """The invoice mail server refused the connection."""
 
 
+#: A DSN with a password, which the ``login`` actor's error quotes (its password must never show).
+DSN = "postgresql://app:dbpa55word-9f3@db.internal:5432/shop"
+
+
 def init_sentry(effects: redis.Redis, key: str) -> None:
     import sentry_sdk
     from sentry_sdk.integrations.dramatiq import DramatiqIntegration
@@ -99,6 +103,14 @@ def build(env: Mapping[str, str], *, worker: bool = False) -> Any:
     def charge(order_id: int) -> None:
         raise ValueError(f"card declined for order {order_id}")
 
+    @actor(max_retries=1, min_backoff=10, max_backoff=20)
+    def login(order_id: int, password: str) -> None:
+        raise ConnectionError(f"login with password {password!r} refused by {DSN} (order {order_id})")
+
+    @actor(max_retries=0)
+    def walk(tree: Any, token: str) -> None:
+        pass
+
     return SimpleNamespace(
         broker=broker,
         store=store,
@@ -109,6 +121,8 @@ def build(env: Mapping[str, str], *, worker: bool = False) -> Any:
         parse=parse,
         distinct=distinct,
         charge=charge,
+        login=login,
+        walk=walk,
     )
 
 

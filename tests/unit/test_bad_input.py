@@ -254,10 +254,15 @@ def test_secrets_stay_redacted_in_the_record_jobs_show_and_json(capsys: Any, see
 def test_a_dead_letter_shows_no_secret_but_keeps_them_for_replay(capsys: Any, seeded: Seeded) -> None:
     code, out, err = seeded.run(capsys, "dead", "show", seeded.dead_id)
     assert code == 0 and err == ""
-    assert DEAD_SECRET not in out and "arguments      not recorded; whole in --json" in out
-    # --json gives the stored Dramatiq message, whole (the contract of dead letters: replay needs it)
-    code, out, err = seeded.run(capsys, "dead", "show", seeded.dead_id, "--json")
-    assert code == 0 and json.loads(out)["message"]["kwargs"]["password"] == DEAD_SECRET
+    assert DEAD_SECRET not in out and "arguments      not recorded; in --json with secrets hidden" in out
+    # --json gives the stored Dramatiq message with its secret arguments hidden
+    for argv in (["dead", "show", seeded.dead_id, "--json"], ["dead", "list", "--json"]):
+        code, out, err = seeded.run(capsys, *argv)
+        assert code == 0 and DEAD_SECRET not in out and '"password": "[redacted]"' in out
+    # And the store keeps the message whole: a replay needs it
+    letter = seeded.store.get_dead_letter(seeded.dead_id)
+    assert letter is not None and letter.message is not None
+    assert letter.message["kwargs"]["password"] == DEAD_SECRET
 
 
 def test_a_secret_argument_cannot_be_a_business_key(stub_broker: StubBroker) -> None:

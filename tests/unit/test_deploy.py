@@ -276,6 +276,8 @@ def test_compose_prometheus_scrapes_the_exporter_and_loads_the_rules() -> None:
     _, ctx = check_command(services["exporter"]["command"])
     targets = [t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
     assert targets == [f"exporter:{ctx.params['port']}"]
+    # The exporter listens on loopback by default: in its container it must listen on every interface
+    assert ctx.params["host"] == "0.0.0.0"
 
 
 # -- Kubernetes -----------------------------------------------------------------------------------
@@ -309,6 +311,7 @@ def test_k8s_workers_schedulers_and_probes() -> None:
     _, ctx = check_command(found["exporter"]["command"])
     assert ctx.command.name == "metrics"
     assert found["exporter"]["ports"][0]["containerPort"] == ctx.params["port"]
+    assert ctx.params["host"] == "0.0.0.0"  # Prometheus scrapes the pod's IP, not its loopback
 
     scheduler = objects["saas-scheduler/Deployment"]
     assert scheduler["spec"]["replicas"] >= 2

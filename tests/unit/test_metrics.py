@@ -9,11 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import dramatiq_reliable as dr
-from dramatiq_reliable import metrics
+from dramatiq_reliable import exporter, metrics
 from dramatiq_reliable.cli import main
 from dramatiq_reliable.errors import StoreUnavailable
 from dramatiq_reliable.exporter import registry
@@ -210,6 +210,20 @@ def test_cli_bad_usage_and_unreachable_store(capsys: pytest.CaptureFixture[str],
     assert "unreachable" in capsys.readouterr().err
     assert main(["--store", "memory://", "--broker", "amqp://", "metrics", "--once"]) == 2
     assert main(["--store", "memory://", "metrics", "--port", "99999"]) == 2
+
+
+def test_the_exporter_listens_on_loopback_by_default() -> None:
+    # Metrics name actors, queues and errors and have no authentication: like the support page,
+    # the exporter is reachable from other hosts only when asked to be
+    from dramatiq_reliable.cli.metrics import metrics as command
+
+    server, _thread = exporter.serve(CollectorRegistry(), port=0)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert next(p for p in command.params if p.name == "host").default == "127.0.0.1"
 
 
 def test_cli_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,7 +71,7 @@ def list_(
         cursor=cursor,
     )
     if as_json:
-        echo_json([letter.to_json() for letter in page])
+        echo_json([render.shown_json(letter) for letter in page])
         return 0
     if not page.items:
         click.echo("No dead letters match.")
@@ -91,7 +91,7 @@ def show(state: CliState, job_id: str, as_json: bool) -> int:
     """Show one dead letter: the job, its final error and traceback, the message."""
     letter = api.show(state.store(), _broker(state, required=False), job_id)
     if as_json:
-        echo_json(letter.to_json())
+        echo_json(render.shown_json(letter))
     else:
         click.echo(render.detail(letter))
     return 0

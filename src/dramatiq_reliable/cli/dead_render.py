@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from .._clock import ago
+from .._secrets import TextMask, redact_message
 from ..records import DeadLetter, DeadResult, DeadStats
 from .render import cut, first_line, job_detail, when
 
@@ -16,16 +18,37 @@ def _ms(letter: DeadLetter) -> float:
     return letter.dead_at.timestamp() * 1000
 
 
+def shown(letter: DeadLetter) -> tuple[dict[str, Any] | None, TextMask]:
+    """The letter's message as it may be shown (secret arguments hidden), and the mask of its secrets.
+
+    The store keeps the message whole, as a replay needs it; what is displayed hides the
+    arguments the job's snapshot redacts, and masks their values (and URL credentials) in the
+    error, the traceback and the options (a retry's ``traceback``), whatever recorded them.
+    """
+    if letter.message is None:
+        return None, TextMask()
+    return redact_message(letter.message, letter.job.args)
+
+
+def shown_json(letter: DeadLetter) -> dict[str, Any]:
+    """The letter's ``--json`` object, secrets hidden (see :func:`shown`)."""
+    message, mask = shown(letter)
+    out = letter.to_json()
+    out["message"] = message
+    return json.loads(mask(json.dumps(out, ensure_ascii=False)))  # type: ignore[no-any-return]
+
+
 def error_line(letter: DeadLetter, width: int = 70) -> str:
     """The error column of ``dead list``: one line, ending with "…" when cut."""
     if letter.malformed:
         return first_line(f"MALFORMED: {letter.malformed}", width)
     if letter.error is None:
         return "-" if letter.recorded else "(not recorded)"
+    text = shown(letter)[1](str(letter.error)) or letter.error.type
     if letter.recorded:
-        return first_line(str(letter.error) or letter.error.type, width)
+        return first_line(text, width)
     suffix = " (not recorded)"
-    return first_line(str(letter.error) or letter.error.type, width - len(suffix)) + suffix
+    return first_line(text, width - len(suffix)) + suffix
 
 
 def table(letters: Sequence[DeadLetter]) -> str:
@@ -43,27 +66,29 @@ def table(letters: Sequence[DeadLetter]) -> str:
 def detail(letter: DeadLetter) -> str:
     """The view of ``dead show``: the job, then the dead letter and its message."""
     how = "captured by DeadLetters" if letter.recorded else "found in the broker; its final error was not recorded"
+    message, mask = shown(letter)
     lines = [job_detail(letter.job), "", click.style("Dead letter", bold=True)]
     lines.append(f"  dead-lettered  {when(letter.dead_at)} from {letter.queue}.XQ ({how})")
     if letter.malformed:
         lines.append(click.style(f"  malformed      {letter.malformed}; it cannot be replayed, only purged", fg="red"))
-        lines += ["", click.style("Stored payload", bold=True), "  " + cut(letter.raw or "", 1000)]
-        return "\n".join(lines)
-    message = letter.message or {}
+        lines += ["", click.style("Stored payload", bold=True), "  " + cut(mask(letter.raw or ""), 1000)]
+        return mask("\n".join(lines))
+    message = message or {}
     options = message.get("options") or {}
     lines.append(f"  message id     {message.get('message_id', '-')}")
-    # The message keeps the arguments whole (a replay needs them), secrets included: show the
-    # record's redacted snapshot (above) instead.
+    # The stored message keeps the arguments whole (a replay needs them), secrets included: show
+    # the record's redacted snapshot (above) instead; --json shows them with the secrets hidden.
     recorded = letter.job.args is not None
-    lines.append(f"  arguments      {'as recorded above (redacted)' if recorded else 'not recorded'}; whole in --json")
+    where = "as recorded above (redacted)" if recorded else "not recorded"
+    lines.append(f"  arguments      {where}; in --json with secrets hidden")
     # The bundle's own options (dr_*) and the stored traceback are not the sender's options.
-    shown = {k: v for k, v in options.items() if k != "traceback" and not k.startswith("dr_")}
-    lines.append(f"  options        {cut(json.dumps(shown, ensure_ascii=False), 500)}")
+    kept = {k: v for k, v in options.items() if k != "traceback" and not k.startswith("dr_")}
+    lines.append(f"  options        {cut(mask(json.dumps(kept, ensure_ascii=False)), 500)}")
     lines.append(f"  replay         dramatiq-reliable dead replay {letter.id}")
     if letter.error and letter.error.traceback and letter.job.status.value != "failed":
         lines += ["", click.style("Traceback of the final error", bold=True)]
         lines += ["  " + line for line in letter.error.traceback.rstrip().splitlines()]
-    return "\n".join(lines)
+    return mask("\n".join(lines))
 
 
 def stats_view(stats: DeadStats) -> str:

@@ -13,7 +13,12 @@ from .._context import CliState, run_command
 
 @click.command("metrics")
 @click.option("--port", type=click.IntRange(0, 65535), default=9191, show_default=True, help="Port to listen on.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; 0.0.0.0 for every interface (in a container, for a remote Prometheus).",
+)
 @click.option(
     "--multiproc-dir",
     envvar="PROMETHEUS_MULTIPROC_DIR",

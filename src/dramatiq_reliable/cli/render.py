@@ -9,6 +9,7 @@ from datetime import datetime
 import click
 
 from .._clock import ago, iso
+from .._secrets import mask_urls
 from ..records import JobRecord
 
 STATUS_COLORS = {
@@ -78,7 +79,7 @@ def job_detail(r: JobRecord) -> str:
         rows.append(("duplicate of", r.duplicate_of))
     if r.error:
         label = "last error" if r.status.value in ("done", "running", "queued") else "error"
-        rows.append((label, click.style(first_line(str(r.error), 300), fg="red")))
+        rows.append((label, click.style(first_line(mask_urls(str(r.error)), 300), fg="red")))
     rows.append(("args", cut(json.dumps(r.args, ensure_ascii=False), 500) if r.args is not None else "-"))
     width = max(len(k) for k, _ in rows)
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
@@ -94,7 +95,7 @@ def job_detail(r: JobRecord) -> str:
             lines.append(f"  {iso(e.at)}  {status_word(e.status.ljust(9))} {e.detail}")
     if r.error and r.error.traceback and r.status.value in ("failed", "retrying"):
         lines += ["", click.style("Traceback of the last error", bold=True)]
-        lines += ["  " + line for line in r.error.traceback.rstrip().splitlines()]
+        lines += ["  " + mask_urls(line) for line in r.error.traceback.rstrip().splitlines()]
     return "\n".join(lines)
 
 
@@ -111,7 +112,7 @@ def job_table(records: Sequence[JobRecord]) -> str:
                 ago(_ms(r.since)),
                 str(r.attempts),
                 " ".join(f"{k}={v}" for k, v in r.keys.items()) or "-",
-                (first_line(str(r.error), 60) if r.error else "-"),
+                (first_line(mask_urls(str(r.error)), 60) if r.error else "-"),
             )
         )
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]

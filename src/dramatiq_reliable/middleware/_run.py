@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dramatiq import Message
@@ -19,6 +20,7 @@ from dramatiq.common import q_name
 from dramatiq.middleware import SkipMessage
 
 from .._clock import now_ms
+from .._secrets import TextMask, secret_values
 
 if TYPE_CHECKING:
     from ..store.journal import Journal, Slot
@@ -43,14 +45,19 @@ def worker_name() -> str:
     return cached[1]
 
 
-def error_of(exc: BaseException | None) -> dict[str, str] | None:
-    """The ``{type, message, traceback}`` of an exception, capped."""
+def error_of(exc: BaseException | None, mask: Callable[[str], str] | None = None) -> dict[str, str] | None:
+    """The ``{type, message, traceback}`` of an exception, masked with ``mask``, then capped.
+
+    Masking comes first, so that a cap never cuts a secret value in two halves it no longer matches.
+    """
     if exc is None:
         return None
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = str(exc)
+    if mask is not None:
+        text, message = mask(text), mask(message)
     if len(text) > MAX_TRACEBACK:
         text = "…\n" + text[-MAX_TRACEBACK:]
-    message = str(exc)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + "…"
     return {"type": type(exc).__name__, "message": message, "traceback": text}
@@ -77,6 +84,7 @@ class JobRun:
         "id",
         "keys",
         "lingering",
+        "mask",
         "message",
         "msg",
         "outcome",
@@ -118,6 +126,8 @@ class JobRun:
         self.requeued_eta: int | None = None
         #: ``(outcome, error, detail)`` once decided at ack/nack time.
         self.outcome: tuple[str, dict[str, str] | None, str] | None = None
+        #: Masks the job's secret values in text; JobState sets it, knowing the actor's parameters.
+        self.mask: Callable[[str], str] | None = None
         #: Middleware-specific values (Idempotency's key and lease token, …).
         self.data: dict[str, Any] = {}
         #: journal -> staged op
@@ -189,7 +199,9 @@ class JobRun:
             return self.outcome
         message = self.message
         exc = getattr(message, "_exception", None)
-        err = error_of(exc)
+        # Masked here, once: every consumer (record, dead letter, alerts, logs) gets the masked text.
+        mask = None if exc is None else self.mask if self.mask is not None else fallback_mask(self.msg)
+        err = error_of(exc, mask)
         n = self.attempt
         if "deferred" in self.data and not nacked:
             self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
@@ -213,6 +225,11 @@ class JobRun:
         else:
             self.outcome = ("done", None, f"attempt {n} done in {now_ms() - self.started_ms} ms")
         return self.outcome
+
+
+def fallback_mask(msg: Message[Any]) -> Callable[[str], str]:
+    """Without JobState: mask the values of secret keyword arguments and URL credentials."""
+    return TextMask(secret_values({"*args": list(msg.args or ()), **(msg.kwargs or {})}))
 
 
 def message_of(message: Message[Any] | MessageProxy) -> Message[Any]:

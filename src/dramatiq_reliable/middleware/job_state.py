@@ -11,11 +11,13 @@ from dramatiq.common import q_name
 from dramatiq.worker import ConsumerThread
 
 from .._clock import from_ms, iso
+from .._secrets import TextMask
 from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
 from ..actors.context import current_run
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
+from . import _log_mask
 from ._run import JobRun
 from .base import Outcome, ReliableMiddleware, retries_of
 
@@ -45,7 +47,11 @@ class JobState(ReliableMiddleware):
     Parameters:
       store(Store): where records are kept.
       retention(float): seconds finished records are kept. Defaults to 7 days.
-      redact(tuple[str]): argument names (substrings, any depth) whose values are not recorded.
+      redact(tuple[str]): secret names (whole words of an argument's or key's name, any depth,
+        any case: ``token`` hides ``auth_token`` and ``csrfToken``, ``pin`` not ``shipping``)
+        whose values are not recorded. Defaults to :data:`DEFAULT_REDACT`. Their values, and
+        URL credentials, are also masked in the job's error, traceback and history, in alerts,
+        and in Dramatiq's own log lines about the job.
       max_args_bytes(int): the largest argument snapshot kept whole. Defaults to 4096.
       history(int): events kept per job. Defaults to 50.
 
@@ -80,6 +86,7 @@ class JobState(ReliableMiddleware):
         self._configured: Any = None
         self._enqueue = threading.local()
         self._actors: dict[str, tuple[Any, Any, tuple[str, ...] | None]] = {}
+        self._broker: Broker | None = None
 
     @property
     def actor_options(self) -> set[str]:
@@ -181,6 +188,45 @@ class JobState(ReliableMiddleware):
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self.journal.flush()
+
+    # -- secrets in errors and logs -------------------------------------------------------------
+
+    def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
+        super().before_worker_boot(broker, worker)
+        self._broker = broker
+        _log_mask.install(self)
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        super().after_process_message(broker, message, result=result, exception=exception)
+        if exception is not None:  # the error is captured at ack/nack time, masked with these values
+            self._broker = broker
+            self.mask_for(message._message, JobRun.of(message))
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        super().after_skip_message(broker, message)
+        if getattr(message, "failed", False):
+            self._broker = broker
+            self.mask_for(message._message, JobRun.of(message))
+
+    def mask_for(self, message: Any, run: JobRun | None = None) -> TextMask:
+        """What masks ``message``'s secret values in text; kept on ``run`` (computed on errors only)."""
+        if run is not None and isinstance(run.mask, TextMask):
+            return run.mask
+        if run is not None and run.bound is not None:
+            bound = run.bound
+        else:
+            fn = self.actor_fn(message.actor_name)
+            bound = self.snapshots.bind(fn, message.args, message.kwargs) if fn else _raw(message)
+        mask = self.snapshots.mask(bound)
+        if run is not None:
+            run.mask = mask
+        return mask
+
+    def actor_fn(self, actor_name: str) -> Any:
+        """The function of an actor of the worker's broker, or ``None`` if unknown."""
+        return self._info(self._broker, actor_name)[1] if self._broker is not None else None
 
     # -- helpers --------------------------------------------------------------------------------
 
