@@ -145,13 +145,16 @@ class Store(abc.ABC):
 
     # -- step checkpoints (``dr.once``) ---------------------------------------------------------
 
-    @abc.abstractmethod
-    def once_get(self, job_id: str, name: str) -> str | None:
-        """The stored JSON result of step ``name`` of a job, or ``None`` if it has not completed."""
+    # A scope is the idempotency key a delivery claimed (``<actor>:<rendered>``, or
+    # ``msg:<job id>``); the ``finish`` op that completes the key drops its checkpoints.
 
     @abc.abstractmethod
-    def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
-        """Store the JSON result of step ``name``; kept ``ttl_ms`` milliseconds."""
+    def once_get(self, scope: str, name: str) -> str | None:
+        """The stored JSON result of step ``name`` in ``scope``, or ``None`` if it has not completed."""
+
+    @abc.abstractmethod
+    def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
+        """Store the JSON result of step ``name`` in ``scope``; the scope's steps are kept ``ttl_ms`` ms."""
 
     # -- cron ---------------------------------------------------------------------------------
     # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the
