@@ -37,6 +37,16 @@ _SCALARS = (str, int, float, bool, type(None))
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def key_text(value: Any) -> str:
+    """A business key's value as it is recorded and searched: a string as is, anything else as
+    compact JSON (``7`` → ``"7"``, ``True`` → ``"true"``, ``None`` → ``"null"``).
+
+    Raises:
+      TypeError, ValueError: the value is not JSON.
+    """
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
 class _Signature:
     __slots__ = ("names", "varargs", "varkw")
 
@@ -155,13 +165,8 @@ class Snapshotter:
         return _secret(name, self.redact)
 
     def keys(self, track: tuple[str, ...], bound: dict[str, Any]) -> dict[str, str]:
-        """The business keys named by ``track``, as strings (``7`` → ``"7"``)."""
-        out = {}
-        for name in track:
-            if name in bound:
-                value = bound[name]
-                out[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        return out
+        """The business keys named by ``track``, as strings (``7`` → ``"7"``, see :func:`key_text`)."""
+        return {name: key_text(bound[name]) for name in track if name in bound}
 
     def _needs_redaction(self, bound: dict[str, Any]) -> bool:
         """False when no name is secret and every value is a scalar (the common case, made cheap)."""

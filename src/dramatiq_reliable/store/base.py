@@ -93,7 +93,7 @@ class Store(abc.ABC):
         *,
         status: Status | str | None = None,
         actor: str | None = None,
-        key: tuple[str, str] | None = None,
+        key: tuple[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
@@ -102,7 +102,9 @@ class Store(abc.ABC):
         Parameters:
           status: only jobs in this status (ordered by when they entered it).
           actor: only jobs of this actor (ordered by enqueue time).
-          key: only jobs with this business key ``(name, value)``; values are strings.
+          key: only jobs with this business key ``(name, value)``. Keys are recorded as
+            strings; any other value is turned into one the same way (``("order_id", 4711)``
+            finds what ``order_id=4711`` recorded as ``"4711"``).
           limit: at most this many records (1-1000).
           cursor: the ``cursor`` of the previous page.
 
@@ -110,9 +112,11 @@ class Store(abc.ABC):
           Page: of :class:`~dramatiq_reliable.JobRecord`; ``page.cursor`` is ``None`` at the end.
 
         Raises:
-          ConfigurationError: a malformed cursor, an unknown status or a bad limit.
+          ConfigurationError: a malformed cursor, an unknown status, a bad limit, or a key that
+            is not a ``(name, value)`` pair with a JSON value.
         """
         status_value = _paging.check_query(status, limit)
+        key = _paging.check_key(key)
         return _paging.find(
             fetch=self._fetch_index,
             load=self._load_records,
