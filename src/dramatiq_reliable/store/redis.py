@@ -57,7 +57,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         (``notify_recovered=True`` only)
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
-``msg:<job id>`` for actors without one.
+``msg:<job id>`` for actors without one; the reservation of a ``unique`` actor without one is
+``<actor>:<sha1 of the JSON arguments>``.
 
 The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
 start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack wp
