@@ -11,7 +11,7 @@ Run from the repository root (configuration: ``examples/saas/settings.py``)::
   ``on_failure`` callback) writes a note on the account that support can read.
 * ``send_invoice(order_id, customer_id, amount_cents)``: idempotent per order (a second
   invoice for one order is skipped), searchable by ``order_id`` and ``customer_id``, the PDF
-  rendered and the email sent at most once per job across retries (``dr.once``).
+  rendered and the email sent at most once per order, across retries and copies (``dr.once``).
 * ``nightly_report()``: cron at 02:00 UTC, with a hard time limit, ``stuck`` (with the stack
   where it hangs) long before that limit.
 

@@ -27,6 +27,16 @@ _SCALARS = (str, int, float, bool, type(None))
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def key_text(value: Any) -> str:
+    """A business key's value as it is recorded and searched: a string as is, anything else as
+    compact JSON (``7`` → ``"7"``, ``True`` → ``"true"``, ``None`` → ``"null"``).
+
+    Raises:
+      TypeError, ValueError: the value is not JSON.
+    """
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 class _Signature:
     __slots__ = ("names", "positional", "varargs", "varkw")
 
@@ -157,14 +167,14 @@ class Snapshotter:
         return TextMask(secret_values(bound, self.redact), self.redact)
 
     def keys(self, track: tuple[str, ...], bound: dict[str, Any]) -> dict[str, str]:
-        """The business keys named by ``track``, as strings (``7`` → ``"7"``), URL credentials masked."""
+        """The business keys named by ``track``, as strings (see :func:`key_text`), URL credentials masked."""
         out = {}
         for name in track:
             if name in bound:
                 value = bound[name]
-                if not isinstance(value, str):
-                    value = _encode(self._redact(value, 1)) if not isinstance(value, _SCALARS) else _encode(value)
-                out[name] = mask_urls(value, self.redact)
+                if not isinstance(value, _SCALARS):
+                    value = self._redact(value, 1)
+                out[name] = mask_urls(key_text(value), self.redact)
         return out
 
     def _needs_redaction(self, bound: dict[str, Any]) -> bool:

@@ -6,7 +6,8 @@ Configured by the ``DR_TEST_*`` variables of ``tests/conftest.py``, plus:
 * ``DR_TEST_CRON_COUNT=1``: count every enqueue of a tick in this process
   (``<prefix>:fx:enq:<fire ms>``), as a scheduler process sees it;
 * ``DR_TEST_CRON_DIE=1``: SIGKILL this process at its first enqueue of a tick, after the
-  claim and before the message is published (a scheduler dying at the worst moment).
+  claim and before the message is published (a scheduler dying at the worst moment);
+* ``DR_TEST_CRON_UNIQUE=1``: the actor is ``unique=True``.
 
 The actor counts its runs per fire time (``<prefix>:fx:ran:<fire ms>``).
 """
@@ -53,8 +54,10 @@ def build(env: Mapping[str, str]) -> Any:
     broker.add_middleware(probe)
     dr.install(broker, store)
 
+    unique = env.get("DR_TEST_CRON_UNIQUE") == "1"
+
     @dr.cron(env.get("DR_TEST_CRON_EXPR", "* * * * * *"), timezone=env.get("DR_TEST_CRON_TZ", "UTC"), args=(7,))
-    @dramatiq.actor(broker=broker, queue_name=env["DR_TEST_QUEUE"], max_retries=0)
+    @dramatiq.actor(broker=broker, queue_name=env["DR_TEST_QUEUE"], max_retries=0, unique=unique)
     def tick(n: int) -> None:
         job = dr.current_job()
         assert job is not None and n == 7

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 NOW = 1_763_700_000_000
 
 
@@ -24,36 +26,36 @@ def finish(job_id, key, token, outcome, **extra):
 
 
 def test_lease_then_complete_then_duplicate(store) -> None:
-    assert apply(store, start("a", "k:x", "ta"))[0]["outcome"] == "run"
-    busy = apply(store, start("b", "k:x", "tb"))[0]
+    assert apply(store, start("a", "a:x", "ta"))[0]["outcome"] == "run"
+    busy = apply(store, start("b", "a:x", "tb"))[0]
     assert busy["outcome"] == "busy" and busy["owner"] == "ta" and 100 <= busy["retry_in"] <= 1000
-    apply(store, finish("a", "k:x", "ta", "done"))
-    dup = apply(store, start("b", "k:x", "tb"))[0]
+    apply(store, finish("a", "a:x", "ta", "done"))
+    dup = apply(store, start("b", "a:x", "tb"))[0]
     assert dup == {"outcome": "duplicate", "dup": "a"}
 
 
 def test_a_failure_releases_the_lease_without_completing(store) -> None:
-    apply(store, start("a", "k:y", "t1"))
-    apply(store, finish("a", "k:y", "t1", "retrying"))
-    assert apply(store, start("a", "k:y", "t2"))[0]["outcome"] == "run"
+    apply(store, start("a", "a:y", "t1"))
+    apply(store, finish("a", "a:y", "t1", "retrying"))
+    assert apply(store, start("a", "a:y", "t2"))[0]["outcome"] == "run"
 
 
 def test_only_the_owner_releases_a_lease(store) -> None:
-    apply(store, start("a", "k:z", "t1"))
-    apply(store, finish("a", "k:z", "someone-else", "failed"))
-    assert apply(store, start("b", "k:z", "t2"))[0]["outcome"] == "busy"
+    apply(store, start("a", "a:z", "t1"))
+    apply(store, finish("a", "a:z", "someone-else", "failed"))
+    assert apply(store, start("b", "a:z", "t2"))[0]["outcome"] == "busy"
 
 
 def test_a_dead_owners_lease_expires(store) -> None:
-    apply(store, start("a", "k:e", "t1", lease=150))
+    apply(store, start("a", "a:e", "t1", lease=150))
     time.sleep(0.3)
-    assert apply(store, start("a", "k:e", "t2"))[0]["outcome"] == "run"
+    assert apply(store, start("a", "a:e", "t2"))[0]["outcome"] == "run"
 
 
 def test_renew_extends_own_leases_and_reports_lost_ones(store) -> None:
-    apply(store, start("a", "k:r1", "t1"), start("b", "k:r2", "t2"))
-    result = apply(store, {"k": "renew", "id": "-", "idem": {"leases": {"k:r1": "t1", "k:r2": "wrong"}, "lease": 5000}})
-    assert result[0]["lost"] == ["k:r2"]
+    apply(store, start("a", "a:r1", "t1"), start("b", "a:r2", "t2"))
+    result = apply(store, {"k": "renew", "id": "-", "idem": {"leases": {"a:r1": "t1", "a:r2": "wrong"}, "lease": 5000}})
+    assert result[0]["lost"] == ["a:r2"]
 
 
 def test_a_completed_job_is_a_duplicate_even_when_replayed(store) -> None:
@@ -64,30 +66,82 @@ def test_a_completed_job_is_a_duplicate_even_when_replayed(store) -> None:
     assert apply(store, start("other", "msg:m", "t3"))[0]["outcome"] == "duplicate"
 
 
+def reserve(job_id, key):
+    return {"k": "reserve", "id": job_id, "idem": {"key": key, "ttl": 60_000}}
+
+
 def test_unique_reserve_confirm_release(store) -> None:
-    reserve = {"k": "reserve", "id": "u1", "idem": {"key": "k:u", "ttl": 60_000}}
-    assert apply(store, reserve)[0]["outcome"] == "reserved"
-    refused = apply(store, {"k": "reserve", "id": "u2", "idem": {"key": "k:u", "ttl": 60_000}})[0]
+    assert apply(store, reserve("u1", "a:u"))[0]["outcome"] == "reserved"
+    refused = apply(store, reserve("u2", "a:u"))[0]
     assert refused == {"outcome": "refused", "holder": "u1"}
-    apply(store, {"k": "confirm", "id": "u1", "idem": {"key": "k:u", "ttl": 60_000}})
-    apply(store, finish("u1", "k:u", None, "done", unique=True))
-    assert apply(store, {"k": "reserve", "id": "u3", "idem": {"key": "k:u", "ttl": 60_000}})[0]["outcome"] == "reserved"
+    apply(store, {"k": "confirm", "id": "u1", "idem": {"key": "a:u", "ttl": 60_000}})
+    apply(store, finish("u1", "a:u", None, "done", ukey="a:u"))
+    assert apply(store, reserve("u3", "a:u"))[0]["outcome"] == "reserved"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "freed"),
+    [("done", True), ("failed", True), ("skipped", True), ("retrying", False), ("deferred", False)],
+)
+def test_a_unique_key_is_held_until_its_job_has_finished(store, outcome, freed) -> None:
+    # Given a unique job that reserved its key at send
+    apply(store, reserve("u1", "a:v"))
+    # When an attempt of it ends with ``outcome`` (a skipped duplicate carries no claim)
+    section = {"outcome": outcome, "ukey": "a:v"}
+    apply(store, {"k": "finish", "id": "u1", "idem": section})
+    # Then the same send is a new job only once the job has finished
+    assert apply(store, reserve("u2", "a:v"))[0]["outcome"] == ("reserved" if freed else "refused")
+
+
+def test_a_unique_job_without_a_key_leaves_no_completion_behind(store) -> None:
+    # A unique actor without idempotency_key claims its message id and reserves a hash of its
+    # arguments: its completion is the message id's, so the next send of the same arguments runs.
+    apply(store, reserve("u1", "a:digest"))
+    apply(store, start("u1", "msg:u1", "t1"))
+    apply(store, finish("u1", "msg:u1", "t1", "done", ukey="a:digest"))
+    assert apply(store, reserve("u2", "a:digest"))[0]["outcome"] == "reserved"
+    assert apply(store, start("u2", "msg:u2", "t2"))[0]["outcome"] == "run"
+    assert apply(store, start("u1", "msg:u1", "t3"))[0] == {"outcome": "duplicate", "dup": "u1"}
+
+
+def test_a_release_by_another_job_leaves_the_reservation(store) -> None:
+    apply(store, reserve("u1", "a:w"))
+    apply(store, {"k": "finish", "id": "old", "idem": {"outcome": "done", "ukey": "a:w"}})
+    assert apply(store, reserve("u2", "a:w"))[0] == {"outcome": "refused", "holder": "u1"}
 
 
 def test_a_unique_key_held_by_a_finished_job_is_free(store) -> None:
-    apply(store, {"k": "reserve", "id": "h1", "idem": {"key": "k:h", "ttl": 60_000}})
+    apply(store, {"k": "reserve", "id": "h1", "idem": {"key": "a:h", "ttl": 60_000}})
     apply(store, {"k": "start", "id": "h1", "job": {"actor": "a", "queue": "q", "att": 1}})
     apply(store, {"k": "finish", "id": "h1", "job": {"outcome": "failed", "att": 1}})
-    assert apply(store, {"k": "reserve", "id": "h2", "idem": {"key": "k:h", "ttl": 60_000}})[0]["outcome"] == "reserved"
+    assert apply(store, {"k": "reserve", "id": "h2", "idem": {"key": "a:h", "ttl": 60_000}})[0]["outcome"] == "reserved"
 
 
-def test_checkpoints(store) -> None:
-    assert store.once_get("j", "charge") is None
-    store.once_set("j", "charge", '{"receipt": 1}', 60_000)
-    assert store.once_get("j", "charge") == '{"receipt": 1}'
-    apply(store, start("j", "k:c", "t"))
-    apply(store, finish("j", "k:c", "t", "done"))
-    assert store.once_get("j", "charge") is None
+def test_checkpoints_belong_to_the_claimed_key(store) -> None:
+    # Given a step stored by a job that claimed the key, then failed for good
+    assert store.once_get("a:c", "charge") is None
+    apply(store, start("j1", "a:c", "t1"))
+    store.once_set("a:c", "charge", '{"receipt": 1}', 60_000)
+    apply(store, finish("j1", "a:c", "t1", "failed"))
+    # Then another job with the same key finds it, and a job of another key does not
+    assert store.once_get("a:c", "charge") == '{"receipt": 1}'
+    assert store.once_get("b:c", "charge") is None
+    # And when a job completes the key, its checkpoints go (the completion answers for them)
+    apply(store, start("j2", "a:c", "t2"))
+    apply(store, finish("j2", "a:c", "t2", "done"))
+    assert store.once_get("a:c", "charge") is None
+
+
+def test_checkpoints_expire_with_the_ttl_of_the_last_step(store) -> None:
+    store.once_set("a:x", "charge", "1", 150)
+    time.sleep(0.1)
+    store.once_set("a:x", "email", "2", 150)  # the scope's ttl counts from its last step
+    time.sleep(0.1)
+    assert (store.once_get("a:x", "charge"), store.once_get("a:x", "email")) == ("1", "2")
+    time.sleep(0.2)
+    assert (store.once_get("a:x", "charge"), store.once_get("a:x", "email")) == (None, None)
+    store.once_set("a:x", "email", "3", 1000)  # an expired scope does not come back
+    assert store.once_get("a:x", "charge") is None
 
 
 def job_finish(job_id, key, token, outcome, att, **extra):
@@ -122,6 +176,6 @@ def test_the_late_result_of_an_older_attempt_still_writes_the_marker(store) -> N
 
 
 def test_a_key_always_gets_its_marker(store) -> None:
-    apply(store, start("r4", "k:order-1", "t1"))
-    apply(store, job_finish("r4", "k:order-1", "t1", "done", 1))
-    assert apply(store, start("r5", "k:order-1", "t2"))[0] == {"outcome": "duplicate", "dup": "r4"}
+    apply(store, start("r4", "a:order-1", "t1"))
+    apply(store, job_finish("r4", "a:order-1", "t1", "done", 1))
+    assert apply(store, start("r5", "a:order-1", "t2"))[0] == {"outcome": "duplicate", "dup": "r4"}

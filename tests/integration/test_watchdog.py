@@ -64,7 +64,7 @@ def test_a_killed_worker_jobs_are_abandoned_then_delivered_again_and_done(
             what="both jobs running",
         )
         assert running
-        lease = f"{server_env.prefix}:idem:lease:k:charge:7"
+        lease = f"{server_env.prefix}:idem:lease:charge:charge:7"  # <actor>:<rendered key>
         assert r.exists(lease)
 
         # When the worker process running the first one is killed (kill -9)

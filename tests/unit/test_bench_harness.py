@@ -109,7 +109,7 @@ def test_key_families_group_ids_away() -> None:
     assert memory.family("dr:job:abc-123", "dr:") == "job"
     assert memory.family("dr:jobs:status:done", "dr:") == "jobs:status"
     assert memory.family("dr:jobs:key:order_id=7", "dr:") == "jobs:key"
-    assert memory.family("dr:idem:done:k:invoice:7", "dr:") == "idem:done"
+    assert memory.family("dr:idem:done:send_invoice:invoice:7", "dr:") == "idem:done"
 
 
 def test_rotate_changes_the_order_of_variants_each_round() -> None:

@@ -124,7 +124,7 @@ def test_unique_refuses_a_second_send_while_pending(broker, store, stub_worker) 
     first = sync.send("a")
     with pytest.raises(DuplicateJob) as info:
         sync.send("a")
-    assert info.value.job_id == first.message_id and info.value.key == "k:sync:a"
+    assert info.value.job_id == first.message_id and info.value.key == "sync:sync:a"
     sync.send("b")  # another key is fine
     drain(broker, stub_worker)
     # Once it finished, the key is free again
@@ -148,7 +148,7 @@ def test_once_runs_a_step_once_across_attempts(broker, store, stub_worker) -> No
     assert charges == [9]
     assert emails == ["failed", "r9"]
     assert store.get_job(message.message_id).status is dr.Status.DONE
-    assert message.message_id not in store.checkpoints  # dropped once the job completed
+    assert "invoice:inv:9" not in store.checkpoints  # dropped once the job completed its key
 
 
 def test_once_rejects_a_non_json_result_and_misuse(broker, store, stub_worker) -> None:
@@ -234,3 +234,129 @@ def test_no_marker_is_written_when_the_record_serves(broker, store, stub_worker)
     drain(broker, stub_worker)
     assert store.get_job(message.message_id).status is dr.Status.DONE
     assert store.sget("done", f"msg:{message.message_id}") is None
+
+
+def test_keys_are_scoped_per_actor(broker, store, stub_worker) -> None:
+    # Given two actors whose templates render the same string for the same order
+    calls = []
+
+    @dramatiq.actor(idempotency_key="{order_id}")
+    def invoice(order_id):
+        calls.append(("invoice", order_id))
+
+    @dramatiq.actor(idempotency_key="{order_id}")
+    def ship(order_id):
+        calls.append(("ship", order_id))
+
+    # When both are sent for order 7, then the invoice again
+    first = invoice.send(7)
+    drain(broker, stub_worker)
+    shipped = ship.send(7)
+    again = invoice.send(7)
+    drain(broker, stub_worker)
+
+    # Then each actor did its work once: the second actor is not a duplicate of the first
+    assert sorted(calls) == [("invoice", 7), ("ship", 7)]
+    assert store.get_job(shipped.message_id).status is dr.Status.DONE
+    assert store.get_job(again.message_id).duplicate_of == first.message_id
+    assert store.sget("done", "ship:7") == shipped.message_id
+
+
+def test_a_unique_job_without_a_key_runs_again_once_finished(broker, store, stub_worker) -> None:
+    calls = []
+
+    @dramatiq.actor(unique=True)
+    def refresh(account):
+        calls.append(account)
+
+    first = refresh.send("a")
+    drain(broker, stub_worker)
+    # When the same send is made after the first job finished
+    second = refresh.send("a")
+    drain(broker, stub_worker)
+
+    # Then it is a new job that runs
+    assert calls == ["a", "a"]
+    assert [store.get_job(m.message_id).status for m in (first, second)] == [dr.Status.DONE] * 2
+    # And a redelivery of the finished job is still skipped (its message id completed)
+    broker.enqueue(second)
+    drain(broker, stub_worker)
+    assert calls == ["a", "a"]
+
+
+def test_a_unique_job_with_a_key_keeps_its_idempotency(broker, store, stub_worker) -> None:
+    calls = []
+
+    @dramatiq.actor(unique=True, idempotency_key="sync:{account}")
+    def sync(account):
+        calls.append(account)
+
+    first = sync.send("a")
+    drain(broker, stub_worker)
+    second = sync.send("a")  # not refused: the first job has finished
+    drain(broker, stub_worker)
+    third = sync.send("a")  # nor after a skipped one
+    drain(broker, stub_worker)
+
+    assert calls == ["a"]
+    assert [store.get_job(m.message_id).duplicate_of for m in (second, third)] == [first.message_id] * 2
+
+
+def test_a_skipped_unique_job_frees_its_reservation_without_job_state(stub_broker, stub_worker) -> None:
+    # Without JobState there is no record to tell that the holder finished: the end of the job
+    # itself must free the key.
+    store = dr.MemoryStore()
+    dr.install_one(stub_broker, dr.Idempotency(store))
+    calls = []
+
+    @dramatiq.actor(unique=True, idempotency_key="sync:{account}")
+    def sync(account):
+        calls.append(account)
+
+    sync.send("a")
+    drain(stub_broker, stub_worker)
+    sync.send("a")
+    drain(stub_broker, stub_worker)
+    sync.send("a")  # raises DuplicateJob if the skipped job kept the key reserved
+    drain(stub_broker, stub_worker)
+    assert calls == ["a"]
+
+
+def test_once_steps_are_shared_by_every_message_with_the_key(broker, store, stub_worker) -> None:
+    # Given an order whose first job charged, then failed for good before the email
+    charges, emails = [], []
+
+    @dramatiq.actor(idempotency_key="order:{order_id}", max_retries=0)
+    def order(order_id, email_works):
+        receipt = dr.once("charge", lambda: charges.append(order_id) or f"r{order_id}")
+        if not email_works:
+            raise TimeoutError("smtp")
+        dr.once("email", emails.append, receipt)
+
+    first = order.send(3, False)
+    drain(broker, stub_worker)
+    assert store.get_job(first.message_id).status is dr.Status.FAILED
+    assert store.once_get("order:order:3", "charge") == '"r3"'
+
+    # When the order is sent again
+    second = order.send(3, True)
+    drain(broker, stub_worker)
+
+    # Then the charge is not repeated, the email is sent, and the steps are dropped
+    assert charges == [3] and emails == ["r3"]
+    assert store.get_job(second.message_id).status is dr.Status.DONE
+    assert "order:order:3" not in store.checkpoints
+
+
+def test_once_steps_without_a_key_belong_to_the_job(broker, store, stub_worker) -> None:
+    charges = []
+
+    @dramatiq.actor(max_retries=0)
+    def order(order_id):
+        dr.once("charge", lambda: charges.append(order_id))
+        raise TimeoutError("smtp")
+
+    order.send(4)
+    order.send(4)
+    drain(broker, stub_worker)
+    assert charges == [4, 4]  # two jobs, nothing says they are the same

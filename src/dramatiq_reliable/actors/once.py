@@ -1,4 +1,4 @@
-"""``once``: a step of a job that runs at most once across its attempts."""
+"""``once``: a step of a job that runs at most once across its attempts and duplicate sends."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import ArgumentsError, ConfigurationError, StoreUnavailable
 from .context import current_run
@@ -22,10 +22,32 @@ logger = logging.getLogger("dramatiq_reliable.once")
 CHECKPOINT_PATIENCE = 120.0
 
 
-def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn(*args, **kwargs)`` once per job: later attempts get the stored result.
+class Checkpoints(NamedTuple):
+    """Where the running job keeps its steps' results (set by the Idempotency middleware).
 
-    A job that charges a card and then fails on the email retries the email only::
+    ``scope`` is the key the delivery claimed: the actor's idempotency key
+    (``<actor>:<rendered>``), so that every message with that key shares the steps, or
+    ``msg:<job id>`` for an actor without one.
+    """
+
+    store: Store
+    scope: str
+    #: Milliseconds the results are kept after the last step stored one (the key's ``ttl``).
+    ttl_ms: int
+
+
+#: Where a running job's :class:`Checkpoints` are in its run data.
+CHECKPOINTS = "once"
+
+
+def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` once per idempotency key: later runs get the stored result.
+
+    Steps belong to the actor's ``idempotency_key`` when it has one: a later attempt, a
+    redelivery, or another message with the same key (an order sent twice) gets the stored
+    result instead of running ``fn`` again. Without an ``idempotency_key`` they belong to the
+    job (its attempts and redeliveries). A job that charges a card and then fails on the email
+    retries the email only::
 
         @dramatiq.actor(idempotency_key="invoice:{order_id}")
         def send_invoice(order_id, customer_id):
@@ -34,7 +56,10 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
 
     The result must be JSON (it is stored, and later attempts get it back decoded, so a tuple
     comes back as a list; the first attempt gets the decoded value too). Checkpoints live in
-    the Idempotency store for its ``ttl`` and are dropped when the job completes.
+    the Idempotency store for the key's ``ttl`` after the last step stored one, and are
+    dropped when a job completes the key (its completion then answers for every step). A job
+    that failed for good keeps them, so a replay or a new send with the key resumes after its
+    last completed step.
 
     If the store cannot be reached before ``fn`` runs, the step raises :class:`StoreUnavailable`
     and the job is retried later. If it cannot be reached after ``fn`` ran, the step keeps
@@ -52,11 +77,11 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     run = current_run()
     if run is None:
         raise ConfigurationError(f"dr.once({name!r}) called outside a job")
-    idem = run.data.get("idem_middleware")
-    if idem is None:
+    where: Checkpoints | None = run.data.get(CHECKPOINTS)
+    if where is None:
         raise ConfigurationError(f"dr.once({name!r}) needs the Idempotency middleware on the broker")
-    store, ttl_ms = idem
-    stored = store.once_get(run.id, name)
+    store, scope, ttl_ms = where
+    stored = store.once_get(scope, name)
     if stored is not None:
         return json.loads(stored)
     result = fn(*args, **kwargs)
@@ -67,17 +92,17 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
             f"dr.once({name!r}): {getattr(fn, '__name__', fn)!s} returned a {type(result).__name__}, which is "
             "not JSON; the step ran but its result cannot be checkpointed (return plain values)"
         ) from None
-    _keep(store, run.id, name, text, ttl_ms)
+    _keep(store, run.id, scope, name, text, ttl_ms)
     return json.loads(text)
 
 
-def _keep(store: Store, job_id: str, name: str, text: str, ttl_ms: int) -> None:
+def _keep(store: Store, job_id: str, scope: str, name: str, text: str, ttl_ms: int) -> None:
     """Store a step's result, waiting out a store outage for up to ``CHECKPOINT_PATIENCE``."""
     deadline = time.monotonic() + CHECKPOINT_PATIENCE
     pause = 0.2
     while True:
         try:
-            store.once_set(job_id, name, text, ttl_ms)
+            store.once_set(scope, name, text, ttl_ms)
             return
         except StoreUnavailable as exc:
             if time.monotonic() + pause > deadline:

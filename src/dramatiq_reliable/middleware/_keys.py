@@ -1,7 +1,15 @@
-"""Idempotency key templates: checked when the actor is declared, rendered at send and at run."""
+"""Idempotency keys: templates checked when the actor is declared, rendered at send and at run.
+
+A key in the store is scoped to its actor, ``<actor>:<rendered template>``, so two actors whose
+templates render the same string (``"{order_id}"``) never share completions, leases or
+checkpoints. A delivery of an actor without a template is keyed by its message id,
+``msg:<id>``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -11,6 +19,25 @@ from ..errors import ConfigurationError
 
 #: The longest key accepted (characters).
 MAX_KEY = 512
+
+
+def actor_key(actor_name: str, rendered: str) -> str:
+    """The store key of an actor's rendered key: ``<actor>:<rendered>``."""
+    return f"{actor_name}:{rendered}"
+
+
+def message_key(message_id: str) -> str:
+    """The store key of a delivery of an actor without ``idempotency_key``: ``msg:<id>``."""
+    return f"msg:{message_id}"
+
+
+def arguments_key(actor_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """The key ``unique=True`` reserves for an actor without ``idempotency_key``.
+
+    ``<actor>:<sha1 of the JSON arguments>``: the same send (same arguments) has the same key.
+    """
+    text = json.dumps([list(args), dict(kwargs)], sort_keys=True, default=str)
+    return actor_key(actor_name, hashlib.sha1(text.encode()).hexdigest())
 
 
 class KeyTemplate:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
@@ -17,10 +15,11 @@ from dramatiq.middleware import SkipMessage
 from .. import metrics
 from .._snapshot import signature
 from ..actors.context import current_run
+from ..actors.once import CHECKPOINTS, Checkpoints
 from ..errors import ConfigurationError, DuplicateJob, DuplicateSkip, StoreUnavailable
 from ..store.base import Store
 from ._heartbeat import heartbeat_for
-from ._keys import KeyTemplate
+from ._keys import KeyTemplate, actor_key, arguments_key, message_key
 from ._run import JobRun
 from .base import Outcome, ReliableMiddleware
 
@@ -42,6 +41,23 @@ REPLAY_OPTION = "dr_replayed_at"
 _tokens = itertools.count(1)
 
 
+class Claim(NamedTuple):
+    """What a delivery holds while it runs (in its run data under ``"idem"``)."""
+
+    #: The key it claimed (``<actor>:<rendered>`` or ``msg:<id>``).
+    key: str
+    #: The owner token of the key's lease.
+    token: str
+    #: Milliseconds the key's completion is remembered.
+    ttl_ms: int
+    #: JobState's record marks the completion of this message id (no separate marker).
+    rec: bool
+
+
+#: Where a ``unique`` job's reserved key is in its run data, to free it when the job ends.
+RESERVED = "idem_unique"
+
+
 class Idempotency(ReliableMiddleware):
     """Makes redeliveries and duplicate sends harmless.
 
@@ -54,8 +70,14 @@ class Idempotency(ReliableMiddleware):
       ``lease``. A second delivery of a key whose lease is held is put back with a delay and
       checked again: not lost, not run concurrently.
     * ``unique=True``: ``send()`` raises :class:`~dramatiq_reliable.DuplicateJob` while a job
-      with the same key is queued or running.
-    * :func:`~dramatiq_reliable.once` checkpoints steps inside a job across attempts.
+      with the same key is queued, delayed, retrying or running; once it has finished (done,
+      failed or skipped) the same send is a new job. Uniqueness is only a reservation: without
+      ``idempotency_key`` the job is protected against redelivery by its message id, not
+      skipped because an earlier job with the same arguments completed.
+    * :func:`~dramatiq_reliable.once` checkpoints steps across attempts, and across every
+      message with the same ``idempotency_key``.
+
+    Keys are scoped to their actor: the store key is ``<actor>:<rendered template>``.
 
     When the store cannot be reached, a message is not run unchecked: it is put back with a
     delay (``on_store_error="retry"``, the default). ``on_store_error="run"`` runs it anyway,
@@ -71,7 +93,9 @@ class Idempotency(ReliableMiddleware):
       idempotency_key(str | callable): a ``str.format`` template over the arguments
         (``"invoice:{order_id}"``), or ``callable(*args, **kwargs) -> str``.
       idempotency_ttl(float): seconds this actor's completed keys are remembered.
-      unique(bool): refuse a second ``send()`` while one with this key is queued or running.
+      unique(bool): refuse a second ``send()`` while one with this key is queued, delayed,
+        retrying or running. Without ``idempotency_key``, the key is the actor and a hash of
+        the arguments.
     """
 
     def __init__(
@@ -135,6 +159,7 @@ class Idempotency(ReliableMiddleware):
         key = self.key_of(actor, message)  # raises ConfigurationError for a bad key, before anything runs
         if not actor.options.get("unique"):
             return
+        key = self.unique_key_of(actor, message)
         op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl": UNIQUE_PENDING_MS}}
         slot = self.journal.submit(op, wait=True, retry=False)
         result = slot.result or {}
@@ -154,7 +179,7 @@ class Idempotency(ReliableMiddleware):
         op = {
             "k": "confirm",
             "id": message.message_id,
-            "idem": {"key": self.key_of(actor, message), "ttl": self._ttl_ms(actor)},
+            "idem": {"key": self.unique_key_of(actor, message), "ttl": self._ttl_ms(actor)},
         }
         self.journal.submit(op, wait=False, retry=True)
 
@@ -174,21 +199,25 @@ class Idempotency(ReliableMiddleware):
             return
         msg = run.msg
         ttl_ms = self._ttl_ms(actor)
-        run.data["idem_middleware"] = (self.store, ttl_ms)
         journal = self.store.journal
         try:
             key = self.key_of(actor, msg)
+            if actor.options.get("unique"):
+                # Freed when this job ends, however it ends (a skipped duplicate included).
+                run.data[RESERVED] = self.unique_key_of(actor, msg)
         except ConfigurationError as exc:
             self.logger.error("Message %r: %s; it is dead-lettered.", run.id, exc)
             message.fail()
             raise SkipMessage(str(exc)) from None
+        run.data[CHECKPOINTS] = Checkpoints(self.store, key, ttl_ms)
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
         section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
-        if self._record_marks(broker, key, ttl_ms):
+        rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
+        if rec:
             section["rec"] = 1
         slot = journal.submit({"k": "claim", "id": run.id, "idem": section}, wait=True, retry=False)
         self._act_on(broker, message, run, key, slot)
-        run.data["idem"] = (key, token, bool(actor.options.get("unique")), ttl_ms, section.get("rec"))
+        run.data["idem"] = Claim(key, token, ttl_ms, rec)
         with self._held_lock:
             self._held[key] = token
         if self._beating != os.getpid():
@@ -225,31 +254,30 @@ class Idempotency(ReliableMiddleware):
             self._put_back(broker, message, run, delay, f"key {key!r} is held by a running delivery of job {owner}")
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
-        info = run.data.get("idem")
-        if info is None:
+        claim: Claim | None = run.data.get("idem")
+        reserved: str | None = run.data.get(RESERVED)
+        if claim is None and reserved is None:
             return
-        key, token, unique, ttl_ms, rec = info
-        with self._held_lock:
-            if self._held.get(key) == token:
-                del self._held[key]
-        section: dict[str, Any] = {"key": key, "token": token, "outcome": outcome[0], "ttl": ttl_ms}
-        if rec:
-            section["rec"] = 1
-        if unique:
-            section["unique"] = True
+        section: dict[str, Any] = {"outcome": outcome[0]}
+        if claim is not None:
+            with self._held_lock:
+                if self._held.get(claim.key) == claim.token:
+                    del self._held[claim.key]
+            section.update(key=claim.key, token=claim.token, ttl=claim.ttl_ms)
+            if claim.rec:
+                section["rec"] = 1
+        if reserved is not None:
+            section["ukey"] = reserved
         run.stage(self.store.journal, "finish", "idem", section)
 
-    def _record_marks(self, broker: Broker, key: str, ttl_ms: int) -> bool:
-        """Whether the job record itself marks a message id as completed.
+    def _record_marks(self, broker: Broker, ttl_ms: int) -> bool:
+        """Whether the job record itself marks a message id (``msg:<id>``) as completed.
 
         Redelivery protection needs to know that a message id completed. When ``JobState`` on
         the same store keeps finished records at least as long as ``ttl``, its ``done`` index
         already says so: the check reads it and no separate marker is written, which saves
-        about 150 bytes of Redis per job. Keys of ``idempotency_key`` and ``unique`` always
-        get their marker.
+        about 150 bytes of Redis per job. Keys of ``idempotency_key`` always get their marker.
         """
-        if not key.startswith("msg:"):
-            return False
         middleware = broker.middleware
         list_id, size, retention_ms = self._records
         if list_id != id(middleware) or size != len(middleware):
@@ -301,22 +329,29 @@ class Idempotency(ReliableMiddleware):
     # -- keys -----------------------------------------------------------------------------------
 
     def key_of(self, actor: dramatiq.Actor[Any, Any], message: Any) -> str:
-        """The idempotency key of a message: ``k:<rendered>``, or ``msg:<id>`` without one.
+        """The key a delivery claims: ``<actor>:<rendered template>``, or ``msg:<id>`` without one.
+
+        Completions, leases and ``dr.once`` checkpoints are kept under it.
 
         Raises:
           ConfigurationError: the template or callable cannot make a string key from the args.
         """
         template = self._templates.get(actor.actor_name)
         if template is None:
-            if actor.options.get("unique"):
-                digest = hashlib.sha1(
-                    json.dumps([message.args, message.kwargs], sort_keys=True, default=str).encode()
-                ).hexdigest()
-                return f"k:{actor.actor_name}:{digest}"
-            return f"msg:{message.message_id}"
-        return "k:" + template.render(
-            signature(actor.fn).bind(message.args, message.kwargs), message.args, message.kwargs
-        )
+            return message_key(message.message_id)
+        bound = signature(actor.fn).bind(message.args, message.kwargs)
+        return actor_key(actor.actor_name, template.render(bound, message.args, message.kwargs))
+
+    def unique_key_of(self, actor: dramatiq.Actor[Any, Any], message: Any) -> str:
+        """The key a ``unique=True`` send reserves: the actor's idempotency key, or without one
+        ``<actor>:<sha1 of the arguments>`` (the same send has the same key).
+
+        Raises:
+          ConfigurationError: as :meth:`key_of`.
+        """
+        if self._templates.get(actor.actor_name) is None:
+            return arguments_key(actor.actor_name, message.args, message.kwargs)
+        return self.key_of(actor, message)
 
     def _ttl_ms(self, actor: dramatiq.Actor[Any, Any]) -> int:
         return int(float(actor.options.get("idempotency_ttl", self.ttl)) * 1000)

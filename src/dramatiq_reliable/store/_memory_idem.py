@@ -44,14 +44,16 @@ def recorded_done(b: Batch, ctx: Ctx) -> bool:
 def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     job_id = ctx.op["id"]
     store = b.store
-    if s.get("outcome") == "done":
+    key, outcome = s.get("key"), s.get("outcome")
+    if key and outcome == "done":
         if not (s.get("rec") and recorded_done(b, ctx)):
-            store.sset("done", s["key"], job_id, s["ttl"])
-        store.checkpoints.pop(job_id, None)
-    if s.get("token") and store.sget("lease", s["key"]) == s["token"]:
-        store.sdel("lease", s["key"])
-    if s.get("unique") and s.get("outcome") != "retrying" and store.sget("unique", s["key"]) == job_id:
-        store.sdel("unique", s["key"])
+            store.sset("done", key, job_id, s["ttl"])
+        store.checkpoints.pop(key, None)
+    if key and s.get("token") and store.sget("lease", key) == s["token"]:
+        store.sdel("lease", key)
+    ukey = s.get("ukey")
+    if ukey and outcome not in ("retrying", "deferred") and store.sget("unique", ukey) == job_id:
+        store.sdel("unique", ukey)
 
 
 @on("reserve", 10, "idem")

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._snapshot import key_text
 from ..errors import ConfigurationError
 from ..records import JobRecord, Page
 from ..status import Status
@@ -72,6 +73,30 @@ def check_query(status: Status | str | None, limit: int) -> str | None:
     except ValueError:
         names = ", ".join(s.value for s in Status)
         raise ConfigurationError(f"unknown status {status!r} (one of: {names})") from None
+
+
+def check_key(key: Any) -> tuple[str, str] | None:
+    """A ``find_jobs`` key filter as recorded: ``(name, value)`` with the value as a string.
+
+    Business keys are recorded as strings (``order_id=4711`` as ``"4711"``), so a value that is
+    not a string is turned into one the same way (:func:`~dramatiq_reliable._snapshot.key_text`).
+
+    Raises:
+      ConfigurationError: not a ``(name, value)`` pair, an empty name, or a value that is not JSON.
+    """
+    if key is None:
+        return None
+    if isinstance(key, (str, bytes)) or not isinstance(key, Sequence) or len(key) != 2:
+        raise ConfigurationError(f"key must be a (name, value) pair such as ('order_id', '4711'), not {key!r}")
+    name, value = key
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"a key's name must be a non-empty string, not {name!r}")
+    try:
+        return (name, key_text(value))
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"key {name!r}: a {type(value).__name__} cannot be a business key's value (use a string or a JSON value)"
+        ) from None
 
 
 def find(

@@ -93,7 +93,7 @@ class Store(abc.ABC):
         *,
         status: Status | str | None = None,
         actor: str | None = None,
-        key: tuple[str, str] | None = None,
+        key: tuple[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
@@ -102,7 +102,9 @@ class Store(abc.ABC):
         Parameters:
           status: only jobs in this status (ordered by when they entered it).
           actor: only jobs of this actor (ordered by enqueue time).
-          key: only jobs with this business key ``(name, value)``; values are strings.
+          key: only jobs with this business key ``(name, value)``. Keys are recorded as
+            strings; any other value is turned into one the same way (``("order_id", 4711)``
+            finds what ``order_id=4711`` recorded as ``"4711"``).
           limit: at most this many records (1-1000).
           cursor: the ``cursor`` of the previous page.
 
@@ -110,9 +112,11 @@ class Store(abc.ABC):
           Page: of :class:`~dramatiq_reliable.JobRecord`; ``page.cursor`` is ``None`` at the end.
 
         Raises:
-          ConfigurationError: a malformed cursor, an unknown status or a bad limit.
+          ConfigurationError: a malformed cursor, an unknown status, a bad limit, or a key that
+            is not a ``(name, value)`` pair with a JSON value.
         """
         status_value = _paging.check_query(status, limit)
+        key = _paging.check_key(key)
         return _paging.find(
             fetch=self._fetch_index,
             load=self._load_records,
@@ -145,13 +149,16 @@ class Store(abc.ABC):
 
     # -- step checkpoints (``dr.once``) ---------------------------------------------------------
 
-    @abc.abstractmethod
-    def once_get(self, job_id: str, name: str) -> str | None:
-        """The stored JSON result of step ``name`` of a job, or ``None`` if it has not completed."""
+    # A scope is the idempotency key a delivery claimed (``<actor>:<rendered>``, or
+    # ``msg:<job id>``); the ``finish`` op that completes the key drops its checkpoints.
 
     @abc.abstractmethod
-    def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
-        """Store the JSON result of step ``name``; kept ``ttl_ms`` milliseconds."""
+    def once_get(self, scope: str, name: str) -> str | None:
+        """The stored JSON result of step ``name`` in ``scope``, or ``None`` if it has not completed."""
+
+    @abc.abstractmethod
+    def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
+        """Store the JSON result of step ``name`` in ``scope``; the scope's steps are kept ``ttl_ms`` ms."""
 
     # -- cron ---------------------------------------------------------------------------------
     # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the

@@ -116,7 +116,7 @@ class MemoryStore(Store):
         self.indexes: dict[str, dict[str, float]] = {}
         #: (kind, key) -> (value, expires at ms): idempotency strings (done, lease, unique).
         self.strings: dict[tuple[str, str], tuple[str, int]] = {}
-        #: job id -> ({step: JSON}, expires at ms)
+        #: idempotency key -> ({step: JSON}, expires at ms)
         self.checkpoints: dict[str, tuple[dict[str, str], int]] = {}
         # -- dead letters ---
         #: job id -> dead-letter record (zsets are in ``indexes`` under ``deads:…``).
@@ -263,18 +263,19 @@ class MemoryStore(Store):
 
     # -- step checkpoints -----------------------------------------------------------------------
 
-    def once_get(self, job_id: str, name: str) -> str | None:
+    def once_get(self, scope: str, name: str) -> str | None:
         with self.lock:
-            item = self.checkpoints.get(job_id)
+            item = self.checkpoints.get(scope)
             if item is None or item[1] <= self.clock():
                 return None
             return item[0].get(name)
 
-    def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
+    def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
         with self.lock:
-            steps = self.checkpoints.get(job_id, ({}, 0))[0]
+            item = self.checkpoints.get(scope)
+            steps = item[0] if item is not None and item[1] > self.clock() else {}
             steps[name] = result_json
-            self.checkpoints[job_id] = (steps, self.clock() + ttl_ms)
+            self.checkpoints[scope] = (steps, self.clock() + ttl_ms)
 
     # -- Watchdog -------------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ Kinds and sections (priority in brackets):
 ``claim``     ``idem`` [10]: before a delivery runs: answer ``duplicate`` (+ ``dup``, the job that
               completed the key), ``busy`` (+ ``retry_in`` ms, ``owner``) or ``run`` (lease taken).
 ``start``     ``job`` [20]: ``running`` (a "redelivered" event if it was running already).
-``finish``    ``idem`` [10]: complete the key, release the lease and the unique key;
+``finish``    ``idem`` [10]: complete the key (dropping its checkpoints), release the lease
+              and, unless retrying or deferred, the unique key;
               ``job`` [20]: ``done``/``retrying``/``failed``/``skipped``, or ``deferred`` (put
               back without running: an event, the status stays).
 ``due``       ``job`` [20]: a retry's delay is over: ``retrying`` → ``queued``.
@@ -59,8 +60,8 @@ record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``ne
 ``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),
 ``hist`` (events kept).
 
-``idem`` section fields: ``key``, ``token`` (lease owner), ``lease`` / ``ttl`` (ms),
-``unique``,
+``idem`` section fields: ``key`` (the claimed key: ``<actor>:<rendered>`` or ``msg:<id>``),
+``token`` (lease owner), ``lease`` / ``ttl`` (ms), ``ukey`` (the key a ``unique`` job reserved),
 ``outcome``.
 
 Values are never ``None``: absent fields are left out (Lua's cjson turns ``null`` into a

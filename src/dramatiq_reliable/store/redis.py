@@ -13,7 +13,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         message id whose JobState record serves: its done index)
     dr:idem:lease:<key>         string  owner token of the running delivery; PX ``lease``
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
-    dr:idem:once:<id>           hash    step name -> JSON result of ``dr.once``; PX ``ttl``
+    dr:idem:once:<key>          hash    step name -> JSON result of ``dr.once``; PX ``ttl`` from
+                                        the last step stored; deleted when <key> completes
 
     dr:cron:tick:<name>:<fire>  string  the claim of one tick of schedule <name> (fire time in ms):
                                         JSON {st, job, by, lease, dl, at, n}; PX misfire grace
@@ -59,7 +60,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         longest wait (ms); PX 25 hours after its first write
 
 ``<key>`` is an actor's ``idempotency_key`` (``<actor>:<rendered template>``), or
-``msg:<job id>`` for actors without one.
+``msg:<job id>`` for actors without one; the reservation of a ``unique`` actor without one is
+``<actor>:<sha1 of the JSON arguments>``.
 
 The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
 start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack wp
@@ -291,12 +293,12 @@ class RedisStore(Store):
 
     # -- step checkpoints -----------------------------------------------------------------------
 
-    def once_get(self, job_id: str, name: str) -> str | None:
-        raw = self._call("a checkpoint read", self.client.hget, self.k("idem", "once", job_id), name)
+    def once_get(self, scope: str, name: str) -> str | None:
+        raw = self._call("a checkpoint read", self.client.hget, self.k("idem", "once", scope), name)
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    def once_set(self, job_id: str, name: str, result_json: str, ttl_ms: int) -> None:
-        key = self.k("idem", "once", job_id)
+    def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
+        key = self.k("idem", "once", scope)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, name, result_json)
         pipe.pexpire(key, ttl_ms)

@@ -35,18 +35,22 @@ local function recorded_done(ctx)
   return not (rec and att and (tonumber(rec.att) or 0) > att)
 end
 
+-- The end of an attempt. ``key`` (with ``token``, the lease's owner) is the key the delivery
+-- claimed: ``done`` completes it, and its checkpoints are dropped (the completion now answers
+-- for every step). ``ukey`` is the key a ``unique`` job reserved at send: freed when the job
+-- has finished, whatever the outcome, but not while it waits for a retry or was put back.
 on('finish', 10, 'idem', function(ctx, s)
   local id = ctx.op.id
-  if s.outcome == 'done' then
+  if s.key and s.outcome == 'done' then
     if not (s.rec and recorded_done(ctx)) then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl) end
-    redis.call('DEL', ikey('once', id))
+    redis.call('DEL', ikey('once', s.key))
   end
-  if s.token then
+  if s.key and s.token then
     local lk = ikey('lease', s.key)
     if redis.call('GET', lk) == s.token then redis.call('DEL', lk) end
   end
-  if s.unique and s.outcome ~= 'retrying' then
-    local uk = ikey('unique', s.key)
+  if s.ukey and s.outcome ~= 'retrying' and s.outcome ~= 'deferred' then
+    local uk = ikey('unique', s.ukey)
     if redis.call('GET', uk) == id then redis.call('DEL', uk) end
   end
 end)
