@@ -98,7 +98,7 @@ def test_unreachable_store_releases_waiters_at_once_and_replays_in_order(store) 
     first = journal.submit(op("start", "x"), wait=True)
     second = journal.submit(op("finish", "x"), wait=True)
     question = journal.submit(
-        {"k": "claim", "id": "x", "idem": {"key": "k", "token": "t", "lease": 1000}}, wait=True, retry=False
+        {"k": "claim", "id": "x", "idem": {"key": "k", "token": "t", "lease_ms": 1000}}, wait=True, retry=False
     )
     assert time.monotonic() - started < 1.0
     assert isinstance(first.error, StoreUnavailable) and isinstance(question.error, StoreUnavailable)

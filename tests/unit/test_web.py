@@ -505,8 +505,8 @@ def test_activity_page_charts_what_ended(shop) -> None:
 
 def test_activity_page_escapes_names_from_the_store(shop) -> None:
     name = "<script>alert(3)</script>"
-    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "w": 5}}
-    shop.store.apply({"now": dr_now(), "ops": [op]})
+    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "wait_ms": 5}}
+    shop.store.apply({"now_ms": dr_now(), "ops": [op]})
     text = client(shop).get("/activity").text
     assert "<script>alert" not in text and "&lt;script&gt;alert(3)&lt;/script&gt;" in text
 

@@ -41,8 +41,8 @@ def section(alert: Alert, window_ms: int, quiet: bool) -> dict[str, Any]:
             "queue": alert.queue,
             "msg": alert.error_message,
             "keys": alert.keys or None,
-            "win": window_ms,
-            "at": now_ms(),
+            "window_ms": window_ms,
+            "at_ms": now_ms(),
             "quiet": True if quiet else None,
         }
     )

@@ -201,7 +201,7 @@ class Watchdog(ReliableMiddleware):
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id
-        section = {"proc": proc, "ab": int(self.abandon_after * 1000), "a": run.actor, "q": run.queue}
+        section = {"proc": proc, "abandon_ms": int(self.abandon_after * 1000), "a": run.actor, "q": run.queue}
         lease = run.data.get("idem")  # Idempotency's (key, token, …), if it took a lease
         if lease is not None:
             section["lk"], section["lt"] = lease[0], lease[1]
@@ -263,12 +263,12 @@ class Watchdog(ReliableMiddleware):
         info = dict(self._info, queues=self._queues())
         section: dict[str, Any] = {
             "proc": self.proc_id,
-            "ab": int(self.abandon_after * 1000),
+            "abandon_ms": int(self.abandon_after * 1000),
             "info": info,
             "hist": self.history,
         }
         if sweep:
-            section.update(sweep=max(int(self.sweep_interval * 1000), 1), keep=DEAD_KEEP_MS)
+            section.update(sweep_ms=max(int(self.sweep_interval * 1000), 1), keep_ms=DEAD_KEEP_MS)
         return {"k": "beat", "id": "-", "wd": section}
 
     def _queues(self) -> list[str]:

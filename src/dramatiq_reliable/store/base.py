@@ -166,11 +166,12 @@ class Store(abc.ABC):
     # (milliseconds since the epoch) so the caller's clock decides. Each is one store call.
 
     def _cron(self, kind: str, section: dict[str, Any], now: int | None, op_id: str = "-") -> dict[str, Any]:
-        from .._clock import now_ms
         from ..errors import StoreError
 
-        at = now_ms() if now is None else int(now)
-        results = self.apply({"now": at, "ops": [{"k": kind, "id": op_id, "cron": section}]})
+        batch: dict[str, Any] = {"ops": [{"k": kind, "id": op_id, "cron": section}]}
+        if now is not None:
+            batch["now_ms"] = int(now)
+        results = self.apply(batch)
         result = results[0] if results else {}
         if "error" in result:
             raise StoreError(f"store {self.url} refused {kind}: {result['error']}")
@@ -198,8 +199,8 @@ class Store(abc.ABC):
           StoreUnavailable: the store cannot be reached; nothing was claimed.
         """
         keep = int(grace_ms) + int(lease_ms) + 60_000
-        section = {"name": name, "fire": int(fire_ms), "job": job_id, "by": owner}
-        section.update(lease=int(lease_ms), grace=int(grace_ms), keep=keep)
+        section = {"name": name, "fire_ms": int(fire_ms), "job": job_id, "by": owner}
+        section.update(lease_ms=int(lease_ms), grace_ms=int(grace_ms), keep_ms=keep)
         result = self._cron("cron_claim", section, now, job_id)
         return (str(result.get("outcome")), str(result.get("by") or owner))
 
@@ -212,7 +213,7 @@ class Store(abc.ABC):
           tuple: ``("confirmed", owner)``; ``("late", holder)`` if the claim had been taken over
           meanwhile; ``("gone", "")`` if the claim expired.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "st": state}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "st": state}
         result = self._cron("cron_confirm", section, now)
         return (str(result.get("outcome")), str(result.get("by") or ""))
 
@@ -222,7 +223,7 @@ class Store(abc.ABC):
         Returns:
           bool: ``False`` if ``owner`` no longer held the claim.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "retry": int(retry_ms)}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "retry_ms": int(retry_ms)}
         return self._cron("cron_release", section, now).get("outcome") == "released"
 
     def cron_sweep(
@@ -237,7 +238,7 @@ class Store(abc.ABC):
           list[dict]: ``{"o": "retake" | "missed", "name", "fire" (ms), "job", "by" (the previous
           holder)}``, at most ``limit`` per schedule.
         """
-        section = {"names": list(names), "by": owner, "lease": int(lease_ms), "limit": int(limit)}
+        section = {"names": list(names), "by": owner, "lease_ms": int(lease_ms), "limit": int(limit)}
         ticks = self._cron("cron_sweep", section, now).get("ticks")
         return ticks if isinstance(ticks, list) else []  # Lua's cjson encodes an empty list as {}
 

@@ -1,6 +1,7 @@
 -- JobState: the job record. Section "job".
 
-local CREATION = {'actor', 'queue', 'maxr', 'enq', 'args'}
+-- Creation fields: used when the record does not exist yet (``enq_ms`` is stored as ``enq``).
+local CREATION = {actor = 'actor', queue = 'queue', maxr = 'maxr', enq_ms = 'enq', args = 'args'}
 
 local function event(rec, status, detail, hist)
   local ev = rec.ev
@@ -11,8 +12,8 @@ local function event(rec, status, detail, hist)
 end
 
 local function fill(rec, s)
-  for _, f in ipairs(CREATION) do
-    if rec[f] == nil and s[f] ~= nil then rec[f] = s[f] end
+  for field, stored in pairs(CREATION) do
+    if rec[stored] == nil and s[field] ~= nil then rec[stored] = s[field] end
   end
   if (rec.keys == nil or next(rec.keys) == nil) and type(s.keys) == 'table' and next(s.keys) ~= nil then
     rec.keys = s.keys
@@ -36,17 +37,20 @@ local function set_status(e, status, detail, s)
   touch(e)
 end
 
-on('enqueue', 20, 'job', function(ctx, s)
+on('enqueue', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', due_ms = 'number?'},
+  function(ctx, s)
   local e = load(ctx.op.id)
   if not e.rec then
     e = ensure(ctx.op.id, s, 'queued')
-    if s.due then e.rec.due = s.due end
+    if s.due_ms then e.rec.due = s.due_ms end
     set_status(e, 'queued', s.detail, s)
   else
     -- The worker started it before this write landed: keep the history whole.
     local ev = e.rec.ev
     if type(ev) == 'table' and (#ev == 0 or ev[1][2] ~= 'queued') then
-      table.insert(ev, 1, {s.enq or NOW, 'queued', s.detail or 'enqueued'})
+      table.insert(ev, 1, {s.enq_ms or NOW, 'queued', s.detail or 'enqueued'})
       local cap = tonumber(s.hist) or 50
       while #ev > cap do table.remove(ev, 1) end
     end
@@ -55,14 +59,17 @@ on('enqueue', 20, 'job', function(ctx, s)
     if not had_keys and not e.new and type(e.rec.keys) == 'table' then
       -- The record was created (and indexed) by the start, without the keys this write brings.
       for name, value in pairs(e.rec.keys) do
-        redis.call('ZADD', index_key_name(name, value), e.rec.enq or NOW, ctx.op.id)
+        redis.call('ZADD', K.key(name, value), e.rec.enq or NOW, ctx.op.id)
       end
     end
     touch(e)
   end
 end)
 
-on('start', 20, 'job', function(ctx, s)
+on('start', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', att = 'number', worker = 'string?'},
+  function(ctx, s)
   local id = ctx.op.id
   local e = ensure(id, s, 'running')
   local rec = e.rec
@@ -85,7 +92,11 @@ on('start', 20, 'job', function(ctx, s)
   set_status(e, 'running', detail, s)
 end)
 
-on('finish', 20, 'job', function(ctx, s)
+on('finish', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', outcome = 'string', att = 'number?', err = 'table?', dup = 'string?',
+    next_ms = 'number?'},
+  function(ctx, s)
   local e = ensure(ctx.op.id, s, s.outcome == 'deferred' and 'queued' or 'running')
   local rec = e.rec
   local att = tonumber(s.att)
@@ -115,7 +126,7 @@ on('finish', 20, 'job', function(ctx, s)
     rec.fin = NOW
     rec.next = nil
   elseif out == 'retrying' then
-    rec.next = s.next
+    rec.next = s.next_ms
     rec.fin = nil
   elseif out == 'failed' then
     rec.fin = NOW
@@ -127,7 +138,7 @@ on('finish', 20, 'job', function(ctx, s)
   set_status(e, out, s.detail, s)
 end)
 
-on('due', 20, 'job', function(ctx, s)
+on('due', 20, 'job', {hist = 'number?', detail = 'string?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'retrying' then
     set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s)
@@ -136,20 +147,19 @@ end)
 
 -- Drop records whose terminal status is older than their retention, with their index entries.
 local function cleanup()
-  if type(B.cleanup) ~= 'table' then return end
+  if type(B.retention_ms) ~= 'table' then return end
   local limit = tonumber(B.limit) or 100
-  for status, retention in pairs(B.cleanup) do
+  for status, retention in pairs(B.retention_ms) do
     if limit <= 0 then return end
-    local ids = redis.call('ZRANGEBYSCORE', P .. 'jobs:status:' .. status, '-inf', NOW - retention,
+    local ids = redis.call('ZRANGEBYSCORE', K.status(status), '-inf', NOW - retention,
       'LIMIT', 0, limit)
     for _, id in ipairs(ids) do
-      local raw = redis.call('GET', jkey(id))
-      local rec = raw and cjson.decode(raw) or nil
+      local rec = decode(redis.call('GET', K.job(id)))
       if rec and rec.status ~= status then
-        redis.call('ZREM', P .. 'jobs:status:' .. status, id)  -- stale entry only
+        redis.call('ZREM', K.status(status), id)  -- stale entry only
       else
         forget(id, rec)
-        redis.call('ZREM', P .. 'jobs:status:' .. status, id)
+        redis.call('ZREM', K.status(status), id)
       end
       limit = limit - 1
     end
