@@ -15,7 +15,7 @@ from dramatiq.middleware import TimeLimit
 from dramatiq.worker import ConsumerThread
 
 from .._backlog_rabbitmq import stamp_publish_time
-from .._clock import format_duration, now_ms
+from .._clock import check_skew, format_duration, now_ms
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
@@ -295,6 +295,8 @@ class Watchdog(ReliableMiddleware):
             self.logger.info("Heartbeat of %s works again.", self.proc_id)
             self._beat_failed = False
         result = (results or [{}])[0]
+        if isinstance(result.get("now_ms"), int):
+            check_skew(result["now_ms"], where=self.store.url)
         if result.get("revived"):
             self.logger.warning(
                 "Worker process %s had been taken for dead (no heartbeat for %s); %d job(s) back to running.%s",
