@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 clock: Callable[[], float] = time.time
 #: A difference from the store's clock past which a worker says so (once per process).
 SKEW_WARN_MS = 1000
-_skew_told = 0
+#: The pid of the process that already warned (a forked child warns for itself).
+_skew_told: list[int] = [0]
 
 
 def now_ms() -> int:
@@ -31,10 +32,9 @@ def check_skew(store_ms: int, *, where: str) -> int:
     Returns:
       int: this process's clock minus the store's, in milliseconds.
     """
-    global _skew_told
     skew = now_ms() - int(store_ms)
-    if abs(skew) > SKEW_WARN_MS and _skew_told != os.getpid():
-        _skew_told = os.getpid()
+    if abs(skew) > SKEW_WARN_MS and _skew_told[0] != os.getpid():
+        _skew_told[0] = os.getpid()
         logging.getLogger("dramatiq_reliable.clock").warning(
             "This host's clock is %s %s the store's (%s); leases, liveness and retention follow the store's "
             "clock, but times this process reports are off: synchronize it (NTP).",
