@@ -1,4 +1,4 @@
-"""The fleet-wide alert throttle, the same over every store (``store/lua/50_alerts.lua`` and its twin)."""
+"""The fleet-wide alert throttle, the same over every store (``store/lua/50_alerts.lua``)."""
 
 from __future__ import annotations
 

@@ -351,3 +351,19 @@ def test_many_dead_letters_page_quickly(store: dr.Store) -> None:
     assert len(page.items) == 20 and stats.total == 3000
     assert sum(n for a, t, n in stats.by_kind if t == "ValueError") == 1000
     assert ids(store.dead_letters(since=datetime.now(timezone.utc) + timedelta(days=1))) == []
+
+
+def test_an_expired_dead_letter_goes_by_its_own_expiry_and_the_fleet_sweep(store: dr.RedisStore) -> None:
+    # Given a dead letter kept one second
+    now = now_ms()
+    capture(store, "short", now=now, ret=1000)
+    # Then its key expires by itself (a day after its retention: the sweep normally comes first)
+    ttl = store.client.pttl(store.k("dead", "short"))
+    assert 0 < ttl <= 1000 + DAY
+    # When the Watchdog's sweep runs past its retention, with no dead-letter op in between
+    beat = {"proc": "h:1:t", "abandon_ms": 30_000, "sweep_ms": 500, "keep_ms": 3_600_000}
+    store.apply({"now_ms": now + 2000, "ops": [{"k": "beat", "id": "-", "wd": beat}]})
+    # Then it is gone, with its index entries and its count
+    assert not store.client.exists(store.k("dead", "short"))
+    assert store.dead_letter_stats().total == 0
+    assert store.dead_letter_index("default") == ({}, {})

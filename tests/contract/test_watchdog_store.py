@@ -1,4 +1,4 @@
-"""The Watchdog's store handlers (``30_watchdog.lua`` and its Python twin), over every store.
+"""The Watchdog's store handlers (``30_watchdog.lua``), over every store.
 
 Time is the batch's ``now``: each test moves it by hand, so nothing here waits.
 """

@@ -1,6 +1,6 @@
 """What Alerts sends to the store and makes of its answers; the in-process fallback throttle.
 
-The throttle itself lives in the store (``store/lua/50_alerts.lua`` and its Python twin): an
+The throttle itself lives in the store (``store/lua/50_alerts.lua``): an
 ``al`` section rides in a job's finish op, or in an ``alert`` op for an event, and the store
 answers ``{"notify": 0|1, "sup": n, "since": ms}``. When the store cannot be reached, the
 decision falls back to :class:`LocalThrottle`, per process.

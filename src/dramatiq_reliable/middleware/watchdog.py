@@ -122,6 +122,8 @@ class Watchdog(ReliableMiddleware):
         self._time_limit: float | None = None
         self._boot_lock = threading.Lock()
         self._beat_failed = False
+        #: The pid of the process whose beat registered it in the store (its starts then need not).
+        self._registered = 0
 
     @property
     def actor_options(self) -> set[str]:
@@ -201,7 +203,9 @@ class Watchdog(ReliableMiddleware):
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id
-        section = {"proc": proc, "abandon_ms": int(self.abandon_after * 1000), "a": run.actor, "q": run.queue}
+        section: dict[str, Any] = {"proc": proc, "a": run.actor, "q": run.queue}
+        if self._registered != os.getpid():  # until a beat registered the process, the start does
+            section["abandon_ms"] = int(self.abandon_after * 1000)
         lease = run.data.get("idem")  # Idempotency's (key, token, …), if it took a lease
         if lease is not None:
             section["lk"], section["lt"] = lease[0], lease[1]
@@ -294,6 +298,7 @@ class Watchdog(ReliableMiddleware):
         if self._beat_failed:
             self.logger.info("Heartbeat of %s works again.", self.proc_id)
             self._beat_failed = False
+        self._registered = os.getpid()
         result = (results or [{}])[0]
         if isinstance(result.get("now_ms"), int):
             check_skew(result["now_ms"], where=self.store.url)

@@ -1,9 +1,9 @@
 """The store contract.
 
 A store keeps job records, idempotency keys, dead letters and throttles, shared by every
-worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` keeps everything in
-the process for tests, the demo and ``StubBroker``. Both pass the same test suite
-(``tests/contract``).
+worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` is ``RedisStore``
+over an in-process Redis running the same Lua library, for tests, the demo and ``StubBroker``.
+Both pass the same test suite (``tests/contract``).
 
 Writes go through :meth:`Store.apply`: a batch of operations ("ops"), each the transition of
 one job, applied atomically per op and in order. The :class:`~.journal.Journal` groups the ops
@@ -63,9 +63,9 @@ class Store(abc.ABC):
         """Apply a batch of ops (see :mod:`.ops`).
 
         Parameters:
-          batch(dict): ``{"now": ms, "ops": [op, ...]}`` plus optional ``cleanup``
-            (status → retention in milliseconds), ``limit`` (records to clean up at most) and
-            ``ttl`` (status → milliseconds a record in that status is kept at most).
+          batch(dict): ``{"ops": [op, ...]}`` plus optional ``retention_ms`` (status →
+            retention), ``limit`` (records to clean up at most), ``ttl_ms`` (status → how long
+            a record in that status is kept at most) and ``sent_ms`` (see :class:`.ops.Batch`).
 
         Returns:
           list[dict]: one result per op, in order (``{"error": ...}`` for an op that failed).
@@ -161,9 +161,9 @@ class Store(abc.ABC):
         """Store the JSON result of step ``name`` in ``scope``; the scope's steps are kept ``ttl_ms`` ms."""
 
     # -- cron ---------------------------------------------------------------------------------
-    # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the
-    # scheduler. A tick is ``(schedule name, fire time in ms)``; every method takes ``now``
-    # (milliseconds since the epoch) so the caller's clock decides. Each is one store call.
+    # Claims of cron ticks (``store/lua/60_cron.lua``), used by the scheduler. A tick is
+    # ``(schedule name, fire time in ms)``. Leases follow the store's clock; ``now`` (ms since
+    # the epoch) runs the call at another time, for tests that drive time. Each is one store call.
 
     def _cron(self, kind: str, section: dict[str, Any], now: int | None, op_id: str = "-") -> dict[str, Any]:
         from ..errors import StoreError

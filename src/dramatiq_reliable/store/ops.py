@@ -163,7 +163,9 @@ class BeatWd(_BeatWd, total=False):
     hist: int
 
 
-class StartWd(_BeatWd, total=False):
+class StartWd(ProcWd, total=False):
+    #: only until the process's first beat registered it.
+    abandon_ms: int
     a: str
     q: str
     #: the lease key and token the job holds.

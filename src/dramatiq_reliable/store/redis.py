@@ -32,10 +32,13 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:wd:pending               set     dead processes whose unacked broker messages are still
                                         to be put back (Redis brokers)
     dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
-                                        ``sweep_interval``
+                                        ``sweep_interval`` (the sweep also drops expired
+                                        dead letters)
     dr:dead:<id>                string  a dead letter (DeadLetters): the message as delivered,
                                         the final error, attempts, actor, queue, time; kept
-                                        ``retention`` (removed by the Lua cleanup, no PX)
+                                        ``retention``: removed with its index entries by the
+                                        fleet's sweep or the next dead-letter op, and PX
+                                        ``retention`` + 1 day as a backstop
     dr:deads:time               zset    job id -> when it was dead-lettered
     dr:deads:queue:<queue>      zset    job id -> when it was dead-lettered
     dr:deads:actor:<actor>      zset    job id -> when it was dead-lettered
@@ -68,11 +71,14 @@ start fin next due worker keys args(JSON text) err{type,message,traceback} dup s
 ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
 time of the last update. ``wp`` is the Watchdog's process running the job.
 
-Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
-assembled in name order), which keeps the indexes in step with the records: a job is in
-exactly one status index, and records past their retention are removed together with their
-index entries. The script touches keys it derives from its arguments, so ``RedisStore`` needs
-a single Redis server (or a primary), not a Redis Cluster.
+Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
+loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see
+``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
+one status index, and records past their retention are removed together with their index
+entries. Times in keys and records are the store's clock (``TIME``). The library builds every
+key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
+needs a single Redis server (or a primary), not a Redis Cluster; it needs Redis >= 7.0 or
+Valkey >= 7.2 (Redis Functions).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ end
 local function ensure(id, s, status)
   local e = load(id)
   if not e.rec then
-    e.rec = {status = status, att = 0, keys = {}, ev = {}}
+    e.rec = {status = status, att = 0, ev = {}}
     e.new = true
     fill(e.rec, s)
   end
@@ -135,6 +135,7 @@ on('finish', 20, 'job',
     rec.fin = NOW
     if s.dup then rec.dup = s.dup end
   end
+  rec.wp = nil  -- the Watchdog's process: only while it runs
   set_status(e, out, s.detail, s)
 end)
 

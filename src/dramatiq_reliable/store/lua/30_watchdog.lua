@@ -121,12 +121,13 @@ on('beat', 30, 'wd',
 end)
 
 -- A job starts: its process runs it (holding the lease lk/lt, when Idempotency took one).
-on('start', 30, 'wd', {proc = 'string', abandon_ms = 'number', a = 'string?', q = 'string?', lk = 'string?', lt = 'string?'},
+on('start', 30, 'wd', {proc = 'string', abandon_ms = 'number?', a = 'string?', q = 'string?', lk = 'string?', lt = 'string?'},
   function(ctx, s)
   local id = ctx.op.id
   local meta = {a = s.a, q = s.q, lk = s.lk, lt = s.lt}
   redis.call('HSET', wd_run(s.proc), id, cjson.encode(meta))
-  redis.call('ZADD', K.wd('procs'), 'NX', NOW + s.abandon_ms, s.proc)
+  -- Until the process's first beat registers it (the beat sends no abandon_ms after that).
+  if s.abandon_ms then redis.call('ZADD', K.wd('procs'), 'NX', NOW + s.abandon_ms, s.proc) end
   local e = load(id)
   if e.rec and e.rec.status == 'running' then
     e.rec.wp = s.proc
