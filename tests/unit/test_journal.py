@@ -275,9 +275,11 @@ def test_a_job_put_back_during_an_outage_is_never_recorded_as_running(store, stu
     import dramatiq_reliable as dr
     from dramatiq_reliable.middleware import idempotency
 
-    # Given the bundle, a keyed actor, and its store unreachable (keys cannot be checked)
+    # Given JobState and Idempotency added by hand, JobState first (so it stages the start before
+    # Idempotency finds it cannot check the key), a keyed actor, and its store unreachable
     monkeypatch.setattr(idempotency, "STORE_ERROR_DELAY", 0.05)
-    dr.install(stub_broker, store)
+    stub_broker.add_middleware(dr.JobState(store))
+    stub_broker.add_middleware(dr.Idempotency(store))
     calls = []
 
     @dramatiq.actor(idempotency_key="k:{n}", track=("n",))
