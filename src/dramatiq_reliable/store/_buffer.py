@@ -55,6 +55,16 @@ def rank(op: dict[str, Any]) -> int:
     return NOISE if kind in NOISE_KINDS else RECORD
 
 
+def describe(op: dict[str, Any]) -> str:
+    """What a write is, in words, for the log."""
+    kind = str(op.get("k"))
+    job = op.get("job")
+    if kind == "finish":
+        outcome = job.get("outcome") if isinstance(job, dict) else None
+        return "a put-back event" if outcome == "deferred" else f"the final write ({outcome or 'end'})"
+    return {"due": "a due time", "start": "the start", "enqueue": "the enqueue"}.get(kind, f"a {kind!r} write")
+
+
 def _deferred(op: dict[str, Any]) -> bool:
     job = op.get("job")
     return isinstance(job, dict) and job.get("outcome") == "deferred"
@@ -229,6 +239,7 @@ class WriteBuffer:
                 del self._jobs[job_id]
 
     def _drop(self, entry: _Entry) -> None:
+        """Give ``entry`` up: count it, and log it (at once if it is the first, else every interval)."""
         name = RANKS[entry.rank]
         self.dropped[name] += 1
         metrics.inc("store_writes_dropped_total", rank=name)
@@ -238,14 +249,13 @@ class WriteBuffer:
         total = sum(self.dropped.values())
         logger.error(
             "Store write buffer full (%d writes): %d dropped since the store went away "
-            "(%d final, %d record, %d noise); just now the %s write %r of job %r.",
+            "(%d final, %d record, %d noise); the latest: %s of job %s.",
             self.size,
             total,
             self.dropped["final"],
             self.dropped["record"],
             self.dropped["noise"],
-            name,
-            entry.slot.op.get("k"),
+            describe(entry.slot.op),
             entry.slot.op.get("id"),
         )
         self._logged_drops, self._last_log = total, now

@@ -237,11 +237,12 @@ class Journal:
         with self._lock:
             self._closed = True
             self._cond.notify_all()
-        if self._backlog:
+            left = len(self._backlog)
             collapsed, dropped = self._backlog.episode()
+        if left:
             logger.warning(
                 "Closing with %d buffered store writes that could not be applied (%d more collapsed, %d dropped).",
-                len(self._backlog),
+                left,
                 collapsed,
                 sum(dropped.values()),
             )
