@@ -134,7 +134,7 @@ def finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
         return
     if isinstance(s.get("began"), dict):
         began = s["began"]
-        begin(b, entry, began, s.get("hist"), int(began["at"]) if "at" in began else None)
+        begin(b, entry, began, s.get("hist"), int(began["at"]) if "at" in began else at)
     outcome = s["outcome"]
     if outcome == "skipped" and s.get("dup") == ctx.op["id"]:
         event(b, rec, "skipped", s.get("detail"), s.get("hist"), at)

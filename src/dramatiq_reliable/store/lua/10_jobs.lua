@@ -120,7 +120,7 @@ on('finish', 20, 'job', function(ctx, s)
     touch(e)
     return
   end
-  if type(s.began) == 'table' then begin(e, s.began, s.hist, tonumber(s.began.at)) end
+  if type(s.began) == 'table' then begin(e, s.began, s.hist, tonumber(s.began.at) or at) end
   if out == 'skipped' and s.dup == ctx.op.id then
     -- A redelivery of a job that already completed: it keeps its status.
     event(rec, 'skipped', s.detail, s.hist, at)
