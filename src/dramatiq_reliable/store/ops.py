@@ -53,7 +53,12 @@ imports), ``bad`` (why malformed), ``queues``, ``before``, ``offset``, ``token``
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
 record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
 ``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),
-``hist`` (events kept).
+``hist`` (events kept), ``began`` (``finish`` only: ``{att, worker, at}``, the attempt's start,
+carried by its end when the journal collapsed the two during a store outage).
+
+Any op may carry ``at`` (ms): when it was made, set on the writes the journal buffered during a
+store outage. The ``job`` handlers then use it for the event's time (placed in the history in
+time order), ``start`` and ``fin``, instead of the batch's ``now``.
 
 ``idem`` section fields: ``key``, ``token`` (lease owner), ``lease`` / ``ttl`` (ms),
 ``unique``,
