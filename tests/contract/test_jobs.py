@@ -237,3 +237,15 @@ def test_a_late_put_back_goes_where_its_time_puts_it_with_the_status_of_then(sto
         ("running", NOW + 30),
         ("done", NOW + 40),
     ]
+
+
+def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
+    put_back = {**creation(), "outcome": "deferred", "att": 1, "detail": "put back: store unavailable"}
+    apply(store, {"k": "finish", "id": "r4", "at": NOW + 20, "job": put_back}, now=NOW + 90)
+    apply(store, {"k": "enqueue", "id": "r4", "at": NOW + 1, "job": creation(detail="enqueued")}, now=NOW + 95)
+    apply(store, {"k": "enqueue", "id": "r4", "job": creation(detail="enqueued")}, now=NOW + 99)  # once only
+    record = store.get_job("r4")
+    assert [(e.status, e.detail) for e in record.events] == [
+        ("queued", "enqueued"),
+        ("queued", "put back: store unavailable"),
+    ]

@@ -93,9 +93,9 @@ def enqueue(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
             entry.rec["due"] = s["due"]
         set_status(b, entry, "queued", s.get("detail"), s, op_time(ctx.op))
     else:
-        # The worker started it before this write landed: keep the history whole.
+        # A worker started or put it back before this write landed: keep the history whole.
         ev = entry.rec.setdefault("ev", [])
-        if not ev or ev[0][1] != "queued":
+        if not ev or ev[0][1] != "queued" or not str(ev[0][2]).startswith("enqueued"):
             ev.insert(0, [s.get("enq", b.now), "queued", s.get("detail") or "enqueued"])
             cap = int(s.get("hist", 50))
             del ev[: max(len(ev) - cap, 0)]

@@ -77,9 +77,10 @@ on('enqueue', 20, 'job', function(ctx, s)
     if s.due then e.rec.due = s.due end
     set_status(e, 'queued', s.detail, s, tonumber(ctx.op.at))
   else
-    -- The worker started it before this write landed: keep the history whole.
+    -- A worker started or put it back before this write landed: keep the history whole.
     local ev = e.rec.ev
-    if type(ev) == 'table' and (#ev == 0 or ev[1][2] ~= 'queued') then
+    local first = type(ev) == 'table' and ev[1] or nil
+    if type(ev) == 'table' and not (first and first[2] == 'queued' and string.sub(first[3] or '', 1, 8) == 'enqueued') then
       table.insert(ev, 1, {s.enq or NOW, 'queued', s.detail or 'enqueued'})
       local cap = tonumber(s.hist) or 50
       while #ev > cap do table.remove(ev, 1) end
