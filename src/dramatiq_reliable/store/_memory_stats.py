@@ -34,7 +34,7 @@ def _finish(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
     counts = _COUNTS.get(str(s.get("o")), ())
     if not counts:
         return
-    minute = b.now // 60_000
+    minute = int(ctx.op.get("at") or b.now) // 60_000  # a replayed write counts when it happened
     held = minutes(b.store)
     item = held.get(minute)
     if item is None or item[1] <= b.store.clock():

@@ -58,7 +58,12 @@ its minute, for the support page's charts): ``a`` (actor), ``q`` (queue), ``o`` 
 ``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
 record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
 ``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),
-``hist`` (events kept).
+``hist`` (events kept), ``began`` (``finish`` only: ``{att, worker, at}``, the attempt's start,
+carried by its end when the journal collapsed the two during a store outage).
+
+Any op may carry ``at`` (ms): when it was made, set on the writes the journal buffered during a
+store outage. The ``job`` handlers then use it for the event's time (placed in the history in
+time order), ``start`` and ``fin``, instead of the batch's ``now``.
 
 ``idem`` section fields: ``key`` (the claimed key: ``<actor>:<rendered>`` or ``msg:<id>``),
 ``token`` (lease owner), ``lease`` / ``ttl`` (ms), ``ukey`` (the key a ``unique`` job reserved),

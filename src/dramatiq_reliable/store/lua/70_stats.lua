@@ -26,7 +26,8 @@ end
 on('finish', 70, 'st', function(ctx, s)
   local counts = st_counts(s.o)
   if #counts == 0 then return end
-  local key = st_key(math.floor(NOW / 60000))
+  -- A write replayed after an outage counts in the minute it happened (``op.at``).
+  local key = st_key(math.floor((tonumber(ctx.op.at) or NOW) / 60000))
   local actor = tostring(s.a or '?')
   for _, name in ipairs(counts) do
     redis.call('HINCRBY', key, 'a\t' .. actor .. '\t' .. name, 1)
