@@ -197,3 +197,57 @@ def test_combined_filters_page_completely_and_check_the_other_index(store, inter
     )
     assert everything(key=("customer", "1"), actor="nobody") == []
     assert everything(actor="invoice", status="failed") == []
+
+
+def test_a_replayed_write_keeps_the_time_it_was_made(store) -> None:
+    # A start and an end buffered during an outage and replayed later, the end carrying the start
+    apply(store, {"k": "enqueue", "id": "r1", "job": creation(detail="enqueued")})
+    began = {"att": 1, "worker": "h:1:T", "at_ms": NOW + 10}
+    end = {"outcome": "done", "att": 1, "detail": "ok", "began": began}
+    apply(store, {"k": "finish", "id": "r1", "at_ms": NOW + 20, "job": end}, now=NOW + 60_000)
+    record = store.get_job("r1")
+    assert record.status is dr.Status.DONE and record.worker == "h:1:T" and record.attempts == 1
+    assert [(e.status, e.at.timestamp() * 1000) for e in record.events] == [
+        ("queued", NOW),
+        ("running", NOW + 10),
+        ("done", NOW + 20),
+    ]
+    assert record.started_at.timestamp() * 1000 == NOW + 10
+    assert record.finished_at.timestamp() * 1000 == NOW + 20
+
+
+def test_a_final_write_carrying_its_start_creates_a_missing_record(store) -> None:
+    end = {**creation(), "outcome": "failed", "att": 1, "detail": "boom", "began": {"att": 1, "worker": "w"}}
+    apply(store, {"k": "finish", "id": "r2", "at_ms": NOW + 5, "job": end}, now=NOW + 9)
+    record = store.get_job("r2")
+    assert record.status is dr.Status.FAILED and record.actor == "invoice" and record.args == {"order_id": 1}
+    assert [e.status for e in record.events] == ["running", "failed"]
+
+
+def test_a_late_put_back_goes_where_its_time_puts_it_with_the_status_of_then(store) -> None:
+    apply(store, {"k": "enqueue", "id": "r3", "job": creation(detail="enqueued")})
+    apply(store, {"k": "start", "id": "r3", "job": {"att": 1, "worker": "w"}}, now=NOW + 30)
+    apply(store, {"k": "finish", "id": "r3", "job": {"outcome": "done", "att": 1}}, now=NOW + 40)
+    # replayed afterwards by another process, made between the enqueue and the start
+    put_back = {"outcome": "deferred", "att": 1, "detail": "put back: store unavailable"}
+    apply(store, {"k": "finish", "id": "r3", "at_ms": NOW + 20, "job": put_back}, now=NOW + 90)
+    record = store.get_job("r3")
+    assert record.status is dr.Status.DONE
+    assert [(e.status, e.at.timestamp() * 1000) for e in record.events] == [
+        ("queued", NOW),
+        ("queued", NOW + 20),
+        ("running", NOW + 30),
+        ("done", NOW + 40),
+    ]
+
+
+def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
+    put_back = {**creation(), "outcome": "deferred", "att": 1, "detail": "put back: store unavailable"}
+    apply(store, {"k": "finish", "id": "r4", "at_ms": NOW + 20, "job": put_back}, now=NOW + 90)
+    apply(store, {"k": "enqueue", "id": "r4", "at_ms": NOW + 1, "job": creation(detail="enqueued")}, now=NOW + 95)
+    apply(store, {"k": "enqueue", "id": "r4", "job": creation(detail="enqueued")}, now=NOW + 99)  # once only
+    record = store.get_job("r4")
+    assert [(e.status, e.detail) for e in record.events] == [
+        ("queued", "enqueued"),
+        ("queued", "put back: store unavailable"),
+    ]

@@ -50,3 +50,12 @@ def test_the_counters_expire(store) -> None:
     if isinstance(store, dr.MemoryStore):
         store.clock = lambda: 10**14
     wait_until(lambda: store.stats_minutes(MINUTE, MINUTE) == {}, timeout=5, what="the counters to expire")
+
+
+def test_a_write_replayed_after_an_outage_counts_in_the_minute_it_happened(store) -> None:
+    # Given a final write made during an outage (it carries its own time) and applied 5 minutes later
+    late = {**finish("a", "done", wait=5), "at_ms": NOW}
+    store.apply({"now_ms": NOW + 5 * 60_000, "ops": [late]})
+    # Then it counts in the minute it happened, not in the minute it reached the store
+    got = store.stats_minutes(MINUTE, MINUTE + 5)
+    assert got == {MINUTE: {"a\tinvoice\tdone": 1, "w\tdefault": 5}}

@@ -151,11 +151,16 @@ class JobRun:
         """Add ``section`` to this message's ``kind`` op for ``journal``."""
         op = self.txns.get(journal)
         if op is not None and op["k"] != kind:
-            journal.submit(op, wait=False)
-            op = None
+            if kind == "finish" and op["k"] == "start" and "deferred" in self.data:
+                # Put back before it ran: there is no start to record, only the fields that
+                # create its record if it has none yet.
+                op = self.txns[journal] = _unstarted(op)
+            else:
+                journal.submit(op, wait=False)
+                op = None
         if op is None:
             op = self.txns[journal] = {"k": kind, "id": self.id}
-        op[section] = value
+        op[section] = {**op[section], **value} if section in op else value
 
     def commit(self, journal: Journal, *, wait: bool, retry: bool = True) -> Slot | None:
         """Submit the staged op for ``journal``; with ``wait``, return once applied.
@@ -230,6 +235,19 @@ class JobRun:
 def fallback_mask(msg: Message[Any]) -> Callable[[str], str]:
     """Without JobState: mask the values of secret keyword arguments and URL credentials."""
     return TextMask(secret_values({"*args": list(msg.args or ()), **(msg.kwargs or {})}))
+
+
+#: Fields of a start's ``job`` section that create the record.
+_CREATION = ("actor", "queue", "maxr", "enq", "args", "keys", "hist")
+
+
+def _unstarted(start: dict[str, Any]) -> dict[str, Any]:
+    """The finish op of a message put back before it ran, with what its staged start would create."""
+    op: dict[str, Any] = {"k": "finish", "id": start["id"]}
+    job = start.get("job")
+    if isinstance(job, dict):
+        op["job"] = {f: job[f] for f in _CREATION if f in job}
+    return op
 
 
 def message_of(message: Message[Any] | MessageProxy) -> Message[Any]:

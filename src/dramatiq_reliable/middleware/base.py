@@ -22,6 +22,7 @@ from dramatiq.middleware import Retries
 from .. import metrics, sentry
 from .._clock import now_ms
 from ..actors.context import set_current
+from ..store._buffer import RANKS
 from ._run import JobRun
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ class ReliableMiddleware(dramatiq.Middleware):
         for actor in list(broker.actors.values()):
             metrics.declare_actor(actor.actor_name, actor.queue_name)
         metrics.declare("store_writes_buffered_total")
-        metrics.declare("store_writes_dropped_total")
+        metrics.declare("store_writes_collapsed_total")
+        for rank in RANKS:
+            metrics.declare("store_writes_dropped_total", rank=rank)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)

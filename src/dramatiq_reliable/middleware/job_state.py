@@ -184,7 +184,8 @@ class JobState(ReliableMiddleware):
         if self.history != DEFAULT_HISTORY:
             fields["hist"] = self.history
         run.stage(journal, "finish", "job", fields)
-        run.stage(journal, "finish", "st", _stats_section(run, status))
+        if status != "deferred":  # a put-back counts nothing in the charts
+            run.stage(journal, "finish", "st", _stats_section(run, status))
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self.journal.flush()

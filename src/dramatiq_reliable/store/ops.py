@@ -1,7 +1,10 @@
 """The op schema: what a batch passed to :meth:`Store.apply` holds, typed.
 
 An op is the transition of one job: ``{"k": kind, "id": job id, <section>: {...}, ...}``
-(``id`` is ``"-"`` for the per-process kinds). Each middleware contributes its own section to
+(``id`` is ``"-"`` for the per-process kinds). An op the journal buffered while the store was
+unreachable also carries ``at_ms``, when it was made (by its sender's clock: it dates events
+for people and decides nothing): the ``job`` and ``st`` handlers date it then, and place its
+events in the history in time order. Each middleware contributes its own section to
 the op of a message (``job`` for JobState, ``idem`` for Idempotency, ``wd`` for the Watchdog,
 ``dead`` for DeadLetters, ``al`` for Alerts, ``st`` for the counters, ``cron`` for the
 scheduler). The library (``store/lua``) registers a handler per (kind, section), with a
@@ -80,6 +83,17 @@ class StartJob(_StartJob, JobCreation, total=False):
     worker: str
 
 
+class _BeganJob(TypedDict):
+    att: int
+
+
+class BeganJob(_BeganJob, total=False):
+    """The start of an attempt, carried by its end when the journal collapsed the two."""
+
+    worker: str
+    at_ms: int
+
+
 class _FinishJob(TypedDict):
     #: done, retrying, failed, skipped or deferred.
     outcome: str
@@ -90,6 +104,7 @@ class FinishJob(_FinishJob, JobCreation, total=False):
     err: dict[str, str]
     dup: str
     next_ms: int
+    began: BeganJob
 
 
 class _ReplayJob(TypedDict):

@@ -1,12 +1,27 @@
 -- JobState: the job record. Section "job".
+--
+-- An op replayed after a store outage carries ``op.at_ms``, the time it was made (by its
+-- sender's clock: it dates events for people, it decides nothing): its events and times take
+-- that time, and its events go in the history where that time puts them.
 
 -- Creation fields: used when the record does not exist yet (``enq_ms`` is stored as ``enq``).
 local CREATION = {actor = 'actor', queue = 'queue', maxr = 'maxr', enq_ms = 'enq', args = 'args'}
 
-local function event(rec, status, detail, hist)
+local function op_time(op) return tonumber(op.at_ms) end
+
+-- Add an event (at ``at`` in time order, else now, last). ``status`` nil: as the job was then.
+local function event(rec, status, detail, hist, at)
   local ev = rec.ev
   if type(ev) ~= 'table' then ev = {}; rec.ev = ev end
-  table.insert(ev, {NOW, status, detail or ''})
+  local i = #ev + 1
+  if at then
+    while i > 1 and (tonumber(ev[i - 1][1]) or 0) > at do i = i - 1 end
+  end
+  if status == nil then
+    -- Appended: the status now; else that of the event before (a job starts queued).
+    if i > #ev then status = rec.status elseif i > 1 then status = ev[i - 1][2] else status = 'queued' end
+  end
+  table.insert(ev, i, {at or NOW, status, detail or ''})
   local cap = tonumber(hist) or 50
   while #ev > cap do table.remove(ev, 1) end
 end
@@ -31,10 +46,32 @@ local function ensure(id, s, status)
   return e
 end
 
-local function set_status(e, status, detail, s)
+local function set_status(e, status, detail, s, at)
   e.rec.status = status
-  event(e.rec, status, detail, s.hist)
+  event(e.rec, status, detail, s.hist, at)
   touch(e)
+end
+
+-- A delivery begins (``s``: att, worker): ``running``, "redelivered" if it was running already.
+local function begin(e, s, hist, at)
+  local rec = e.rec
+  local prev = rec.status
+  local att = tonumber(s.att) or 1
+  local again = (not e.new) and (prev == 'running' or prev == 'stuck' or prev == 'abandoned')
+    and (rec.att or 0) >= att
+  if prev == 'retrying' and not e.new then
+    -- The "due" write of the delay's end may arrive after this start: keep the history whole.
+    event(rec, 'queued', 'due: attempt ' .. att, hist, at)
+  end
+  rec.att = math.max(rec.att or 0, att)
+  rec.start = at or NOW
+  rec.worker = s.worker
+  rec.next = nil
+  rec.fin = nil
+  rec.stack = nil
+  local detail = 'attempt ' .. rec.att .. ' on ' .. (s.worker or '?')
+  if again then detail = 'redelivered: ' .. detail end
+  set_status(e, 'running', detail, {hist = hist}, at)
 end
 
 on('enqueue', 20, 'job',
@@ -45,11 +82,13 @@ on('enqueue', 20, 'job',
   if not e.rec then
     e = ensure(ctx.op.id, s, 'queued')
     if s.due_ms then e.rec.due = s.due_ms end
-    set_status(e, 'queued', s.detail, s)
+    set_status(e, 'queued', s.detail, s, op_time(ctx.op))
   else
-    -- The worker started it before this write landed: keep the history whole.
+    -- A worker started or put it back before this write landed: keep the history whole.
     local ev = e.rec.ev
-    if type(ev) == 'table' and (#ev == 0 or ev[1][2] ~= 'queued') then
+    local first = type(ev) == 'table' and ev[1] or nil
+    if type(ev) == 'table'
+      and not (first and first[2] == 'queued' and string.sub(first[3] or '', 1, 8) == 'enqueued') then
       table.insert(ev, 1, {s.enq_ms or NOW, 'queued', s.detail or 'enqueued'})
       local cap = tonumber(s.hist) or 50
       while #ev > cap do table.remove(ev, 1) end
@@ -70,79 +109,64 @@ on('start', 20, 'job',
   {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
     hist = 'number?', detail = 'string?', att = 'number', worker = 'string?'},
   function(ctx, s)
-  local id = ctx.op.id
-  local e = ensure(id, s, 'running')
-  local rec = e.rec
-  local prev = rec.status
-  local att = tonumber(s.att) or 1
-  local again = (not e.new) and (prev == 'running' or prev == 'stuck' or prev == 'abandoned')
-    and (rec.att or 0) >= att
-  if prev == 'retrying' and not e.new then
-    -- The "due" write of the delay's end may arrive after this start: keep the history whole.
-    event(rec, 'queued', 'due: attempt ' .. att, s.hist)
-  end
-  rec.att = math.max(rec.att or 0, att)
-  rec.start = NOW
-  rec.worker = s.worker
-  rec.next = nil
-  rec.fin = nil
-  rec.stack = nil
-  local detail = 'attempt ' .. rec.att .. ' on ' .. (s.worker or '?')
-  if again then detail = 'redelivered: ' .. detail end
-  set_status(e, 'running', detail, s)
+  begin(ensure(ctx.op.id, s, 'running'), s, s.hist, op_time(ctx.op))
 end)
 
+-- ``began`` (att, worker, at_ms): the start of this attempt, carried by its end when both were
+-- buffered during a store outage.
 on('finish', 20, 'job',
   {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
     hist = 'number?', detail = 'string?', outcome = 'string', att = 'number?', err = 'table?', dup = 'string?',
-    next_ms = 'number?'},
+    next_ms = 'number?', began = 'table?'},
   function(ctx, s)
+  local at = op_time(ctx.op)
   local e = ensure(ctx.op.id, s, s.outcome == 'deferred' and 'queued' or 'running')
   local rec = e.rec
   local att = tonumber(s.att)
   if att and (rec.att or 0) > att then
     -- The late result of an older attempt; a newer one has started since. Keep its status.
-    event(rec, rec.status, 'late result of attempt ' .. att .. ': ' .. s.outcome, s.hist)
+    event(rec, rec.status, 'late result of attempt ' .. att .. ': ' .. s.outcome, s.hist, at)
     touch(e)
     return
   end
   local out = s.outcome
   if out == 'deferred' then
     -- Put back without running (its key was busy, or the store was down): the status stays.
-    event(rec, rec.status, s.detail, s.hist)
+    event(rec, nil, s.detail, s.hist, at)
     touch(e)
     return
   end
+  if type(s.began) == 'table' then begin(e, s.began, s.hist, tonumber(s.began.at_ms) or at) end
   if out == 'skipped' and s.dup == ctx.op.id then
     -- A redelivery of a job that already completed: it keeps its status.
-    event(rec, 'skipped', s.detail, s.hist)
+    event(rec, 'skipped', s.detail, s.hist, at)
     touch(e)
     return
   end
   if att then rec.att = math.max(rec.att or 0, att) end
   if s.err then rec.err = s.err end
   rec.stack = nil
+  rec.wp = nil  -- the Watchdog's process: only while it runs
   if out == 'done' then
-    rec.fin = NOW
+    rec.fin = at or NOW
     rec.next = nil
   elseif out == 'retrying' then
     rec.next = s.next_ms
     rec.fin = nil
   elseif out == 'failed' then
-    rec.fin = NOW
+    rec.fin = at or NOW
     rec.next = nil
   elseif out == 'skipped' then
-    rec.fin = NOW
+    rec.fin = at or NOW
     if s.dup then rec.dup = s.dup end
   end
-  rec.wp = nil  -- the Watchdog's process: only while it runs
-  set_status(e, out, s.detail, s)
+  set_status(e, out, s.detail, s, at)
 end)
 
 on('due', 20, 'job', {hist = 'number?', detail = 'string?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'retrying' then
-    set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s)
+    set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s, op_time(ctx.op))
   end
 end)
 

@@ -28,7 +28,8 @@ on('finish', 70, 'st', {a = 'string', q = 'string?', o = 'string', wait_ms = 'nu
   function(ctx, s)
   local counts = st_counts(s.o)
   if #counts == 0 then return end
-  local key = st_key(math.floor(NOW / 60000))
+  -- A write replayed after an outage counts in the minute it happened (``op.at_ms``).
+  local key = st_key(math.floor((op_time(ctx.op) or NOW) / 60000))
   local actor = tostring(s.a or '?')
   for _, name in ipairs(counts) do
     redis.call('HINCRBY', key, 'a\t' .. actor .. '\t' .. name, 1)

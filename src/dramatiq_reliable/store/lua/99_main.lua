@@ -40,9 +40,10 @@ local function run_op(op)
   local list = HANDLERS[op.k]
   if not list then return {error = 'unknown op kind: ' .. tostring(op.k)} end
   if type(op.id) ~= 'string' then return {error = 'op ' .. op.k .. ' without a string id'} end
+  if op.at_ms ~= nil and type(op.at_ms) ~= 'number' then return {error = 'op ' .. op.k .. ': at_ms must be a number'} end
   local schema = SCHEMA[op.k]
   for name, section in pairs(op) do
-    if name ~= 'k' and name ~= 'id' then
+    if name ~= 'k' and name ~= 'id' and name ~= 'at_ms' then
       local spec = schema[name]
       if not spec then
         return {error = 'op ' .. op.k .. ' takes no section ' .. tostring(name), section = name}
