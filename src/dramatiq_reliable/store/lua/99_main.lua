@@ -1,35 +1,43 @@
 -- The functions: run a batch, and describe the registered op schema.
 
--- kind -> {{priority, section, fn}, ...} in priority order; kind -> section -> {priority, fields}.
-local HANDLERS, SCHEMA
+-- kind -> {{priority, section, fn}, ...} in priority order; kind -> section -> {priority, fields};
+-- kind -> section -> {types = {field = type}, required = {field, ...}} (what the check reads).
+local HANDLERS, SCHEMA, CHECKS
 
 -- Index the handlers ``on`` listed (once per load of the library: its first call).
 local function index()
-  HANDLERS, SCHEMA = {}, {}
+  HANDLERS, SCHEMA, CHECKS = {}, {}, {}
   for _, h in ipairs(REGISTERED) do
     HANDLERS[h.kind] = HANDLERS[h.kind] or {}
     table.insert(HANDLERS[h.kind], {h.priority, h.section, h.fn})
     SCHEMA[h.kind] = SCHEMA[h.kind] or {}
     SCHEMA[h.kind][h.section] = {priority = h.priority, fields = h.fields}
+    local types, required = {}, {}
+    for name, spec in pairs(h.fields) do
+      types[name] = string.match(spec, '^(%a+)')
+      if string.sub(spec, -1) ~= '?' then table.insert(required, name) end
+    end
+    CHECKS[h.kind] = CHECKS[h.kind] or {}
+    CHECKS[h.kind][h.section] = {types = types, required = required}
   end
   for _, list in pairs(HANDLERS) do
     table.sort(list, function(a, b) return a[1] < b[1] end)
   end
 end
 
--- Why ``section`` does not match ``fields`` (nil when it does).
-local function check(section, fields)
+-- Why ``section`` does not match its handler's fields (``spec``, from CHECKS; nil when it does).
+local function check(section, spec)
   if type(section) ~= 'table' then return 'not an object' end
+  local types = spec.types
   for name, value in pairs(section) do
-    local spec = fields[name]
-    if not spec then return 'unknown field ' .. tostring(name) end
-    local want = string.match(spec, '^(%a+)')
+    local want = types[name]
+    if not want then return 'unknown field ' .. tostring(name) end
     if want ~= 'any' and type(value) ~= want then
       return 'field ' .. name .. ' must be a ' .. want .. ', not a ' .. type(value)
     end
   end
-  for name, spec in pairs(fields) do
-    if string.sub(spec, -1) ~= '?' and section[name] == nil then return 'missing field ' .. name end
+  for _, name in ipairs(spec.required) do
+    if section[name] == nil then return 'missing field ' .. name end
   end
   return nil
 end
@@ -41,14 +49,14 @@ local function run_op(op)
   if not list then return {error = 'unknown op kind: ' .. tostring(op.k)} end
   if type(op.id) ~= 'string' then return {error = 'op ' .. op.k .. ' without a string id'} end
   if op.at_ms ~= nil and type(op.at_ms) ~= 'number' then return {error = 'op ' .. op.k .. ': at_ms must be a number'} end
-  local schema = SCHEMA[op.k]
+  local checks = CHECKS[op.k]
   for name, section in pairs(op) do
     if name ~= 'k' and name ~= 'id' and name ~= 'at_ms' then
-      local spec = schema[name]
+      local spec = checks[name]
       if not spec then
         return {error = 'op ' .. op.k .. ' takes no section ' .. tostring(name), section = name}
       end
-      local why = check(section, spec.fields)
+      local why = check(section, spec)
       if why then return {error = op.k .. '.' .. name .. ': ' .. why, section = name} end
     end
   end
