@@ -94,7 +94,7 @@ class Loader:
                 self.check_version(client)
             others: list[str] = []
             loaded: str | None = None
-            for lib in client.function_list(library=FAMILY):
+            for lib in client.function_list(library=FAMILY + "*"):
                 fields = {_text(k): v for k, v in (lib.items() if isinstance(lib, dict) else _pairs(lib))}
                 name = _text(fields.get("library_name", ""))
                 if name == NAME:
