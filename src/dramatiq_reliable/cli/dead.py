@@ -13,6 +13,7 @@ from .._context import CliState, echo_json, run_command
 from ..errors import ConfigurationError
 from ..records import DeadResult
 from . import dead_render as render
+from .render import corrupt_note
 
 #: Dead letters read per page when collecting ``--all``.
 PAGE = 1_000
@@ -59,7 +60,6 @@ def list_(
 ) -> int:
     """List dead letters, newest first, with the error that killed each."""
     since_at = time_ago("--since", since)
-    _store_only_note(state)
     page = api.find(
         state.store(),
         _broker(state, required=False),
@@ -70,6 +70,9 @@ def list_(
         limit=limit,
         cursor=cursor,
     )
+    _store_only_note(state)
+    if page.corrupt:
+        click.echo(corrupt_note(page.corrupt, "dead show"), err=True)
     if as_json:
         echo_json([letter.to_json() for letter in page])
         return 0
@@ -214,8 +217,8 @@ def purge(
 @run_command
 def stats(state: CliState, as_json: bool) -> int:
     """Count dead letters by actor and error type, and per queue."""
-    _store_only_note(state)
     result = api.stats(state.store(), _broker(state, required=False))
+    _store_only_note(state)
     if as_json:
         echo_json(result.to_json())
     else:

@@ -85,8 +85,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import _stored
 from .._clock import now_ms
-from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
@@ -227,6 +228,8 @@ class RedisStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         data = _paging.decode_record(self._call("a read", self.client.get, self.k("job", job_id)))
+        if isinstance(data, _stored.Corrupt):
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: {data.reason}", job_id)
         return JobRecord.from_stored(data, job_id) if data else None
 
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
@@ -280,7 +283,7 @@ class RedisStore(Store):
             offset += len(rows)
         return out[:count]
 
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | _stored.Corrupt | None]:
         if not ids:
             return []
         raws = self._call("a read", self.client.mget, [self.k("job", i) for i in ids])
@@ -334,13 +337,13 @@ class RedisStore(Store):
         bottom: float | str = "-inf" if low == float("-inf") else low
         return self._zpage(self.prefix + "deads:" + index, top, bottom, position, count)
 
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         if not ids:
             return []
         keys = [self.k("dead", i) for i in ids] + [self.k("job", i) for i in ids]
         raws = self._call("a read", self.client.mget, keys)
         n = len(ids)
-        return [(_dead.decode(raws[i]), _paging.decode_object(raws[n + i])) for i in range(n)]
+        return [(_dead.decode(raws[i]), _stored.decode_object(raws[n + i])) for i in range(n)]
 
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:
         return self.get_dead_letters([job_id])[0]
@@ -349,8 +352,9 @@ class RedisStore(Store):
         out: list[DeadLetter | None] = []
         now = now_ms()
         for i in range(0, len(job_ids), 500):
-            for d, job in self._load_dead(job_ids[i : i + 500]):
-                out.append(_dead.build(d, job) if d is not None and int(d.get("exp") or 0) > now else None)
+            chunk = job_ids[i : i + 500]
+            for job_id, (d, job) in zip(chunk, self._load_dead(chunk), strict=True):
+                out.append(_dead.view(job_id, d, job, now))
         return out
 
     def dead_letter_stats(self) -> DeadStats:
