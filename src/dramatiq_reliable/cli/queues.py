@@ -107,11 +107,12 @@ def _broker(state: CliState, app: str | None, namespace: str | None) -> tuple[An
             raise ConfigurationError(f"cannot import app {app!r}: {exc}") from None
         declared = sorted(app_broker.get_declared_queues())
     if state.broker_url:
-        from ..brokers import broker_from_url, check_broker_url
+        from ..brokers import broker_from_url, check_broker_url, ping_broker
 
         options = {"namespace": namespace} if namespace and check_broker_url(state.broker_url) == "redis" else {}
         broker = broker_from_url(state.broker_url, **options)
         state._broker = broker  # closed with the command
+        ping_broker(broker)
         return broker, declared
     if app_broker is None:
         raise ConfigurationError("queues needs --broker URL (or DRAMATIQ_RELIABLE_BROKER), or --app MODULE")

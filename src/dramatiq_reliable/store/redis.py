@@ -87,6 +87,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _stored
 from .._clock import now_ms
+from .._urls import check_redis_query, hide_password, safe_reason
 from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
@@ -105,16 +106,6 @@ def _script_source() -> str:
     folder = resources.files(__package__).joinpath("lua")
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".lua"))
     return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
-
-
-def hide_password(url: str) -> str:
-    """``redis://:secret@host/1`` → ``redis://:***@host/1``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class RedisStore(Store):
@@ -143,8 +134,11 @@ class RedisStore(Store):
         socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__()
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         prefixes = [v for k, v in query if k == "prefix"]
         if prefixes:
             prefix = prefixes[-1]
@@ -153,6 +147,7 @@ class RedisStore(Store):
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {hide_password(url)!r} (expected redis:// or rediss://)")
+        check_redis_query([k for k, _ in query], ("prefix",), url, "store")
         try:
             _ = parts.port
             self.client: redis.Redis = redis.Redis.from_url(
@@ -162,7 +157,7 @@ class RedisStore(Store):
                 health_check_interval=30,
             )
         except ValueError as exc:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {exc}") from None
+            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
         self.url = hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
@@ -180,6 +175,9 @@ class RedisStore(Store):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
         except RedisError as exc:
+            if "DB index is out of range" in str(exc):
+                # The URL names a database the server does not have: the store cannot be used.
+                raise StoreUnavailable(f"store {self.url} unusable: the server has no such database ({exc})") from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
 
     def k(self, *parts: str) -> str:
