@@ -377,3 +377,22 @@ def test_web_command_serves_the_page_it_was_asked_for(tmp_path, monkeypatch, cap
     assert http.get("/act/replay", params={"id": "x"}).status_code == 403
     # and a Host header of another name is refused (DNS rebinding)
     assert TestClient(served["app"], base_url="http://evil.example").get("/").status_code == 400
+
+
+def test_corrupt_records_are_marked_and_the_pages_keep_working(shop: SimpleNamespace) -> None:
+    # Given a job record and a dead letter whose fields something else overwrote
+    shop.store.records[shop.ok][0]["att"] = "many"
+    shop.store.dead_records[shop.bad]["dead"] = 1e300
+    web = client(shop)
+    # Then the search lists the readable jobs and marks the corrupt one
+    page = web.get("/")
+    assert page.status_code == 200 and f"/jobs/{shop.bad}" in page.text
+    assert f'corrupt record <a href="/jobs/{shop.ok}">{shop.ok}</a>' in page.text
+    # And its own page says what is wrong with it
+    page = web.get(f"/jobs/{shop.ok}")
+    assert page.status_code == 422 and "attempts &#39;many&#39; is not a number" in page.text
+    # And the dead letters page marks the corrupt dead letter; its page says why
+    page = web.get("/dead")
+    assert page.status_code == 200 and f'corrupt record <a href="/dead/{shop.bad}">{shop.bad}</a>' in page.text
+    page = web.get(f"/dead/{shop.bad}")
+    assert page.status_code == 422 and "is out of range" in page.text
