@@ -66,6 +66,10 @@ def queues(
         raise ConfigurationError(
             "--max-age needs --peek on RabbitMQ: AMQP cannot read a message's age without taking it (see --help)"
         )
+    if state.broker_url:
+        from ..brokers import ping_broker
+
+        ping_broker(broker)  # after the usage checks: an unreachable broker is one line naming its URL
     wanted = list(dict.fromkeys(names)) or declared or discover_queues(broker)
     stats = queue_stats(broker, wanted, peek=peek) if wanted else []
     problems = {s.queue: s.problems(max_age=age_limit, max_depth=max_depth) for s in stats}
@@ -107,12 +111,11 @@ def _broker(state: CliState, app: str | None, namespace: str | None) -> tuple[An
             raise ConfigurationError(f"cannot import app {app!r}: {exc}") from None
         declared = sorted(app_broker.get_declared_queues())
     if state.broker_url:
-        from ..brokers import broker_from_url, check_broker_url, ping_broker
+        from ..brokers import broker_from_url, check_broker_url
 
         options = {"namespace": namespace} if namespace and check_broker_url(state.broker_url) == "redis" else {}
         broker = broker_from_url(state.broker_url, **options)
         state._broker = broker  # closed with the command
-        ping_broker(broker)
         return broker, declared
     if app_broker is None:
         raise ConfigurationError("queues needs --broker URL (or DRAMATIQ_RELIABLE_BROKER), or --app MODULE")
