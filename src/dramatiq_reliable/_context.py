@@ -40,8 +40,9 @@ class CliState:
             self._store = open_store(self.store_url or DEFAULT_STORE_URL)
         return self._store
 
-    def broker(self) -> Any:
-        """The broker (``--broker``), built and pinged once.
+    def broker(self, *, ping: bool = True) -> Any:
+        """The broker (``--broker``), built once, and pinged unless ``ping`` is false (a command
+        that reports per id what an unreachable broker prevented).
 
         Raises:
           ConfigurationError: no broker URL, or a malformed one.
@@ -53,7 +54,8 @@ class CliState:
             from .brokers import broker_from_url, ping_broker
 
             self._broker = broker_from_url(self.broker_url)
-            ping_broker(self._broker)
+            if ping:
+                ping_broker(self._broker)
         return self._broker
 
     def close(self) -> None:
