@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _stored
 from .._clock import now_ms
+from .._stored import Corrupt
+from ..errors import CorruptRecord
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import TERMINAL, Status
@@ -228,8 +231,10 @@ class MemoryStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         with self.lock:
-            rec = self._get_record(job_id)
-            return JobRecord.from_stored(json.loads(json.dumps(rec)), job_id) if rec else None
+            data = _copy(self._get_record(job_id), _paging.decode_record)
+        if isinstance(data, Corrupt):
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: {data.reason}", job_id)
+        return JobRecord.from_stored(data, job_id) if data else None
 
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
         with self.lock:
@@ -253,13 +258,9 @@ class MemoryStore(Store):
         entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
         return [e for e in entries if _paging.after(e, position)][:count]
 
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | Corrupt | None]:
         with self.lock:
-            out = []
-            for job_id in ids:
-                rec = self._get_record(job_id)
-                out.append(json.loads(json.dumps(rec)) if rec else None)
-            return out
+            return [_copy(self._get_record(job_id), _paging.decode_record) for job_id in ids]
 
     # -- step checkpoints -----------------------------------------------------------------------
 
@@ -304,18 +305,19 @@ class MemoryStore(Store):
         entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
         return [e for e in entries if _paging.after(e, position)][:count]
 
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         with self.lock:
-            out: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
-            for job_id in ids:
-                d = self.dead_records.get(job_id)
-                rec = self._get_record(job_id)
-                out.append((json.loads(json.dumps(d)) if d else None, json.loads(json.dumps(rec)) if rec else None))
-            return out
+            return [
+                (
+                    _copy(self.dead_records.get(job_id), _dead.decode),
+                    _copy(self._get_record(job_id), _stored.decode_object),
+                )
+                for job_id in ids
+            ]
 
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:
         d, job = self._load_dead([job_id])[0]
-        return _dead.build(d, job) if d is not None and int(d.get("exp") or 0) > self.clock() else None
+        return _dead.view(job_id, d, job, self.clock())
 
     def dead_letter_stats(self) -> DeadStats:
         with self.lock:
@@ -350,3 +352,18 @@ class MemoryStore(Store):
         names = statuses_to_count(statuses)
         with self.lock:
             return {name: len(self.indexes.get(f"status:{name}", {})) for name in names}
+
+
+def _copy(
+    rec: dict[str, Any] | None, decode: Callable[[str], dict[str, Any] | Corrupt | None]
+) -> dict[str, Any] | Corrupt | None:
+    """A copy of a stored record, read as ``RedisStore`` reads its JSON (``None`` stays ``None``)."""
+    if not rec:
+        return None
+    try:
+        raw = json.dumps(rec)
+    except RecursionError:
+        return Corrupt("JSON nested too deep")
+    except (TypeError, ValueError) as exc:
+        return Corrupt(f"not JSON ({exc})")
+    return decode(raw)
