@@ -102,8 +102,8 @@ def parse_duration(text: str) -> float:
     except ValueError:
         pass
     else:
-        if value < 0:
-            raise ValueError(f"negative duration: {text!r}")
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"not a duration: {text!r} (use a number of seconds >= 0, or e.g. 30s, 10m, 2h, 7d)")
         return value
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
@@ -125,6 +125,8 @@ def time_ago(option: str, text: str | None) -> datetime | None:
         return None
     try:
         seconds = parse_duration(text)
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
     except ValueError as exc:
         raise ConfigurationError(f"{option}: {exc}") from None
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    except OverflowError:
+        raise ConfigurationError(f"{option}: {text!r} reaches back before the year 1") from None

@@ -31,7 +31,7 @@ from typing import Any
 
 import dramatiq
 
-from . import metrics
+from . import _validate, metrics
 from ._clock import format_duration, now_ms
 from ._ticks import keepalive, run_loop
 from .actors.cron import FIRE_OPTION, SCHEDULE_OPTION, Schedule, registry_of
@@ -87,9 +87,8 @@ class Scheduler:
         schedules: Iterable[Schedule] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        for option, value in (("misfire_grace", misfire_grace), ("claim_lease", claim_lease)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{option} must be a positive number of seconds, not {value!r}")
+        misfire_grace = _validate.seconds("misfire_grace", misfire_grace)
+        claim_lease = _validate.seconds("claim_lease", claim_lease)
         if claim_lease >= misfire_grace:
             raise ConfigurationError(
                 f"claim_lease ({claim_lease:g}s) must be less than misfire_grace ({misfire_grace:g}s): a tick whose "

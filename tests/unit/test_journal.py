@@ -184,7 +184,7 @@ def test_put_back_churn_never_crowds_out_final_writes(store, caplog) -> None:
 
     # And once the store is back, every final write is applied
     store.down = False
-    wait_for(lambda: not journal.degraded)
+    wait_for(lambda: not journal.degraded and "Store reachable again" in caplog.text)
     for job_id in [*(f"done{i}" for i in range(10)), *(f"late{c}" for c in range(5))]:
         record = store.get_job(job_id)
         assert record is not None and record.status.value == "done", job_id

@@ -13,6 +13,7 @@ from .._context import CliState, echo_json, run_command
 from ..errors import ConfigurationError
 from ..records import DeadResult
 from . import dead_render as render
+from .render import corrupt_note
 
 #: Dead letters read per page when collecting ``--all``.
 PAGE = 1_000
@@ -59,7 +60,6 @@ def list_(
 ) -> int:
     """List dead letters, newest first, with the error that killed each."""
     since_at = time_ago("--since", since)
-    _store_only_note(state)
     page = api.find(
         state.store(),
         _broker(state, required=False),
@@ -70,6 +70,9 @@ def list_(
         limit=limit,
         cursor=cursor,
     )
+    _store_only_note(state)
+    if page.corrupt:
+        click.echo(corrupt_note(page.corrupt, "dead show"), err=True)
     if as_json:
         echo_json([render.shown_json(letter) for letter in page])
         return 0
@@ -174,7 +177,8 @@ def replay(
     """
     selected = _select(state, ids, select_all, queue=queue, actor=actor)
     _confirm("Replay", selected, select_all, yes, dry_run)
-    results = api.replay(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    # Not pinged: each id's line says what an unreachable broker prevented.
+    results = api.replay(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
     return _report(results, as_json)
 
 
@@ -204,7 +208,7 @@ def purge(
     before = time_ago("--older-than", older_than)
     selected = _select(state, ids, select_all, queue=queue, actor=actor, before=before)
     _confirm("Purge", selected, select_all, yes, dry_run)
-    results = api.purge(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    results = api.purge(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
     return _report(results, as_json)
 
 
@@ -214,8 +218,8 @@ def purge(
 @run_command
 def stats(state: CliState, as_json: bool) -> int:
     """Count dead letters by actor and error type, and per queue."""
-    _store_only_note(state)
     result = api.stats(state.store(), _broker(state, required=False))
+    _store_only_note(state)
     if as_json:
         echo_json(result.to_json())
     else:

@@ -7,7 +7,7 @@ import click
 from .._context import CliState, echo_json, run_command
 from ..errors import ConfigurationError, NotFound
 from ..status import Status
-from .render import job_detail, job_table
+from .render import corrupt_note, job_detail, job_table
 
 
 @click.group()
@@ -62,11 +62,13 @@ def list_(
 ) -> int:
     """List jobs, newest first, filtered by status, actor and business key."""
     page = state.store().find_jobs(status=status, actor=actor, key=parse_key(key), limit=limit, cursor=cursor)
+    if page.corrupt:
+        click.echo(corrupt_note(page.corrupt, "jobs show"), err=True)
     if as_json:
         echo_json([record.to_json() for record in page])
         return 0
     if not page.items:
-        click.echo("No jobs match.")
+        click.echo("No jobs match." if not page.corrupt else "No readable jobs match.")
         return 0
     click.echo(job_table(page.items))
     if page.cursor:

@@ -65,6 +65,10 @@ def queues(
     if check and age_limit is None and max_depth is None:
         raise ConfigurationError("--check needs --max-age and/or --max-depth")
     broker, declared = _broker(state, app, namespace)
+    if state.broker_url:
+        from ..brokers import ping_broker
+
+        ping_broker(broker)  # after the usage checks: an unreachable broker is one line naming its URL
     # An app's check covers the app's queues: another app's queue on the same server is not its business.
     wanted = list(dict.fromkeys(names)) or declared or _all_queues(broker)
     stats = queue_stats(broker, wanted, known=declared) if wanted else []

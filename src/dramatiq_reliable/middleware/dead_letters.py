@@ -10,7 +10,7 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 
-from ..errors import ConfigurationError
+from .. import _validate
 from ..store.base import Store
 from ..store.ops import compact
 from ._run import JobRun, one_line
@@ -54,8 +54,7 @@ class DeadLetters(ReliableMiddleware):
 
     def __init__(self, store: Store, *, retention: float = DEFAULT_RETENTION) -> None:
         super().__init__(store)
-        if not isinstance(retention, (int, float)) or retention <= 0:
-            raise ConfigurationError(f"retention must be a positive number of seconds, not {retention!r}")
+        retention = _validate.seconds("retention", retention)
         self.retention = retention
         self._queues: set[str] = set()
         self._queues_lock = threading.Lock()

@@ -12,7 +12,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import SkipMessage
 
-from .. import metrics
+from .. import _validate, metrics
 from .._snapshot import signature
 from ..actors.context import current_run
 from ..actors.once import CHECKPOINTS, Checkpoints
@@ -107,11 +107,9 @@ class Idempotency(ReliableMiddleware):
         on_store_error: str = "retry",
     ) -> None:
         super().__init__(store)
-        for name, value in (("ttl", ttl), ("lease", lease)):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-        if on_store_error not in ("retry", "run"):
-            raise ConfigurationError(f"on_store_error must be 'retry' or 'run', not {on_store_error!r}")
+        ttl = _validate.seconds("ttl", ttl)
+        lease = _validate.seconds("lease", lease)
+        on_store_error = _validate.choice("on_store_error", on_store_error, ("retry", "run"))
         self.ttl = ttl
         self.lease = lease
         self.on_store_error = on_store_error
@@ -137,12 +135,9 @@ class Idempotency(ReliableMiddleware):
         name = actor.actor_name
         template = options.get("idempotency_key")
         self._templates[name] = KeyTemplate(name, actor.fn, template) if template is not None else None
-        unique = options.get("unique", False)
-        if not isinstance(unique, bool):
-            raise ConfigurationError(f"actor {name!r}: unique must be True or False, not {unique!r}")
-        ttl = options.get("idempotency_ttl")
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ConfigurationError(f"actor {name!r}: idempotency_ttl must be a positive number of seconds")
+        _validate.flag("unique", options.get("unique", False), where=f"actor {name!r}")
+        if options.get("idempotency_ttl") is not None:
+            _validate.seconds("idempotency_ttl", options["idempotency_ttl"], where=f"actor {name!r}")
 
     def declare_metrics(self, broker: Broker) -> None:
         super().declare_metrics(broker)

@@ -10,6 +10,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 from dramatiq.worker import ConsumerThread
 
+from .. import _validate
 from .._clock import from_ms, iso
 from .._secrets import TextMask
 from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
@@ -76,10 +77,8 @@ class JobState(ReliableMiddleware):
         history: int = DEFAULT_HISTORY,
     ) -> None:
         super().__init__(store)
-        if not isinstance(retention, (int, float)) or retention <= 0:
-            raise ConfigurationError(f"retention must be a positive number of seconds, not {retention!r}")
-        if not isinstance(history, int) or history < 1:
-            raise ConfigurationError(f"history must be a positive integer, not {history!r}")
+        retention = _validate.seconds("retention", retention)
+        history = _validate.count("history", history)
         self.retention = retention
         self.history = history
         self.snapshots = Snapshotter(redact, max_args_bytes)

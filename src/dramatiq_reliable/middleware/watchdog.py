@@ -14,6 +14,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import TimeLimit
 from dramatiq.worker import ConsumerThread
 
+from .. import _validate
 from .._backlog_rabbitmq import stamp_publish_time
 from .._clock import check_skew, format_duration, now_ms
 from ..backlog import READY_OPTION
@@ -95,9 +96,9 @@ class Watchdog(ReliableMiddleware):
             ("sweep_interval", sweep_interval),
             ("consumer_timeout", consumer_timeout),
         ):
-            _check_seconds(name, value)
+            _validate.seconds(name, value)
         if stuck_after is not None:
-            _check_seconds("stuck_after", stuck_after)
+            _validate.seconds("stuck_after", stuck_after)
         if abandon_after < 2 * heartbeat_interval:
             raise ConfigurationError(
                 f"abandon_after ({abandon_after}s) must be at least twice heartbeat_interval "
@@ -130,9 +131,8 @@ class Watchdog(ReliableMiddleware):
         return {"stuck_after"}
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
-        value = actor.options.get("stuck_after")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ConfigurationError(f"actor {actor.actor_name!r}: stuck_after must be a positive number of seconds")
+        if actor.options.get("stuck_after") is not None:
+            _validate.seconds("stuck_after", actor.options["stuck_after"], where=f"actor {actor.actor_name!r}")
 
     # -- the process ----------------------------------------------------------------------------
 
@@ -315,8 +315,3 @@ class Watchdog(ReliableMiddleware):
         watcher = self._watcher
         if isinstance(result.get("sweep"), dict) and watcher is not None:
             watcher.post(result["sweep"])
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._clock import now_ms
+from .._stored import Corrupt
 from . import _dead, _paging
 
 if TYPE_CHECKING:
@@ -86,7 +87,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
-        """The record of one job, or ``None`` if there is none (never recorded, or expired)."""
+        """The record of one job, or ``None`` if there is none (never recorded, or expired).
+
+        Raises:
+          CorruptRecord: the stored record cannot be decoded (listings skip it: ``Page.corrupt``).
+        """
 
     def find_jobs(
         self,
@@ -136,8 +141,8 @@ class Store(abc.ABC):
         """Up to ``count`` entries of ``jobs:<index>`` strictly after ``position``, newest first."""
 
     @abc.abstractmethod
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """The stored job records of ``ids``, ``None`` where missing or undecodable."""
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | Corrupt | None]:
+        """The stored job records of ``ids``: ``None`` where missing, ``Corrupt`` where undecodable."""
 
     @abc.abstractmethod
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
@@ -318,8 +323,8 @@ class Store(abc.ABC):
         """Up to ``count`` entries of ``deads:<index>`` scored in ``[low, high)`` after ``position``."""
 
     @abc.abstractmethod
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """``(dead-letter record, job record)`` per id, ``None`` where missing."""
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
+        """``(dead-letter record, job record)`` per id: ``None`` where missing, ``Corrupt`` where undecodable."""
 
     def _now_ms(self) -> int:
         """The time expiry is judged by (``MemoryStore`` has its own clock)."""

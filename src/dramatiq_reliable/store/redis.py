@@ -95,7 +95,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from .. import _stored
+from .._urls import check_redis_query, hide_password, safe_reason
+from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
@@ -107,16 +109,6 @@ T = TypeVar("T")
 #: Seconds to wait for a connection, and for an answer, before the store counts as unreachable.
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
-
-
-def hide_password(url: str) -> str:
-    """``redis://:secret@host/1`` → ``redis://:***@host/1``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class RedisStore(Store):
@@ -145,8 +137,11 @@ class RedisStore(Store):
         socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__()
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         prefixes = [v for k, v in query if k == "prefix"]
         if prefixes:
             prefix = prefixes[-1]
@@ -155,6 +150,7 @@ class RedisStore(Store):
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"not a Redis URL: {hide_password(url)!r} (expected redis:// or rediss://)")
+        check_redis_query([k for k, _ in query], ("prefix",), url, "store")
         try:
             _ = parts.port
             self.client: redis.Redis = redis.Redis.from_url(
@@ -164,7 +160,7 @@ class RedisStore(Store):
                 health_check_interval=30,
             )
         except ValueError as exc:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {exc}") from None
+            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
         self._setup(
@@ -190,6 +186,9 @@ class RedisStore(Store):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
         except RedisError as exc:
+            if "DB index is out of range" in str(exc):
+                # The URL names a database the server does not have: the store cannot be used.
+                raise StoreUnavailable(f"store {self.url} unusable: the server has no such database ({exc})") from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
 
     def k(self, *parts: str) -> str:
@@ -276,6 +275,8 @@ class RedisStore(Store):
 
     def get_job(self, job_id: str) -> JobRecord | None:
         data = _paging.decode_record(self._call("a read", self.client.get, self.k("job", job_id)))
+        if isinstance(data, _stored.Corrupt):
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: {data.reason}", job_id)
         return JobRecord.from_stored(data, job_id) if data else None
 
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
@@ -329,7 +330,7 @@ class RedisStore(Store):
             offset += len(rows)
         return out[:count]
 
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | _stored.Corrupt | None]:
         if not ids:
             return []
         raws = self._call("a read", self.client.mget, [self.k("job", i) for i in ids])
@@ -383,13 +384,13 @@ class RedisStore(Store):
         bottom: float | str = "-inf" if low == float("-inf") else low
         return self._zpage(self.prefix + "deads:" + index, top, bottom, position, count)
 
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         if not ids:
             return []
         keys = [self.k("dead", i) for i in ids] + [self.k("job", i) for i in ids]
         raws = self._call("a read", self.client.mget, keys)
         n = len(ids)
-        return [(_dead.decode(raws[i]), _paging.decode_object(raws[n + i])) for i in range(n)]
+        return [(_dead.decode(raws[i]), _stored.decode_object(raws[n + i])) for i in range(n)]
 
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:
         return self.get_dead_letters([job_id])[0]
@@ -398,8 +399,9 @@ class RedisStore(Store):
         out: list[DeadLetter | None] = []
         now = self._now_ms()
         for i in range(0, len(job_ids), 500):
-            for d, job in self._load_dead(job_ids[i : i + 500]):
-                out.append(_dead.build(d, job) if d is not None and int(d.get("exp") or 0) > now else None)
+            chunk = job_ids[i : i + 500]
+            for job_id, (d, job) in zip(chunk, self._load_dead(chunk), strict=True):
+                out.append(_dead.view(job_id, d, job, now))
         return out
 
     def dead_letter_stats(self) -> DeadStats:
