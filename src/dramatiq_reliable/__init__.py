@@ -21,6 +21,7 @@ from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .alert import Alert
 from .backlog import QueueStats, queue_stats
+from .control import ControlResult, Paused, PauseResult, cancel, cancel_where, pause, paused, resume, retry_now
 from .dead import purge, replay
 from .errors import (
     ArgumentsError,
@@ -28,6 +29,7 @@ from .errors import (
     ConfigurationError,
     DramatiqReliableError,
     DuplicateJob,
+    JobCancelled,
     MalformedMessage,
     NotFound,
     NotifierError,
@@ -53,6 +55,7 @@ __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
+    "ControlResult",
     "CronRegistry",
     "CronTick",
     "CurrentJob",
@@ -64,6 +67,7 @@ __all__ = [
     "DuplicateJob",
     "Event",
     "Idempotency",
+    "JobCancelled",
     "JobError",
     "JobRecord",
     "JobState",
@@ -73,6 +77,8 @@ __all__ = [
     "NotFound",
     "NotifierError",
     "Page",
+    "PauseResult",
+    "Paused",
     "QueueStats",
     "RedisStore",
     "Schedule",
@@ -86,6 +92,8 @@ __all__ = [
     "WebhookNotifier",
     "WorkerProcess",
     "__version__",
+    "cancel",
+    "cancel_where",
     "cron",
     "current_job",
     "dead",
@@ -94,8 +102,12 @@ __all__ = [
     "install_one",
     "once",
     "open_store",
+    "pause",
+    "paused",
     "purge",
     "queue_stats",
     "registry_of",
     "replay",
+    "resume",
+    "retry_now",
 ]

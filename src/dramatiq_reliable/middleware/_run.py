@@ -191,7 +191,9 @@ class JobRun:
         exc = getattr(message, "_exception", None)
         err = error_of(exc)
         n = self.attempt
-        if "deferred" in self.data and not nacked:
+        if "cancelled" in self.data and not nacked and (self.skipped or exc is not None):
+            self.outcome = ("cancelled", None, str(self.data["cancelled"]))
+        elif "deferred" in self.data and not nacked:
             self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
         elif nacked:
             if isinstance(exc, SkipMessage):

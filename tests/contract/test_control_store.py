@@ -1,0 +1,81 @@
+"""The store contract for operator controls: the same tests over MemoryStore and RedisStore."""
+
+from __future__ import annotations
+
+import dramatiq_reliable as dr
+from tests.contract.test_jobs import NOW, apply, creation
+
+
+def beat(store, after=0, most=10_000):
+    return apply(store, {"k": "ctl_beat", "id": "-", "ctl": {"after": after, "max": most}})[0]
+
+
+def test_pause_and_resume_are_read_in_the_beat(store) -> None:
+    first = apply(store, {"k": "pause", "id": "-", "ctl": {"target": "actor:a", "on": True, "by": "me"}})[0]
+    assert first["changed"] is True and first["since"] == NOW
+    again = apply(store, {"k": "pause", "id": "-", "ctl": {"target": "actor:a", "on": True}}, now=NOW + 5)[0]
+    assert again["changed"] is False and again["since"] == NOW and again["by"] == "me"
+    assert beat(store)["paused"] == {"actor:a": {"since": NOW, "by": "me"}}
+    off = apply(store, {"k": "pause", "id": "-", "ctl": {"target": "actor:a", "on": False}})[0]
+    assert off["changed"] is True and off["since"] == NOW
+    assert apply(store, {"k": "pause", "id": "-", "ctl": {"target": "actor:a", "on": False}})[0]["changed"] is False
+    assert not beat(store)["paused"]
+
+
+def test_cancel_marks_unfinished_jobs_and_logs_them(store) -> None:
+    apply(store, {"k": "enqueue", "id": "q1", "job": creation(detail="enqueued")})
+    apply(store, {"k": "enqueue", "id": "d1", "job": creation(detail="enqueued")})
+    apply(store, {"k": "finish", "id": "d1", "job": {"outcome": "done", "att": 1, "detail": "ok"}})
+    results = apply(
+        store,
+        {"k": "cancel", "id": "q1", "ctl": {"by": "me"}},
+        {"k": "cancel", "id": "q1", "ctl": {"by": "me"}},
+        {"k": "cancel", "id": "d1", "ctl": {"by": "me"}},
+        {"k": "cancel", "id": "zz", "ctl": {"by": "me"}},
+        now=NOW + 10,
+    )
+    assert [r["state"] for r in results] == ["cancelled", "cancelled", "done", "unknown"]
+    assert results[0]["was"] == "queued" and "was" not in results[1]
+    record = store.get_job("q1")
+    assert record.status is dr.Status.CANCELLED and record.finished_at.timestamp() * 1000 == NOW + 10
+    assert record.events[-1].detail == "cancelled by me (was queued); it will not run"
+    assert store.get_job("d1").status is dr.Status.DONE
+    assert [r.id for r in store.find_jobs(status="cancelled")] == ["q1"]
+    seen = beat(store)
+    assert seen["log"] == ["c:q1"] and seen["seq"] >= 1
+    assert beat(store, after=seen["seq"])["log"] in ([], {})
+
+
+def test_a_cancelled_job_that_starts_stays_cancelled_and_is_not_retried(store) -> None:
+    apply(store, {"k": "enqueue", "id": "j", "job": creation(detail="enqueued")})
+    apply(store, {"k": "cancel", "id": "j", "ctl": {"by": "me"}}, now=NOW + 1)
+    started = apply(store, {"k": "start", "id": "j", "job": {"att": 1, "worker": "w"}}, now=NOW + 2)[0]
+    assert started.get("cancelled") is True
+    assert store.get_job("j").status is dr.Status.CANCELLED
+    apply(store, {"k": "finish", "id": "j", "job": {"outcome": "retrying", "att": 1, "next": NOW + 99}}, now=NOW + 3)
+    record = store.get_job("j")
+    assert record.status is dr.Status.CANCELLED and record.next_retry_at is None
+    assert record.events[-1].detail == "not retried: the job was cancelled"
+
+
+def test_retry_now_only_for_retrying_jobs(store) -> None:
+    apply(store, {"k": "start", "id": "r", "job": {**creation(), "att": 1, "worker": "w"}})
+    apply(store, {"k": "finish", "id": "r", "job": {"outcome": "retrying", "att": 1, "next": NOW + 60_000}})
+    assert apply(store, {"k": "retry_now", "id": "nope", "ctl": {}})[0]["state"] == "unknown"
+    result = apply(store, {"k": "retry_now", "id": "r", "ctl": {"by": "me"}}, now=NOW + 5)[0]
+    assert result["state"] == "now"
+    record = store.get_job("r")
+    assert record.status is dr.Status.RETRYING and record.next_retry_at.timestamp() * 1000 == NOW + 5
+    assert beat(store)["log"] == ["n:r"]
+    apply(store, {"k": "finish", "id": "r", "job": {"outcome": "done", "att": 2}})
+    assert apply(store, {"k": "retry_now", "id": "r", "ctl": {}})[0]["state"] == "done"
+
+
+def test_the_beat_pages_the_log(store) -> None:
+    for i in range(5):
+        apply(store, {"k": "enqueue", "id": f"p{i}", "job": creation(detail="enqueued")})
+        apply(store, {"k": "cancel", "id": f"p{i}", "ctl": {}})
+    first = beat(store, most=3)
+    assert first["log"] == ["c:p0", "c:p1", "c:p2"] and first["more"] is True
+    rest = beat(store, after=first["seq"], most=3)
+    assert rest["log"] == ["c:p3", "c:p4"] and rest["more"] is False
