@@ -49,7 +49,7 @@ def test_pause_holds_without_spending_attempts_and_resume_runs(broker, store) ->
         # When its jobs are sent
         sent = [work.send(i) for i in range(3)]
         # Then they are held: not run, still queued, one "held" event each
-        wait_until(lambda: all(any("held" in e.detail for e in store.get_job(m.message_id).events) for m in sent))
+        wait_until(lambda: all(any("is paused" in e.detail for e in store.get_job(m.message_id).events) for m in sent))
         time.sleep(0.3)
         assert ran == []
         assert [status(store, m.message_id) for m in sent] == ["queued"] * 3
@@ -61,7 +61,7 @@ def test_pause_holds_without_spending_attempts_and_resume_runs(broker, store) ->
         wait_until(lambda: all(status(store, m.message_id) == "done" for m in sent), timeout=20)
         assert sorted(ran) == [0, 1, 2]
         assert all(store.get_job(m.message_id).attempts == 1 for m in sent)
-        held = [e for e in store.get_job(sent[0].message_id).events if "held" in e.detail]
+        held = [e for e in store.get_job(sent[0].message_id).events if e.detail == "put back: actor work is paused"]
         assert len(held) == 1
     finally:
         worker.stop()

@@ -93,11 +93,15 @@ class Controls:
             return
         self.loaded = True
         try:
-            while self._read():
-                pass
+            self.refresh()
         except Exception as exc:
             logger.warning("Could not read paused actors and cancelled jobs (%s); will try at each heartbeat.", exc)
         heartbeat_for(self.store).add(self)
+
+    def refresh(self) -> None:
+        """Read the controls now, without waiting for the heartbeat."""
+        while self._read():
+            pass
 
     def _read(self) -> bool:
         result = self.store.apply({"now": now_ms(), "ops": [self._op()]})[0]
@@ -173,7 +177,7 @@ class Controls:
         held = message.options.get(HELD_OPTION)
         count, first = (int(held[1]), int(held[0])) if isinstance(held, list) and len(held) == 2 else (0, now_ms())
         delay = min(self.interval * 2 ** min(count, 4), MAX_HOLD) * random.uniform(1.0, 1.2)
-        reason = f"held: {target} is paused"
+        reason = f"{target} is paused"
         run.data["deferred"] = reason
         if count:
             run.data["quiet"] = True  # one "held" event per job, not one per round

@@ -1,0 +1,137 @@
+"""Operator controls with real ``dramatiq`` worker processes (--processes 2) on real Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import dramatiq_reliable as dr
+from tests.apps.control import build
+from tests.conftest import ServerEnv
+from tests.helpers import DramatiqProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def records(store, ids):
+    return [store.get_job(i) for i in ids]
+
+
+def heard(store, since) -> bool:
+    """True once every live worker process beat (and so read the controls) after ``since``."""
+    # A process's deadline is its last beat + abandon_after (5 s in apps.control).
+    procs = [p for p in store.worker_processes() if p.alive]
+    return len(procs) == 2 and all(p.deadline.timestamp() - 5 > since.timestamp() for p in procs)
+
+
+def held(record) -> bool:
+    return record is not None and any(e.detail.endswith(" is paused") for e in record.events)
+
+
+def test_pause_and_resume_during_a_burst(server_env: ServerEnv, artifacts: Path) -> None:
+    # Given two worker processes busy with a burst of jobs
+    app = build(server_env)
+    store = server_env.store()
+    fx = app.effects
+    with DramatiqProcess("apps.control", server_env, artifacts / "worker.log", threads=4):
+        first = [app.ok.send(i) for i in range(100)]
+        # When the actor is paused in the middle of it
+        pausing = dr.pause(store, actor="ok", by="test")
+        assert pausing.changed
+        paused_at = time.monotonic()
+        wait_until(lambda: heard(store, pausing.since), what="every worker to hear of the pause")
+        rest = [app.ok.send(i) for i in range(100, 300)]
+        others = [app.steps.send(f"o{i}", 1) for i in range(20)]
+        # Then the workers hold its jobs (every later one is held, none of them runs) and other actors run
+        ids = [m.message_id for m in rest]
+        wait_until(lambda: all(held(r) for r in records(store, ids)), timeout=60, what="every later job held")
+        wait_until(lambda: all(r.status.value == "done" for r in records(store, [m.message_id for m in others])))
+        ran_while_paused = int(fx.get(app.fx("ok")) or 0)
+        assert ran_while_paused <= 100
+        assert all(r.status.value == "queued" and r.attempts == 0 for r in records(store, ids))
+        assert not dr.pause(store, actor="ok").changed
+        assert [(p.kind, p.name) for p in dr.paused(store)] == [("actor", "ok")]
+        # When it is resumed
+        assert dr.resume(store, actor="ok").changed
+        resumed_at = time.monotonic()
+        all_ids = [m.message_id for m in first + rest]
+        wait_until(lambda: all(r.status.value == "done" for r in records(store, all_ids)), timeout=90, what="done")
+        # Then each job ran once, on its first attempt: nothing lost, no attempt spent
+        assert int(fx.get(app.fx("ok"))) == 300 and fx.scard(app.fx("ok:ids")) == 300
+        assert all(r.attempts == 1 for r in records(store, all_ids))
+        # And a whole queue can be paused and resumed the same way
+        pausing = dr.pause(store, queue=server_env.queue)
+        assert pausing.changed
+        wait_until(lambda: heard(store, pausing.since), what="every worker to hear of the pause")
+        more = [app.ok.send(i) for i in range(300, 320)]
+        wait_until(lambda: all(held(r) for r in records(store, [m.message_id for m in more])), timeout=60)
+        assert dr.resume(store, queue=server_env.queue).changed
+        wait_until(lambda: all(r.status.value == "done" for r in records(store, [m.message_id for m in more])))
+        print(  # figures for the report
+            f"\n[{server_env.kind}] held {len(ids)} jobs in {resumed_at - paused_at:.1f}s;"
+            f" all done {time.monotonic() - resumed_at:.1f}s after resume"
+        )
+
+
+def test_cancel_queued_delayed_and_running_jobs(server_env: ServerEnv, artifacts: Path) -> None:
+    app = build(server_env)
+    store = server_env.store()
+    fx = app.effects
+    with DramatiqProcess("apps.control", server_env, artifacts / "worker.log", threads=4):
+        # Given queued jobs (held by a pause), a delayed one, a job running in steps and one that spins
+        pausing = dr.pause(store, actor="ok")
+        wait_until(lambda: heard(store, pausing.since), what="every worker to hear of the pause")
+        queued = [app.ok.send(i) for i in range(100)]
+        wait_until(lambda: all(held(r) for r in records(store, [m.message_id for m in queued])), timeout=60)
+        delayed = app.ok.send_with_options(args=(1000,), delay=3000)
+        stepping = app.steps.send("a", 400)
+        spinning = app.spin.send("b", 60)
+        wait_until(lambda: fx.get(app.fx("started:a")) and fx.get(app.fx("started:b")), what="both running")
+
+        # When the queued ones are cancelled in bulk, the others by id, and the actor resumed
+        bulk = dr.cancel_where(store, actor="ok", status="queued", by="test")
+        assert len(bulk) == 101 and all(r.changed for r in bulk)
+        by_id = dr.cancel(store, [stepping.message_id, spinning.message_id], by="test")
+        assert [r.was for r in by_id] == ["running", "running"]
+        dr.resume(store, actor="ok")
+
+        # Then none of the queued or delayed ones runs: each delivery is acked without running
+        ids = [m.message_id for m in queued] + [delayed.message_id]
+        wait_until(
+            lambda: all(r.events[-1].detail == "delivery skipped: the job was cancelled" for r in records(store, ids)),
+            timeout=60,
+            what="every cancelled delivery skipped",
+        )
+        assert int(fx.get(app.fx("ok")) or 0) == 0
+        # And the running ones stop: at the next step, or at once when interruptible
+        for message in (stepping, spinning):
+            wait_until(
+                lambda m=message: store.get_job(m.message_id).events[-1].detail.startswith("stopped"), timeout=30
+            )
+        assert 0 < int(fx.get(app.fx("steps"))) < 400
+        assert fx.get(app.fx("finished:a")) is None and fx.get(app.fx("finished:b")) is None
+        for record in records(store, [*ids, stepping.message_id, spinning.message_id]):
+            assert record.status.value == "cancelled" and record.attempts <= 1
+        # And cancelling again, or a finished or unknown job, changes nothing
+        assert [r.state for r in dr.cancel(store, [stepping.message_id, "no-such-job"])] == ["cancelled", "unknown"]
+    # Nothing was dead-lettered
+    assert list(store.dead_letters()) == []
+
+
+def test_retry_now_runs_a_retrying_job_once(server_env: ServerEnv, artifacts: Path) -> None:
+    app = build(server_env)
+    store = server_env.store()
+    with DramatiqProcess("apps.control", server_env, artifacts / "worker.log", threads=2):
+        # Given a job whose next attempt is two minutes away
+        message = app.late.send("x")
+        wait_until(lambda: getattr(store.get_job(message.message_id), "status", None) == dr.Status.RETRYING)
+        # When it is retried now
+        assert dr.retry_now(store, message.message_id, by="test").state == "now"
+        # Then it runs at once, and once
+        wait_until(lambda: store.get_job(message.message_id).status == dr.Status.DONE, timeout=30)
+        assert int(app.effects.get(app.fx("late:x"))) == 2
+        record = store.get_job(message.message_id)
+        assert record.attempts == 2
+        assert dr.retry_now(store, message.message_id).state == "done"
