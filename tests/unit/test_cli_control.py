@@ -96,3 +96,11 @@ def test_pause_resume_paused(capsys, env) -> None:
 def test_unreachable_store(capsys) -> None:
     code, _, err = run(capsys, "--store", "redis://127.0.0.1:1/1", "pause", "--queue", "default")
     assert code == 3 and "unreachable" in err
+
+
+def test_jobs_list_says_what_is_paused(capsys, env) -> None:
+    run(capsys, *env, "pause", "--actor", "invoice", "--by", "alice")
+    code, out, _ = run(capsys, *env, "jobs", "list", "--actor", "invoice")
+    assert code == 0 and "actor invoice: paused since " in out and out.rstrip().endswith("by alice")
+    code, out, _ = run(capsys, *env, "jobs", "list", "--actor", "report")
+    assert "paused" not in out

@@ -14,10 +14,26 @@ import click
 from .. import control
 from .._clock import iso
 from .._context import CliState, echo_json, run_command
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DramatiqReliableError
 from .jobs import parse_key
 
 CANCELLABLE = sorted(str(s) for s in control.CANCELLABLE)
+
+
+def paused_lines(state: CliState, *, queues: set[str], actors: set[str] | None) -> list[str]:
+    """``queue q: paused since …`` for the paused queues and actors named (every paused actor for
+    ``actors=None``), when a store was given; nothing if it cannot be read (the listing stands)."""
+    if not state.store_url:
+        return []
+    try:
+        items = control.paused(state.store())
+    except DramatiqReliableError:
+        return []
+    return [
+        f"{p.kind} {p.name}: paused since {iso(p.since)}" + (f" by {p.by}" if p.by else "")
+        for p in items
+        if (p.kind == "queue" and p.name in queues) or (p.kind == "actor" and (actors is None or p.name in actors))
+    ]
 
 
 def _who(by: str | None) -> str:

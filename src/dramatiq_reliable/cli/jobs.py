@@ -69,6 +69,10 @@ def list_(
         click.echo("No jobs match.")
         return 0
     click.echo(job_table(page.items))
+    from .control import paused_lines
+
+    for line in paused_lines(state, queues={r.queue for r in page}, actors={r.actor for r in page}):
+        click.echo(line)
     if page.cursor:
         click.echo(f"\nMore: add --cursor {page.cursor}")
     return 0
