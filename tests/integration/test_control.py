@@ -135,3 +135,37 @@ def test_retry_now_runs_a_retrying_job_once(server_env: ServerEnv, artifacts: Pa
         record = store.get_job(message.message_id)
         assert record.attempts == 2
         assert dr.retry_now(store, message.message_id).state == "done"
+
+
+def test_replay_and_purge_by_error(server_env: ServerEnv, artifacts: Path, capsys) -> None:
+    from tests.apps.dead import build as build_dead
+    from tests.integration.test_dead_letters import all_in, run, run_json, xq_count
+
+    app = build_dead(server_env)
+    store = server_env.store()
+    app.switch(True)
+    with DramatiqProcess("apps.dead", server_env, artifacts / "worker.log"):
+        # Given dead letters of two errors: "SMTP timed out for I (attempt 2)" and "SMTP timed out"
+        fragile = [app.fragile.send(i).message_id for i in range(3)]
+        mailer = [app.mailer.send(i).message_id for i in range(2)]
+        wait_until(lambda: all_in(store, fragile + mailer, "failed"), timeout=30, what="dead-lettered")
+        wait_until(lambda: xq_count(server_env) == 5, timeout=10, what="5 in the XQ")
+        app.switch(False)
+        # When the dead letters whose error names order 1 are replayed in one command
+        code, out, err = run(capsys, server_env, "dead", "replay", "--error", "for 1 (", "--since", "1h", "--yes")
+        assert code == 0, err
+        assert out.splitlines()[-1] == "1 replayed"
+        # Then that job alone runs again, to the end
+        wait_until(lambda: all_in(store, [fragile[1]], "done"), timeout=30)
+        assert all_in(store, [fragile[0], fragile[2], *mailer], "failed")
+        # When the other fragile ones are purged by their error, and nothing matches a third text
+        code, out, err = run(capsys, server_env, "dead", "purge", "--error", "smtp timed out for", "--yes")
+        assert code == 0, err
+        assert out.splitlines()[-1] == "2 purged"
+        code, out, _ = run(capsys, server_env, "dead", "purge", "--error", "no such error", "--yes")
+        assert code == 0 and "No dead letters match." in out
+        code, out, _ = run(capsys, server_env, "dead", "purge", "--older-than", "1h", "--yes")
+        assert code == 0 and "No dead letters match." in out
+        # Then only the mailer's remain dead, in the store and in the broker
+        assert sorted(x["id"] for x in run_json(capsys, server_env, "dead", "list")) == sorted(mailer)
+        wait_until(lambda: xq_count(server_env) == 2, timeout=10)
