@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dramatiq_reliable as dr
+from dramatiq_reliable._clock import now_ms
 from tests.contract.test_jobs import NOW, apply, creation
 
 
@@ -79,3 +80,26 @@ def test_the_beat_pages_the_log(store) -> None:
     assert first["log"] == ["c:p0", "c:p1", "c:p2"] and first["more"] is True
     rest = beat(store, after=first["seq"], most=3)
     assert rest["log"] == ["c:p3", "c:p4"] and rest["more"] is False
+
+
+def test_workers_lists_live_and_dead_processes_with_their_jobs(store) -> None:
+    from tests.contract.test_watchdog_store import AB, A, B, beat, enqueue, start
+
+    t0 = now_ms()
+    info = {"host": "h1", "pid": 11, "kind": "redis", "threads": 8, "queues": ["default", "default.DQ"], "ab": AB}
+    beat(store, A, t0 - 2000, info=info)
+    enqueue(store, "j1", t0 - 2000)
+    start(store, "j1", A, t0 - 1500)
+    (worker,) = dr.workers(store)
+    assert (worker.id, worker.alive, worker.host, worker.pid, worker.broker) == (A, True, "h1", 11, "redis")
+    assert worker.queues == ["default"] and worker.threads == 8 and worker.busy == 1
+    assert worker.last_heartbeat.timestamp() * 1000 == t0 - 2000
+    (job,) = worker.jobs
+    assert job.id == "j1" and job.actor == "charge" and job.attempt == 1 and job.status == "running"
+    assert job.age >= 1.5
+    # When another process sweeps after A went silent, A is listed as dead, with the job it ran
+    beat(store, B, t0 + AB + 1)
+    dead = next(w for w in dr.workers(store) if w.id == A)
+    assert not dead.alive and dead.dead_since is not None and dead.busy == 1
+    assert dead.jobs[0].status == "abandoned"
+    assert [w.alive for w in dr.workers(store)] == [True, False]

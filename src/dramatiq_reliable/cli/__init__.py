@@ -29,6 +29,7 @@ from .jobs import jobs
 from .metrics import metrics
 from .queues import queues
 from .web import web
+from .workers import workers_command
 
 #: Exit codes.
 RET_OK = 0
@@ -69,6 +70,7 @@ jobs.add_command(retry_now)
 cli.add_command(pause)
 cli.add_command(resume)
 cli.add_command(paused)
+cli.add_command(workers_command)
 cli.add_command(demo)
 cli.add_command(cron_group)
 cli.add_command(scheduler_command)

@@ -166,3 +166,40 @@ def finish_cancelled(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
         entry.rec.pop("next", None)
         entry.rec["fin"] = ctx.op["_ctl_fin"]
         set_status(b, entry, "cancelled", "not retried: the job was cancelled", s)
+
+
+@on("workers", 80, "ctl")
+def workers(b: Batch, ctx: Ctx, s: dict[str, Any]) -> None:
+    from ._memory_watchdog import state as wd_state
+
+    wd = wd_state(b.store)
+    most = int(s.get("max") or 100)
+    out = []
+    for procs, alive in ((wd.procs, True), (wd.dead, False)):
+        for proc, score in sorted(procs.items()):
+            running = wd.run.get(proc, {})
+            jobs = []
+            for job_id, raw in list(running.items())[:most]:
+                meta = json.loads(raw) if raw else {}
+                rec = b.store._get_record(job_id) or {}
+                jobs.append(
+                    {
+                        k: v
+                        for k, v in {
+                            "id": job_id,
+                            "a": meta.get("a") or rec.get("actor"),
+                            "q": meta.get("q") or rec.get("queue"),
+                            "start": rec.get("start"),
+                            "att": rec.get("att"),
+                            "st": rec.get("status"),
+                        }.items()
+                        if v is not None
+                    }
+                )
+            try:
+                info = json.loads(wd.info.get(proc) or "{}")
+            except ValueError:
+                info = {}
+            out.append({"proc": proc, "score": score, "alive": alive, "info": info, "n": len(running), "jobs": jobs})
+    ctx.res["procs"] = out
+    ctx.res["pending"] = sorted(wd.pending)

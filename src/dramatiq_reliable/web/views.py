@@ -208,5 +208,6 @@ def activity(site: Site, request: Request) -> Response:
 def workers(site: Site, request: Request) -> Response:
     """The worker processes the Watchdog knows: alive ones (with their jobs) and those found dead."""
     from ..control import paused
+    from ..workers import workers as fleet
 
-    return site.page(request, "workers.html", processes=site.store.worker_processes(), paused=paused(site.store))
+    return site.page(request, "workers.html", processes=fleet(site.store), paused=paused(site.store))

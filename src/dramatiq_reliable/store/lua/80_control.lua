@@ -151,3 +151,29 @@ on('finish', 25, 'job', function(ctx, s)
     set_status(e, 'cancelled', 'not retried: the job was cancelled', s)
   end
 end)
+
+-- The fleet for ``dramatiq-reliable workers`` and the page: each process the Watchdog knows (live
+-- and recently dead), what it is, and the jobs it runs (at most ``max`` each) with their start.
+on('workers', 80, 'ctl', function(ctx, s)
+  local most = tonumber(s.max) or 100
+  local out = {}
+  local function add(proc, score, alive)
+    local jobs = {}
+    local items = redis.call('HGETALL', P .. 'wd:run:' .. proc)
+    for i = 1, math.min(#items, 2 * most), 2 do
+      local meta = wd_decode(items[i + 1])
+      local raw = redis.call('GET', jkey(items[i]))
+      local rec = raw and cjson.decode(raw) or {}
+      table.insert(jobs, {id = items[i], a = meta.a or rec.actor, q = meta.q or rec.queue, start = rec.start,
+        att = rec.att, st = rec.status})
+    end
+    table.insert(out, {proc = proc, score = tonumber(score), alive = alive, info = wd_info(proc),
+      n = #items / 2, jobs = jobs})
+  end
+  local live = redis.call('ZRANGE', P .. 'wd:procs', 0, -1, 'WITHSCORES')
+  for i = 1, #live, 2 do add(live[i], live[i + 1], true) end
+  local dead = redis.call('ZRANGE', P .. 'wd:dead', 0, -1, 'WITHSCORES')
+  for i = 1, #dead, 2 do add(dead[i], dead[i + 1], false) end
+  ctx.res.procs = out
+  ctx.res.pending = redis.call('SMEMBERS', P .. 'wd:pending')
+end)
