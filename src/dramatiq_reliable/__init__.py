@@ -21,7 +21,19 @@ from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .alert import Alert
 from .backlog import QueueStats, queue_stats
-from .control import ControlResult, Paused, PauseResult, cancel, cancel_where, pause, paused, resume, retry_now
+from .control import (
+    ControlResult,
+    Paused,
+    PauseResult,
+    cancel,
+    cancel_where,
+    pause,
+    pause_cron,
+    paused,
+    resume,
+    resume_cron,
+    retry_now,
+)
 from .dead import purge, replay
 from .errors import (
     ArgumentsError,
@@ -44,8 +56,10 @@ from .middleware import Alerts, DeadLetters, Idempotency, JobState, Watchdog
 from .notifiers import LogNotifier, SentryNotifier, WebhookNotifier
 from .records import CronTick, DeadLetter, DeadResult, DeadStats, Event, JobError, JobRecord, Page
 from .scheduler import Scheduler
+from .scheduler import run_now as cron_run
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
+from .workers import RunningJob, WorkerStatus, workers
 
 __version__ = "0.1.0"
 
@@ -81,6 +95,7 @@ __all__ = [
     "Paused",
     "QueueStats",
     "RedisStore",
+    "RunningJob",
     "Schedule",
     "Scheduler",
     "SentryNotifier",
@@ -91,10 +106,12 @@ __all__ = [
     "Watchdog",
     "WebhookNotifier",
     "WorkerProcess",
+    "WorkerStatus",
     "__version__",
     "cancel",
     "cancel_where",
     "cron",
+    "cron_run",
     "current_job",
     "dead",
     "enable_metrics",
@@ -103,11 +120,14 @@ __all__ = [
     "once",
     "open_store",
     "pause",
+    "pause_cron",
     "paused",
     "purge",
     "queue_stats",
     "registry_of",
     "replay",
     "resume",
+    "resume_cron",
     "retry_now",
+    "workers",
 ]

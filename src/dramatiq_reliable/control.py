@@ -16,6 +16,7 @@ See ``store/lua/80_control.lua`` for what the store keeps, and
 from __future__ import annotations
 
 import getpass
+import logging
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,8 @@ from ._clock import from_ms, iso, now_ms
 from .errors import ConfigurationError, StoreError
 from .status import TERMINAL, Status
 from .store.base import Store
+
+logger = logging.getLogger("dramatiq_reliable.control")
 
 #: Statuses a job can be cancelled in.
 CANCELLABLE = frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING, Status.STUCK, Status.ABANDONED})
@@ -36,7 +39,7 @@ BATCH = 500
 class Paused:
     """A paused actor or queue."""
 
-    #: ``"actor"`` or ``"queue"``.
+    #: ``"actor"``, ``"queue"`` or ``"cron"`` (a schedule).
     kind: str
     name: str
     since: datetime | None
@@ -105,6 +108,10 @@ def _apply(store: Store, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _switch(store: Store, on: bool, actor: str | None, queue: str | None, by: str | None) -> PauseResult:
     kind, name = _target(actor, queue)
+    return _switch_target(store, on, kind, name, by)
+
+
+def _switch_target(store: Store, on: bool, kind: str, name: str, by: str | None) -> PauseResult:
     section = {"target": f"{kind}:{name}", "on": on, "by": by or operator()}
     result = _apply(store, [{"k": "pause", "id": "-", "ctl": section}])[0]
     return PauseResult(kind, name, on, bool(result.get("changed")), from_ms(result.get("since")))
@@ -129,8 +136,36 @@ def resume(store: Store, *, actor: str | None = None, queue: str | None = None, 
     return _switch(store, False, actor, queue, by)
 
 
+def pause_cron(store: Store, name: str, *, by: str | None = None) -> PauseResult:
+    """Pause a cron schedule: schedulers claim its ticks and record them ``paused``, unsent.
+
+    ``dramatiq-reliable cron run`` still fires it by hand. Pausing a paused one changes nothing.
+    """
+    return _switch_target(store, True, "cron", _name(name), by)
+
+
+def resume_cron(store: Store, name: str, *, by: str | None = None) -> PauseResult:
+    """Resume a paused cron schedule: its next tick is enqueued as usual."""
+    return _switch_target(store, False, "cron", _name(name), by)
+
+
+def cron_paused(store: Store, name: str) -> bool:
+    """Whether the schedule ``name`` is paused; ``False`` when the store cannot say (it fires)."""
+    try:
+        return any(p.kind == "cron" and p.name == name for p in paused(store))
+    except StoreError as exc:
+        logger.warning("Cannot tell whether schedule %r is paused (%s); it fires.", name, exc)
+        return False
+
+
+def _name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"a schedule name must be a non-empty string, not {name!r}")
+    return name.strip()
+
+
 def paused(store: Store) -> list[Paused]:
-    """The paused actors and queues, oldest pause first."""
+    """The paused actors, queues and cron schedules (kind ``cron``), oldest pause first."""
     result = _apply(store, [{"k": "paused", "id": "-", "ctl": {}}])[0]
     items = result.get("paused") or {}
     out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -169,3 +170,95 @@ def test_replay_and_purge_by_error(server_env: ServerEnv, artifacts: Path, capsy
         # Then only the mailer's remain dead, in the store and in the broker
         assert sorted(x["id"] for x in run_json(capsys, server_env, "dead", "list")) == sorted(mailer)
         wait_until(lambda: xq_count(server_env) == 2, timeout=10)
+
+
+def test_workers_shows_processes_busy_threads_and_jobs(server_env: ServerEnv, artifacts: Path, capsys) -> None:
+    import json
+
+    from dramatiq_reliable.cli import main
+
+    app = build(server_env)
+    store = server_env.store()
+    with DramatiqProcess("apps.control", server_env, artifacts / "worker.log", threads=4):
+        # Given three long jobs running on two processes (one may have taken all three)
+        sent = [app.spin.send(f"w{i}", 60) for i in range(3)]
+        wait_until(lambda: all(app.effects.get(app.fx(f"started:w{i}")) for i in range(3)), what="all running")
+        # When an operator lists the workers
+        wait_until(lambda: sum(w.busy for w in dr.workers(store)) == 3, what="3 jobs in the fleet's view")
+        capsys.readouterr()
+        code = main(["--store", f"{server_env.store_url}?prefix={server_env.prefix}", "workers", "--json"])
+        found = json.loads(capsys.readouterr().out)
+        # Then each process says what it is, how busy it is and what it runs, since when
+        assert code == 0 and len(found) == 2 and all(w["alive"] for w in found)
+        assert {w["broker"] for w in found} == {server_env.kind}
+        assert all(w["threads"] == 4 and server_env.queue in w["queues"] for w in found)
+        assert all(w["last_heartbeat"] and w["pid"] for w in found)
+        jobs = [j for w in found for j in w["jobs"]]
+        assert sorted(j["id"] for j in jobs) == sorted(m.message_id for m in sent)
+        assert all(j["actor"] == "spin" and j["age"] > 0 and j["attempt"] == 1 for j in jobs)
+        code = main(["--store", f"{server_env.store_url}?prefix={server_env.prefix}", "workers"])
+        out = capsys.readouterr().out
+        assert code == 0 and out.count(" alive ") == 2 and "threads busy" in out and "spin  attempt 1  running" in out
+        # (the interruptible jobs end at once)
+        dr.cancel(store, [m.message_id for m in sent])
+        wait_until(lambda: sum(w.busy for w in dr.workers(store)) == 0, what="no job running")
+
+
+def test_cron_run_pause_and_resume_by_hand(server_env: ServerEnv, artifacts: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.apps.cron import build as build_cron
+    from tests.helpers import TESTS
+
+    # Given a yearly schedule (it never fires during the test by itself) and a worker
+    env = ServerEnv(server_env)
+    env.__dict__.update(server_env.__dict__)
+    env["DR_TEST_CRON_EXPR"] = "0 0 1 1 *"
+    app = build_cron(env)
+    store = server_env.store()
+    schedule = dr.registry_of(app.broker).get("tick")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).with_name("dramatiq-reliable")), *args, "--path", str(TESTS)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    with DramatiqProcess("apps.cron", env, artifacts / "worker.log"):
+        # When it is run by hand
+        done = cli("cron", "run", "apps.cron", "tick")
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.split()[-1]
+        # Then one tick is enqueued and runs
+        wait_until(lambda: getattr(store.get_job(job_id), "status", None) == dr.Status.DONE)
+        # And a second run of the same second is the same, claimed tick: nothing more is enqueued
+        now = (int(time.time()) + 5) * 1000
+        assert dr.cron_run(app.broker, store, "tick", now=now)[0] == "enqueued"
+        assert dr.cron_run(app.broker, store, "tick", now=now + 300) == ("taken", schedule.job_id(now))
+
+        # When it is paused, a scheduler's tick is claimed and recorded paused, not enqueued
+        paused = cli("cron", "pause", "apps.cron", "tick")
+        assert paused.returncode == 0 and paused.stdout.startswith("tick: paused"), paused.stderr
+        assert "already paused" in cli("cron", "pause", "apps.cron", "tick").stdout
+        scheduler = dr.Scheduler(app.broker, store, schedules=[schedule])
+        fire = (int(time.time()) + 10) * 1000
+        assert scheduler.fire(schedule, fire) == "paused"
+        assert store.cron_last(["tick"])["tick"].state == "paused"
+        assert store.get_job(schedule.job_id(fire)) is None
+        assert ("cron", "tick") in [(p.kind, p.name) for p in dr.paused(store)]
+        listing = cli("cron", "list", "apps.cron").stdout
+        assert listing.splitlines()[1].split()[-1] == "paused"
+        # And once resumed, the next tick is enqueued
+        assert cli("cron", "resume", "apps.cron", "tick").returncode == 0
+        assert scheduler.fire(schedule, fire + 1000) == "enqueued"
+        wait_until(lambda: getattr(store.get_job(schedule.job_id(fire + 1000)), "status", None) == dr.Status.DONE)
+        # And an unknown schedule is one line, exit 1
+        unknown = cli("cron", "pause", "apps.cron", "nope")
+        assert unknown.returncode == 1 and unknown.stderr.strip() == (
+            "error: no cron schedule 'nope' in apps.cron (known: tick)"
+        )

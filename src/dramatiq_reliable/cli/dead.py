@@ -184,7 +184,7 @@ def replay(
 ) -> int:
     """Put dead letters back on their queues, with their job ids (attempts start again).
 
-    
+    \b
     By id, or in bulk: --all, or --error TEXT (e.g. once the cause of that error is fixed),
     --since / --older-than, narrowed by --queue and --actor.
 
@@ -235,7 +235,7 @@ def purge(
 ) -> int:
     """Delete dead letters for good. Live and in-flight messages are never touched.
 
-    
+    \b
     By id, or in bulk: --all, --error TEXT, --since / --older-than, narrowed by --queue and --actor.
     """
     selected = _select(
