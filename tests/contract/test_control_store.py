@@ -103,3 +103,23 @@ def test_workers_lists_live_and_dead_processes_with_their_jobs(store) -> None:
     assert not dead.alive and dead.dead_since is not None and dead.busy == 1
     assert dead.jobs[0].status == "abandoned"
     assert [w.alive for w in dr.workers(store)] == [True, False]
+
+
+def test_find_jobs_by_queue_and_since(store) -> None:
+    from datetime import datetime, timezone
+
+    for i in range(6):
+        section = {**creation(), "queue": "mail" if i % 2 else "default", "enq": NOW + i * 1000, "detail": "enqueued"}
+        apply(store, {"k": "enqueue", "id": f"s{i}", "job": section}, now=NOW + i * 1000)
+    apply(store, {"k": "start", "id": "s5", "job": {"att": 1}}, now=NOW + 9000)
+
+    def at(ms: int) -> datetime:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+    assert [r.id for r in store.find_jobs(queue="mail")] == ["s5", "s3", "s1"]
+    assert [r.id for r in store.find_jobs(since=at(NOW + 3000))] == ["s5", "s4", "s3"]
+    assert [r.id for r in store.find_jobs(queue="mail", since=at(NOW + 2000))] == ["s5", "s3"]
+    assert [r.id for r in store.find_jobs(actor="invoice", status="queued", since=at(NOW + 3500))] == ["s4"]
+    page = store.find_jobs(queue="default", limit=1)
+    assert [r.id for r in page] == ["s4"] and page.cursor is not None
+    assert [r.id for r in store.find_jobs(queue="default", limit=5, cursor=page.cursor)] == ["s2", "s0"]

@@ -104,3 +104,13 @@ def test_jobs_list_says_what_is_paused(capsys, env) -> None:
     assert code == 0 and "actor invoice: paused since " in out and out.rstrip().endswith("by alice")
     code, out, _ = run(capsys, *env, "jobs", "list", "--actor", "report")
     assert "paused" not in out
+
+
+def test_jobs_list_by_queue_and_since(capsys, env, redis_store) -> None:
+    redis_store.apply({"now": NOW, "ops": [{"k": "enqueue", "id": "m1", "job": {**CREATION, "queue": "mail"}}]})
+    code, out, _ = run(capsys, *env, "jobs", "list", "--queue", "mail", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == ["m1"]
+    code, out, _ = run(capsys, *env, "jobs", "list", "--since", "1h", "--json")
+    assert code == 0 and json.loads(out) == []  # every job here was enqueued long ago
+    code, _, err = run(capsys, *env, "jobs", "list", "--since", "yesterday")
+    assert code == 2 and err.startswith("error: --since")
