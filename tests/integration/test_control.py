@@ -92,6 +92,7 @@ def test_cancel_queued_delayed_and_running_jobs(server_env: ServerEnv, artifacts
         wait_until(lambda: fx.get(app.fx("started:a")) and fx.get(app.fx("started:b")), what="both running")
 
         # When the queued ones are cancelled in bulk, the others by id, and the actor resumed
+        cancelled_at = time.monotonic()
         bulk = dr.cancel_where(store, actor="ok", status="queued", by="test")
         assert len(bulk) == 101 and all(r.changed for r in bulk)
         by_id = dr.cancel(store, [stepping.message_id, spinning.message_id], by="test")
@@ -105,12 +106,20 @@ def test_cancel_queued_delayed_and_running_jobs(server_env: ServerEnv, artifacts
             timeout=60,
             what="every cancelled delivery skipped",
         )
+        skipped_after = time.monotonic() - cancelled_at
         assert int(fx.get(app.fx("ok")) or 0) == 0
         # And the running ones stop: at the next step, or at once when interruptible
+        stopped_after = []
         for message in (stepping, spinning):
             wait_until(
                 lambda m=message: store.get_job(m.message_id).events[-1].detail.startswith("stopped"), timeout=30
             )
+            stopped_after.append(time.monotonic() - cancelled_at)
+        print(  # figures for the report
+            f"\n[{server_env.kind}] cancelled {len(bulk)} waiting jobs: every delivery skipped after"
+            f" {skipped_after:.1f}s; running jobs stopped after {stopped_after[0]:.1f}s (step),"
+            f" {stopped_after[1]:.1f}s (interrupt)"
+        )
         assert 0 < int(fx.get(app.fx("steps"))) < 400
         assert fx.get(app.fx("finished:a")) is None and fx.get(app.fx("finished:b")) is None
         for record in records(store, [*ids, stepping.message_id, spinning.message_id]):

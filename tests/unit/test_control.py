@@ -204,3 +204,32 @@ def test_controls_are_read_at_boot(broker, store) -> None:
         assert "default" in controls.paused_queues
     finally:
         worker.stop()
+
+
+def test_the_check_costs_no_store_call_per_job(stub_broker, store) -> None:
+    # Given the bundle with a slow heartbeat, and a count of the control reads the store gets
+    dr.install(stub_broker, store, heartbeat_interval=60, abandon_after=120)
+    reads: list[int] = []
+    apply = store.apply
+
+    def counting(batch):
+        reads.extend(1 for op in batch.get("ops", []) if op.get("k") == "ctl_beat")
+        return apply(batch)
+
+    store.apply = counting  # type: ignore[method-assign]
+
+    @dramatiq.actor(broker=stub_broker, max_retries=0)
+    def work(i: int) -> None: ...
+
+    worker = dramatiq.Worker(stub_broker, worker_timeout=50, worker_threads=2)
+    worker.start()
+    try:
+        # When 200 jobs run
+        for i in range(200):
+            work.send(i)
+        stub_broker.join(work.queue_name)
+        worker.join()
+    finally:
+        worker.stop()
+    # Then the controls were read once, at boot, not per job
+    assert len(reads) == 1

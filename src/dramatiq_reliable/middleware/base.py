@@ -88,7 +88,8 @@ class ReliableMiddleware(dramatiq.Middleware):
         pid, controls = self._controls
         if controls is None or pid != os.getpid() or worker is not None:
             controls = controls_for(self.store)
-            beat = [getattr(m, "heartbeat_interval", None) for m in broker.middleware]
+            # The Watchdog's beat interval, so that both ride in one store call per beat.
+            beat = [getattr(m, "interval", None) for m in broker.middleware if hasattr(m, "heartbeat_interval")]
             controls.boot(broker, worker, next((b for b in beat if b), None))
             self._controls = (os.getpid(), controls)
         return controls
