@@ -89,7 +89,8 @@ def test_cancel_queued_delayed_and_running_jobs(server_env: ServerEnv, artifacts
         delayed = app.ok.send_with_options(args=(1000,), delay=3000)
         stepping = app.steps.send("a", 400)
         spinning = app.spin.send("b", 60)
-        wait_until(lambda: fx.get(app.fx("started:a")) and fx.get(app.fx("started:b")), what="both running")
+        both = [stepping.message_id, spinning.message_id]
+        wait_until(lambda: [r.status.value for r in records(store, both)] == ["running"] * 2, what="both running")
 
         # When the queued ones are cancelled in bulk, the others by id, and the actor resumed
         cancelled_at = time.monotonic()
