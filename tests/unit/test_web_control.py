@@ -63,3 +63,11 @@ def test_read_only_page_offers_no_control(shop, queued) -> None:
     http = client(shop)
     assert "/act/cancel" not in http.get(f"/jobs/{queued}").text
     assert http.get("/act/cancel", params={"id": queued}).status_code == 403
+
+
+def test_the_queues_page_shows_a_paused_queue_and_since_when(shop) -> None:
+    http = client(shop)
+    assert 's-stuck">paused' not in http.get("/queues").text
+    dr.pause(shop.store, queue="default")
+    page = http.get("/queues").text
+    assert 'class="status s-stuck">paused</span> <small>since ' in page
