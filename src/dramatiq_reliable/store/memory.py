@@ -183,6 +183,7 @@ class MemoryStore(Store):
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         from . import (  # noqa: F401  (register the handlers)
             _memory_alerts,
+            _memory_control,
             _memory_cron,
             _memory_dead,
             _memory_idem,

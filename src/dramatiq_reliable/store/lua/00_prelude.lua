@@ -18,7 +18,7 @@ local P = ARGV[1]
 local B = cjson.decode(ARGV[2])
 local NOW = tonumber(B.now)
 local DAY = 86400000
-local TERMINAL = {done = true, failed = true, skipped = true}
+local TERMINAL = {done = true, failed = true, skipped = true, cancelled = true}
 
 local HANDLERS = {}
 local function on(kind, priority, section, fn)
