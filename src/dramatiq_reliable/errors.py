@@ -113,6 +113,15 @@ class DuplicateSkip(SkipMessage):
     """Raised inside a worker to skip (and ack) a message that is an idempotent duplicate."""
 
 
+class JobCancelled(SkipMessage):
+    """Raised inside a job that an operator cancelled (:func:`dramatiq_reliable.cancel`).
+
+    At the job's next ``dr.once`` step, or at once in its thread for actors declared with
+    ``cancellable="interrupt"``. Dramatiq then acks the message: the job is neither retried nor
+    dead-lettered. Let it propagate (do not catch it with a bare ``except Exception``).
+    """
+
+
 __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
@@ -121,6 +130,7 @@ __all__ = [
     "DramatiqReliableError",
     "DuplicateJob",
     "DuplicateSkip",
+    "JobCancelled",
     "MalformedMessage",
     "NotFound",
     "NotifierError",

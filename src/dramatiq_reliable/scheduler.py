@@ -35,6 +35,7 @@ from . import _validate, metrics
 from ._clock import format_duration, now_ms
 from ._ticks import keepalive, run_loop
 from .actors.cron import FIRE_OPTION, SCHEDULE_OPTION, Schedule, registry_of
+from .control import cron_paused
 from .errors import ConfigurationError, DuplicateJob, StoreError
 from .store.base import Store
 from .store.memory import MemoryStore
@@ -126,14 +127,17 @@ class Scheduler:
     def fire_by_name(self, name: str, fire_ms: int) -> str:
         return self.fire(self._by_name[name], fire_ms)
 
-    def fire(self, schedule: Schedule, fire_ms: int) -> str:
+    def fire(self, schedule: Schedule, fire_ms: int, *, by_hand: bool = False) -> str:
         """Enqueue the tick ``fire_ms`` of ``schedule``, unless another scheduler claimed it.
+
+        A schedule paused with ``dramatiq-reliable cron pause`` is claimed and recorded as
+        ``paused`` instead, unless fired ``by_hand`` (``cron run``).
 
         Returns:
           str: ``"enqueued"``; ``"taken"`` (claimed elsewhere); ``"missed"`` (later than
           ``misfire_grace``); ``"skipped"`` (a ``unique`` actor's previous job is pending);
-          ``"deferred"`` (store unreachable: retried at each upkeep) or ``"failed"`` (enqueue
-          failed: retried by any scheduler after ``RETRY_DELAY_MS``).
+          ``"paused"``; ``"deferred"`` (store unreachable: retried at each upkeep) or ``"failed"``
+          (enqueue failed: retried by any scheduler after ``RETRY_DELAY_MS``).
         """
         now = self.clock()
         if now - fire_ms > self.grace_ms:
@@ -166,6 +170,12 @@ class Scheduler:
         if outcome != "claimed":
             logger.debug("Schedule %r: tick %s is %s's.", schedule.name, _when(schedule, fire_ms), holder)
             return "taken"
+        if not by_hand and cron_paused(self.store, schedule.name):
+            logger.info(
+                "Schedule %r: tick %s not enqueued: the schedule is paused.", schedule.name, _when(schedule, fire_ms)
+            )
+            self._confirm(schedule.name, fire_ms, "paused")
+            return "paused"
         return self._enqueue(schedule, fire_ms, job_id)
 
     def _enqueue(self, schedule: Schedule, fire_ms: int, job_id: str) -> str:
@@ -349,3 +359,28 @@ def _when(schedule: Schedule, fire_ms: int) -> str:
 
 def _secs(seconds: float) -> str:
     return f"{seconds:g}"
+
+
+def run_now(broker: dramatiq.Broker, store: Store, name: str, *, now: int | None = None) -> tuple[str, str]:
+    """Fire one tick of the schedule ``name`` now, by hand (``dramatiq-reliable cron run``).
+
+    The tick is the current second's: it is claimed like any tick, so two runs in the same
+    second, or a run and the scheduler's own tick of that second, enqueue one job. It fires
+    even if the schedule is paused.
+
+    Returns:
+      tuple[str, str]: the outcome (as :meth:`Scheduler.fire`) and the tick's job id.
+
+    Raises:
+      NotFound: no schedule ``name`` on ``broker``.
+    """
+    from .errors import NotFound
+
+    schedules = {s.name: s for s in registry_of(broker)}
+    schedule = schedules.get(name)
+    if schedule is None:
+        known = ", ".join(sorted(schedules)) or "none"
+        raise NotFound(f"no cron schedule {name!r} (known: {known})")
+    scheduler = Scheduler(broker, store, schedules=[schedule])
+    fire_ms = (now if now is not None else now_ms()) // 1000 * 1000
+    return scheduler.fire(schedule, fire_ms, by_hand=True), schedule.job_id(fire_ms)

@@ -56,9 +56,10 @@ CORRUPT_DEAD: dict[str, tuple[str | bytes, str]] = {
 def corrupt(seeded: Seeded) -> Seeded:  # noqa: F811
     """The seeded store, with corrupt job records (in the done index) and corrupt dead letters."""
     client, prefix = seeded.store_client, seeded.ns + ":"
+    now_ms = int(time.time() * 1000)  # not NOW_MS: the module may have been imported long before this test
     for i, (job_id, (raw, _)) in enumerate(CORRUPT_JOBS.items()):
         client.set(f"{prefix}job:{job_id}", raw)
-        client.zadd(f"{prefix}jobs:status:done", {job_id: NOW_MS + 600_000 + i})  # newer than the good one
+        client.zadd(f"{prefix}jobs:status:done", {job_id: now_ms + 600_000 + i})  # newer than the good one
     for i, (job_id, (raw, _)) in enumerate(CORRUPT_DEAD.items()):
         client.set(f"{prefix}dead:{job_id}", raw)
         client.zadd(f"{prefix}deads:time", {job_id: NOW_MS + i})

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import ArgumentsError, ConfigurationError, StoreUnavailable
+from ..middleware._control import stop_point
 from .context import current_run
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     if where is None:
         raise ConfigurationError(f"dr.once({name!r}) needs the Idempotency middleware on the broker")
     store, scope, ttl_ms = where
+    stop_point()  # a cancelled job stops here
     stored = store.once_get(scope, name)
     if stored is not None:
         return json.loads(stored)

@@ -10,6 +10,7 @@ from .._clock import format_duration, parse_duration
 from .._context import CliState, echo_json, run_command
 from ..backlog import QueueStats, discover_queues, queue_stats
 from ..errors import ConfigurationError
+from .control import paused_lines
 
 
 @click.command("queues")
@@ -83,6 +84,8 @@ def queues(
         click.echo("No queues found.")
     else:
         click.echo(_table(stats, problems))
+        for line in paused_lines(state, queues={s.queue for s in stats}, actors=None):
+            click.echo(line)
     failed = any(problems.values())
     if check and failed and not as_json:
         for queue, found in problems.items():

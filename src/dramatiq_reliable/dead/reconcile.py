@@ -71,7 +71,7 @@ def apply(store: Store, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply ops directly (a tool waits for its writes), in calls of :data:`OPS_PER_CALL`."""
     results: list[dict[str, Any]] = []
     for i in range(0, len(ops), OPS_PER_CALL):
-        results += store.apply({"now": now_ms(), "ops": ops[i : i + OPS_PER_CALL]})
+        results += store.apply({"ops": ops[i : i + OPS_PER_CALL]})
     return results
 
 

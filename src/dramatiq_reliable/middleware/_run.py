@@ -208,7 +208,9 @@ class JobRun:
         mask = None if exc is None else self.mask if self.mask is not None else fallback_mask(self.msg)
         err = error_of(exc, mask)
         n = self.attempt
-        if "deferred" in self.data and not nacked:
+        if "cancelled" in self.data and not nacked and (self.skipped or exc is not None):
+            self.outcome = ("cancelled", None, str(self.data["cancelled"]))
+        elif "deferred" in self.data and not nacked:
             self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
         elif nacked:
             if isinstance(exc, SkipMessage):

@@ -13,6 +13,7 @@ means the bundle sees Retries' verdict wherever it sits in the middleware list.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -23,6 +24,7 @@ from .. import metrics, sentry
 from .._clock import now_ms
 from ..actors.context import set_current
 from ..store._buffer import RANKS
+from ._control import Controls, controls_for
 from ._run import JobRun
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class ReliableMiddleware(dramatiq.Middleware):
         self.store = store
         self.logger = logging.getLogger(f"dramatiq_reliable.middleware.{type(self).__name__}")
         self._last_cache: tuple[int, int, bool] = (0, -1, False)
+        self._controls: tuple[int, Controls | None] = (0, None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={self.store.url}>"
@@ -78,6 +81,19 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         check_once(broker)
         self.declare_metrics(broker)
+        if self.is_last(broker):  # read paused actors and cancelled jobs before the first job
+            self.controls(broker, worker)
+
+    def controls(self, broker: Broker, worker: dramatiq.Worker | None = None) -> Controls:
+        """This process's operator controls (paused, cancelled), read from the store once at boot."""
+        pid, controls = self._controls
+        if controls is None or pid != os.getpid() or worker is not None:
+            controls = controls_for(self.store)
+            # The Watchdog's beat interval, so that both ride in one store call per beat.
+            beat = [getattr(m, "interval", None) for m in broker.middleware if hasattr(m, "heartbeat_interval")]
+            controls.boot(broker, worker, next((b for b in beat if b), None))
+            self._controls = (os.getpid(), controls)
+        return controls
 
     def declare_metrics(self, broker: Broker) -> None:
         """Make the counters this middleware increments exist at 0, before the first job.
@@ -95,7 +111,9 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
         assert run is not None
-        run.began = True
+        if not run.began:  # the first of the bundle: paused? cancelled? (in memory, no store call)
+            run.began = True
+            self.controls(broker).check(broker, message, run)
         set_current(run)
         last = self.is_last(broker)
         if last:  # after the others' on_start (JobState's computes the business keys)
@@ -112,10 +130,12 @@ class ReliableMiddleware(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
-            return
         run = JobRun.of(message)
         assert run is not None
+        if self.is_last(broker):
+            self.controls(broker).done(run)
+        if exception is None:
+            return
         if "throws" not in run.data:
             actor = broker.actors.get(run.actor)
             throws = run.msg.options.get("throws") or (actor.options.get("throws") if actor else None)
@@ -125,6 +145,12 @@ class ReliableMiddleware(dramatiq.Middleware):
         run = JobRun.of(message)
         assert run is not None
         run.skipped = True
+        if self.is_last(broker):
+            self.controls(broker).done(run)
+
+    def before_delay_message(self, broker: Broker, message: MessageProxy) -> None:
+        if self.is_last(broker):
+            self.controls(broker).delay_message(message)
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._finish(broker, message, nacked=False)

@@ -58,6 +58,9 @@ class JobState(ReliableMiddleware):
 
     Actor options:
       track(tuple[str]): argument names recorded as searchable business keys.
+      cancellable(str): how a cancel stops this actor's running jobs: ``"step"`` (the default:
+        at the next ``dr.once`` step) or ``"interrupt"`` (an exception raised in its thread at
+        once, as Dramatiq's ``TimeLimit`` does; the job must be safe to stop anywhere).
 
     Example::
 
@@ -89,12 +92,17 @@ class JobState(ReliableMiddleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {"track"}
+        return {"track", "cancellable"}
 
     # -- declaration ----------------------------------------------------------------------------
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         super().before_declare_actor(broker, actor)
+        if actor.options.get("cancellable", "step") not in ("step", "interrupt"):
+            raise ConfigurationError(
+                f"actor {actor.actor_name!r}: cancellable must be 'step' or 'interrupt', "
+                f"not {actor.options['cancellable']!r}"
+            )
         if "track" in actor.options:
             track = check_track(actor.actor_name, actor.fn, actor.options["track"])
             for name in track:
@@ -162,6 +170,8 @@ class JobState(ReliableMiddleware):
         status, err, detail = outcome
         if status == "skipped" and run.skip_recorded:
             return
+        if status == "deferred" and run.data.get("quiet"):
+            return  # held again while its actor or queue is paused: its record already says so
         if status == "skipped" and run.data.get("dup"):
             dup = run.data["dup"]
             detail = (
@@ -279,7 +289,7 @@ class JobState(ReliableMiddleware):
             keep_ms = retention_ms + 86_400_000
             cleanup = journal.header.setdefault("retention_ms", {})
             ttl = journal.header.setdefault("ttl_ms", {})
-            for status in ("done", "skipped", "failed"):
+            for status in ("done", "skipped", "failed", "cancelled"):
                 cleanup[status] = max(cleanup.get(status, 0), retention_ms)
                 ttl[status] = max(ttl.get(status, 0), keep_ms)
             for status in ("queued", "running", "retrying", "stuck", "abandoned"):

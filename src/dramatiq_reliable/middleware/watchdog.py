@@ -139,6 +139,7 @@ class Watchdog(ReliableMiddleware):
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self._boot(broker)
         self._workers.append(worker)
+        self._info["threads"] = sum(getattr(w, "worker_threads", 0) for w in self._workers)
         # Tell the fleet at once which queues this process consumes (before its first job).
         self.journal.submit(self._beat(sweep=False), wait=False)
         if self.rabbitmq:
@@ -158,7 +159,12 @@ class Watchdog(ReliableMiddleware):
             self._pid = os.getpid()
             self._workers = []
             self.proc_id = f"{_HOST}:{self._pid}:{secrets.token_hex(3)}"
-            self._info = {"host": _HOST, "pid": self._pid}
+            kind = type(broker).__name__
+            self._info = {
+                "host": _HOST,
+                "pid": self._pid,
+                "kind": {"RedisBroker": "redis", "RabbitmqBroker": "rabbitmq", "StubBroker": "stub"}.get(kind, kind),
+            }
             self.rabbitmq = type(broker).__name__ == "RabbitmqBroker"
             self.recovery = None
             if hasattr(broker, "broker_id") and hasattr(broker, "namespace") and hasattr(broker, "client"):
@@ -264,7 +270,7 @@ class Watchdog(ReliableMiddleware):
         return [self._beat(sweep=True)]
 
     def _beat(self, *, sweep: bool) -> dict[str, Any]:
-        info = dict(self._info, queues=self._queues())
+        info = dict(self._info, queues=self._queues(), ab=int(self.abandon_after * 1000))
         section: dict[str, Any] = {
             "proc": self.proc_id,
             "abandon_ms": int(self.abandon_after * 1000),

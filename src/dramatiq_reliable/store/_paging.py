@@ -113,13 +113,23 @@ def find(
     cursor: str | None,
     member: Member | None = None,
     intersect: Intersect | None = None,
+    queue: str | None = None,
+    since_ms: float | None = None,
 ) -> Page:
-    """Run a ``find_jobs`` query over the indexes ``fetch`` reads."""
+    """Run a ``find_jobs`` query over the indexes ``fetch`` reads.
+
+    ``queue`` is checked on the loaded records; ``since_ms`` (jobs enqueued at or after it) also
+    ends the walk early: every index scores a job at or after its enqueue time.
+    """
     position = decode_cursor(cursor)
     indexes, checks = _plan(status, actor, key, checked=member is not None)
 
     def keep(data: dict[str, Any]) -> bool:
         if status is not None and data.get("status") != status:
+            return False
+        if queue is not None and data.get("queue") != queue:
+            return False
+        if since_ms is not None and float(data.get("enq") or 0) < since_ms:
             return False
         if actor is not None and data.get("actor") != actor:
             return False
@@ -131,6 +141,8 @@ def find(
 
     if checks and intersect is not None:
         matches = intersect(indexes[0], checks, INTERSECT_MAX)
+        if matches is not None and since_ms is not None:
+            matches = [m for m in matches if m[0] >= since_ms]
         if matches is not None:
             return _page_of(matches, position, load, keep, limit)
 
@@ -140,6 +152,10 @@ def find(
     chunk = max(limit, CHECKED_CHUNK if checks else 50)
     while loaded < SCAN_BUDGET and examined < EXAMINE_BUDGET:
         candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
+        ended = False
+        if since_ms is not None:
+            kept = [c for c in candidates if c[0] >= since_ms]
+            ended, candidates = len(kept) < len(candidates), kept
         if not candidates:
             return Page(items, None, tuple(corrupt))
         examined += len(candidates)
@@ -165,7 +181,7 @@ def find(
                 items.append(record)
                 if len(items) == limit:
                     return Page(items, encode_cursor(position), tuple(corrupt))
-        if len(candidates) < chunk:
+        if len(candidates) < chunk or ended:
             return Page(items, None, tuple(corrupt))
     return Page(items, encode_cursor(position) if position else None, tuple(corrupt))
 

@@ -17,6 +17,7 @@ import abc
 import os
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._clock import now_ms
@@ -101,6 +102,8 @@ class Store(abc.ABC):
         key: tuple[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        queue: str | None = None,
+        since: datetime | None = None,
     ) -> Page:
         """Jobs matching every filter given, newest first, one page at a time.
 
@@ -110,6 +113,8 @@ class Store(abc.ABC):
           key: only jobs with this business key ``(name, value)``. Keys are recorded as
             strings; any other value is turned into one the same way (``("order_id", 4711)``
             finds what ``order_id=4711`` recorded as ``"4711"``).
+          queue: only jobs of this queue (checked on the records the other filters find).
+          since: only jobs enqueued at or after this time (aware datetime).
           limit: at most this many records (1-1000).
           cursor: the ``cursor`` of the previous page.
 
@@ -132,6 +137,8 @@ class Store(abc.ABC):
             cursor=cursor,
             member=self._member,
             intersect=self._intersect,
+            queue=queue,
+            since_ms=since.timestamp() * 1000 if since is not None else None,
         )
 
     # The indexes of job records, read by ``find_jobs`` (see ``_paging`` for the contracts).

@@ -7,7 +7,7 @@ for people and decides nothing): the ``job`` and ``st`` handlers date it then, a
 events in the history in time order. Each middleware contributes its own section to
 the op of a message (``job`` for JobState, ``idem`` for Idempotency, ``wd`` for the Watchdog,
 ``dead`` for DeadLetters, ``al`` for Alerts, ``st`` for the counters, ``cron`` for the
-scheduler). The library (``store/lua``) registers a handler per (kind, section), with a
+scheduler, ``ctl`` for operator controls). The library (``store/lua``) registers a handler per (kind, section), with a
 priority and the section's fields; :data:`KINDS` below is the same table, and
 ``tests/contract/test_op_schema.py`` holds it against what the loaded library registered.
 
@@ -327,7 +327,47 @@ class SweepCron(ReadCron):
     limit: int
 
 
-#: kind -> section -> (priority, fields): every handler the library registers.
+# -- ctl (operator controls) -------------------------------------------------------------------
+
+
+class _BeatCtl(TypedDict):
+    #: the last log sequence number this process read.
+    after: int
+
+
+class BeatCtl(_BeatCtl, total=False):
+    max: int
+
+
+class _PauseCtl(TypedDict):
+    #: ``actor:<name>`` or ``queue:<name>``
+    target: str
+    on: bool
+
+
+class PauseCtl(_PauseCtl, total=False):
+    by: str
+
+
+class NoCtl(TypedDict):
+    """No fields: ``paused``."""
+
+
+class ByCtl(TypedDict, total=False):
+    """``cancel``, ``retry_now``: who asked."""
+
+    by: str
+    hist: int
+
+
+class WorkersCtl(TypedDict, total=False):
+    #: jobs listed per process at most.
+    max: int
+
+
+#: kind -> section -> (priority, fields): every handler the library registers. A kind whose
+#: section has more than one handler (operator controls read ``start``'s and ``finish``'s ``job``
+#: at priorities 10 and 25 too) lists the one that declares the fields.
 KINDS: dict[str, dict[str, tuple[int, type]]] = {
     # A send: the record as ``queued`` (or the missing fields of an existing one).
     "enqueue": {"job": (20, EnqueueJob)},
@@ -380,6 +420,14 @@ KINDS: dict[str, dict[str, tuple[int, type]]] = {
     "cron_release": {"cron": (10, ReleaseCron)},
     "cron_sweep": {"cron": (10, SweepCron)},
     "cron_read": {"cron": (10, ReadCron)},
+    # Operator controls (``lua/80_control.lua``): a worker's view of them in its heartbeat, pause
+    # and resume, cancel, retry now, and the fleet (``result now_ms``: the store's clock).
+    "ctl_beat": {"ctl": (80, BeatCtl)},
+    "pause": {"ctl": (80, PauseCtl)},
+    "paused": {"ctl": (80, NoCtl)},
+    "cancel": {"ctl": (80, ByCtl)},
+    "retry_now": {"ctl": (80, ByCtl)},
+    "workers": {"ctl": (80, WorkersCtl)},
 }
 
 

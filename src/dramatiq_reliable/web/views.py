@@ -176,7 +176,11 @@ def queues(site: Site, request: Request) -> Response:
     rows = [{"queue": s.queue, "stats": s, "held": held.get(s.queue, (0, 0))[0]} for s in stats]
     if site.broker is None:
         rows = [{"queue": q, "stats": None, "held": held.get(q, (0, 0))[0]} for q in sorted(names)]
-    return site.page(request, "queues.html", rows=rows)
+    from ..control import paused
+
+    return site.page(
+        request, "queues.html", rows=rows, paused={p.name: p for p in paused(site.store) if p.kind == "queue"}
+    )
 
 
 def cron(site: Site, request: Request) -> Response:
@@ -215,4 +219,7 @@ def activity(site: Site, request: Request) -> Response:
 
 def workers(site: Site, request: Request) -> Response:
     """The worker processes the Watchdog knows: alive ones (with their jobs) and those found dead."""
-    return site.page(request, "workers.html", processes=site.store.worker_processes())
+    from ..control import paused
+    from ..workers import workers as fleet
+
+    return site.page(request, "workers.html", processes=fleet(site.store), paused=paused(site.store))

@@ -25,7 +25,7 @@
 
 local P, B, NOW
 local DAY = 86400000
-local TERMINAL = {done = true, failed = true, skipped = true}
+local TERMINAL = {done = true, failed = true, skipped = true, cancelled = true}
 
 -- Per-call state is reset by the functions in RESET at the start of every call.
 local RESET = {}
@@ -48,9 +48,11 @@ function K.alert(name) return P .. 'alert:' .. name end
 function K.alerts(name) return P .. 'alerts:' .. name end
 function K.cron(kind, name) return P .. 'cron:' .. kind .. ':' .. name end
 function K.stats_minute(minute) return P .. 'stats:m:' .. minute end
+function K.ctl(name) return P .. 'ctl:' .. name end
 
 -- Handlers, and the schema of each (kind, section): {field = type}, type one of
 -- 'string' 'number' 'table' 'boolean' 'any', with a trailing '?' when the field is optional.
+-- A second handler of a (kind, section) passes nil fields: it reads the section the first declares.
 -- While a library loads, Redis gives it no standard library (no table, pairs, string), so
 -- ``on`` only lists the handlers; the first call indexes them (see ``index`` in 99_main.lua).
 local REGISTERED = {}

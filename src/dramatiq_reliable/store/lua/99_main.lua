@@ -10,15 +10,17 @@ local function index()
   for _, h in ipairs(REGISTERED) do
     HANDLERS[h.kind] = HANDLERS[h.kind] or {}
     table.insert(HANDLERS[h.kind], {h.priority, h.section, h.fn})
-    SCHEMA[h.kind] = SCHEMA[h.kind] or {}
-    SCHEMA[h.kind][h.section] = {priority = h.priority, fields = h.fields}
-    local types, required = {}, {}
-    for name, spec in pairs(h.fields) do
-      types[name] = string.match(spec, '^(%a+)')
-      if string.sub(spec, -1) ~= '?' then table.insert(required, name) end
+    if h.fields then
+      SCHEMA[h.kind] = SCHEMA[h.kind] or {}
+      SCHEMA[h.kind][h.section] = {priority = h.priority, fields = h.fields}
+      local types, required = {}, {}
+      for name, spec in pairs(h.fields) do
+        types[name] = string.match(spec, '^(%a+)')
+        if string.sub(spec, -1) ~= '?' then table.insert(required, name) end
+      end
+      CHECKS[h.kind] = CHECKS[h.kind] or {}
+      CHECKS[h.kind][h.section] = {types = types, required = required}
     end
-    CHECKS[h.kind] = CHECKS[h.kind] or {}
-    CHECKS[h.kind][h.section] = {types = types, required = required}
   end
   for _, list in pairs(HANDLERS) do
     table.sort(list, function(a, b) return a[1] < b[1] end)
