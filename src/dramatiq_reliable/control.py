@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ._clock import from_ms, iso, now_ms
+from ._clock import from_ms, iso
 from .errors import ConfigurationError, StoreError
 from .status import TERMINAL, Status
 from .store.base import Store
@@ -99,7 +99,7 @@ def _target(actor: str | None, queue: str | None) -> tuple[str, str]:
 
 
 def _apply(store: Store, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    results = store.apply({"now": now_ms(), "ops": ops})
+    results = store.apply({"ops": ops})
     for result in results:
         if "error" in result:
             raise StoreError(f"store {store.url} refused a control: {result['error']}")

@@ -118,6 +118,12 @@ class Scheduler:
 
     # -- one tick ---------------------------------------------------------------------------------
 
+    def _pinned(self, at: int | None = None) -> int | None:
+        """The time a store call runs at: the store's own clock, unless a test's clock drives time."""
+        if self.clock is now_ms:
+            return None
+        return self.clock() if at is None else at
+
     def fire_by_name(self, name: str, fire_ms: int) -> str:
         return self.fire(self._by_name[name], fire_ms)
 
@@ -153,7 +159,7 @@ class Scheduler:
                 owner=self.owner,
                 lease_ms=self.lease_ms,
                 grace_ms=self.grace_ms,
-                now=now,
+                now=self._pinned(now),
             )
         except StoreError as exc:
             when = _when(schedule, fire_ms)
@@ -196,7 +202,7 @@ class Scheduler:
             metrics.inc("cron_enqueue_errors_total", schedule=schedule.name)
             try:
                 self.store.cron_release(
-                    schedule.name, fire_ms, owner=self.owner, retry_ms=RETRY_DELAY_MS, now=self.clock()
+                    schedule.name, fire_ms, owner=self.owner, retry_ms=RETRY_DELAY_MS, now=self._pinned()
                 )
             except StoreError:
                 pass  # the claim lapses after claim_lease instead
@@ -208,7 +214,7 @@ class Scheduler:
 
     def _confirm(self, name: str, fire_ms: int, state: str) -> None:
         try:
-            outcome, holder = self.store.cron_confirm(name, fire_ms, owner=self.owner, state=state, now=self.clock())
+            outcome, holder = self.store.cron_confirm(name, fire_ms, owner=self.owner, state=state, now=self._pinned())
         except StoreError as exc:
             logger.warning("Schedule %r: cannot confirm tick %d (%s); retrying.", name, fire_ms, exc)
             metrics.inc("store_errors_total", op="cron_confirm")
@@ -235,7 +241,7 @@ class Scheduler:
             self.fire_by_name(name, fire_ms)
         try:
             names = list(self._by_name)
-            ticks = self.store.cron_sweep(names, owner=self.owner, lease_ms=self.lease_ms, now=self.clock())
+            ticks = self.store.cron_sweep(names, owner=self.owner, lease_ms=self.lease_ms, now=self._pinned())
         except StoreError as exc:
             logger.warning("Cannot look for lapsed claims: %s", exc)
             ticks = []
@@ -282,7 +288,7 @@ class Scheduler:
           StoreUnavailable: the store cannot be reached.
         """
         at = self.clock() if now is None else now
-        last = self.store.cron_last(list(self._by_name), now=at)
+        last = self.store.cron_last(list(self._by_name), now=self._pinned(at))
         due: list[tuple[Schedule, int]] = []
         for schedule in self.schedules:
             tick = last.get(schedule.name)

@@ -91,10 +91,10 @@ def workers(store: Store) -> list[WorkerStatus]:
     Raises:
       StoreUnavailable: the store cannot be reached.
     """
-    now = now_ms()
-    result = store.apply({"now": now, "ops": [{"k": "workers", "id": "-", "ctl": {"max": MAX_JOBS}}]})[0]
+    result = store.apply({"ops": [{"k": "workers", "id": "-", "ctl": {"max": MAX_JOBS}}]})[0]
     if "error" in result:
         raise StoreError(f"store {store.url} refused to list workers: {result['error']}")
+    now = int(result.get("now_ms") or now_ms())  # ages by the store's clock, as its times are
     pending = set(result.get("pending") or [])
     out = []
     for p in result.get("procs") or []:

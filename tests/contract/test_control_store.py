@@ -53,7 +53,7 @@ def test_a_cancelled_job_that_starts_stays_cancelled_and_is_not_retried(store) -
     started = apply(store, {"k": "start", "id": "j", "job": {"att": 1, "worker": "w"}}, now=NOW + 2)[0]
     assert started.get("cancelled") is True
     assert store.get_job("j").status is dr.Status.CANCELLED
-    apply(store, {"k": "finish", "id": "j", "job": {"outcome": "retrying", "att": 1, "next": NOW + 99}}, now=NOW + 3)
+    apply(store, {"k": "finish", "id": "j", "job": {"outcome": "retrying", "att": 1, "next_ms": NOW + 99}}, now=NOW + 3)
     record = store.get_job("j")
     assert record.status is dr.Status.CANCELLED and record.next_retry_at is None
     assert record.events[-1].detail == "not retried: the job was cancelled"
@@ -61,7 +61,7 @@ def test_a_cancelled_job_that_starts_stays_cancelled_and_is_not_retried(store) -
 
 def test_retry_now_only_for_retrying_jobs(store) -> None:
     apply(store, {"k": "start", "id": "r", "job": {**creation(), "att": 1, "worker": "w"}})
-    apply(store, {"k": "finish", "id": "r", "job": {"outcome": "retrying", "att": 1, "next": NOW + 60_000}})
+    apply(store, {"k": "finish", "id": "r", "job": {"outcome": "retrying", "att": 1, "next_ms": NOW + 60_000}})
     assert apply(store, {"k": "retry_now", "id": "nope", "ctl": {}})[0]["state"] == "unknown"
     result = apply(store, {"k": "retry_now", "id": "r", "ctl": {"by": "me"}}, now=NOW + 5)[0]
     assert result["state"] == "now"
@@ -109,7 +109,8 @@ def test_find_jobs_by_queue_and_since(store) -> None:
     from datetime import datetime, timezone
 
     for i in range(6):
-        section = {**creation(), "queue": "mail" if i % 2 else "default", "enq": NOW + i * 1000, "detail": "enqueued"}
+        queue = "mail" if i % 2 else "default"
+        section = {**creation(), "queue": queue, "enq_ms": NOW + i * 1000, "detail": "enqueued"}
         apply(store, {"k": "enqueue", "id": f"s{i}", "job": section}, now=NOW + i * 1000)
     apply(store, {"k": "start", "id": "s5", "job": {"att": 1}}, now=NOW + 9000)
 

@@ -9,7 +9,7 @@ import pytest
 from dramatiq_reliable.cli import main
 
 NOW = 1_763_700_000_000
-CREATION = {"actor": "invoice", "queue": "default", "maxr": 3, "enq": NOW, "args": "{}"}
+CREATION = {"actor": "invoice", "queue": "default", "maxr": 3, "enq_ms": NOW, "args": "{}"}
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -22,7 +22,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def env(redis_store) -> list[str]:
     redis_store.apply(
         {
-            "now": NOW,
+            "now_ms": NOW,
             "ops": [
                 {"k": "enqueue", "id": "q1", "job": {**CREATION, "keys": {"order_id": "1"}}},
                 {"k": "enqueue", "id": "q2", "job": {**CREATION, "keys": {"order_id": "2"}}},
@@ -30,7 +30,7 @@ def env(redis_store) -> list[str]:
                 {"k": "start", "id": "d1", "job": {**CREATION, "att": 1}},
                 {"k": "finish", "id": "d1", "job": {"outcome": "done", "att": 1}},
                 {"k": "start", "id": "t1", "job": {**CREATION, "att": 1}},
-                {"k": "finish", "id": "t1", "job": {"outcome": "retrying", "att": 1, "next": NOW + 60_000}},
+                {"k": "finish", "id": "t1", "job": {"outcome": "retrying", "att": 1, "next_ms": NOW + 60_000}},
             ],
         }
     )
@@ -107,7 +107,7 @@ def test_jobs_list_says_what_is_paused(capsys, env) -> None:
 
 
 def test_jobs_list_by_queue_and_since(capsys, env, redis_store) -> None:
-    redis_store.apply({"now": NOW, "ops": [{"k": "enqueue", "id": "m1", "job": {**CREATION, "queue": "mail"}}]})
+    redis_store.apply({"now_ms": NOW, "ops": [{"k": "enqueue", "id": "m1", "job": {**CREATION, "queue": "mail"}}]})
     code, out, _ = run(capsys, *env, "jobs", "list", "--queue", "mail", "--json")
     assert code == 0 and [r["id"] for r in json.loads(out)] == ["m1"]
     code, out, _ = run(capsys, *env, "jobs", "list", "--since", "1h", "--json")

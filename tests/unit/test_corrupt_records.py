@@ -134,13 +134,12 @@ def test_the_api_on_a_memory_store(stub_broker: StubBroker) -> None:
     # Given a MemoryStore with a good record and records whose fields are corrupt
     store = dr.MemoryStore()
     dr.install(stub_broker, store, notifiers=[])
-    store.apply({"now": NOW_MS, "ops": []})
     good = json.loads(_job())
-    store.records["good"] = (good, NOW_MS * 2)
-    store.indexes.setdefault("status:done", {})["good"] = NOW_MS
+    store.client.set(store.k("job", "good"), json.dumps(good))
+    store.client.zadd(store.k("jobs", "status", "done"), {"good": NOW_MS})
     for i, (job_id, fields) in enumerate({"m-status": {"status": "exploded"}, "m-att": {"att": "many"}}.items()):
-        store.records[job_id] = ({**good, **fields}, NOW_MS * 2)
-        store.indexes["status:done"][job_id] = NOW_MS + 1 + i
+        store.client.set(store.k("job", job_id), json.dumps({**good, **fields}))
+        store.client.zadd(store.k("jobs", "status", "done"), {job_id: NOW_MS + 1 + i})
     # When they are read, Then the corrupt ones are named, and the good one is listed
     with pytest.raises(dr.CorruptRecord) as info:
         store.get_job("m-att")

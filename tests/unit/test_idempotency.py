@@ -148,7 +148,7 @@ def test_once_runs_a_step_once_across_attempts(broker, store, stub_worker) -> No
     assert charges == [9]
     assert emails == ["failed", "r9"]
     assert store.get_job(message.message_id).status is dr.Status.DONE
-    assert "invoice:inv:9" not in store.checkpoints  # dropped once the job completed its key
+    assert not store.client.exists(store.k("idem", "once", "invoice:inv:9"))  # dropped once the job completed its key
 
 
 def test_once_rejects_a_non_json_result_and_misuse(broker, store, stub_worker) -> None:
@@ -219,7 +219,7 @@ def test_the_record_is_the_marker_only_when_job_state_keeps_it_long_enough(stub_
 
     message = short.send(1)
     drain(stub_broker, stub_worker)
-    assert store.sget("done", f"msg:{message.message_id}") == message.message_id
+    assert store.client.get(store.k("idem", "done", f"msg:{message.message_id}")) == message.message_id.encode()
     stub_broker.enqueue(message)
     drain(stub_broker, stub_worker)
     assert calls == [1]
@@ -233,7 +233,7 @@ def test_no_marker_is_written_when_the_record_serves(broker, store, stub_worker)
     message = plain.send(1)
     drain(broker, stub_worker)
     assert store.get_job(message.message_id).status is dr.Status.DONE
-    assert store.sget("done", f"msg:{message.message_id}") is None
+    assert store.client.get(store.k("idem", "done", f"msg:{message.message_id}")) is None
 
 
 def test_keys_are_scoped_per_actor(broker, store, stub_worker) -> None:
@@ -259,7 +259,7 @@ def test_keys_are_scoped_per_actor(broker, store, stub_worker) -> None:
     assert sorted(calls) == [("invoice", 7), ("ship", 7)]
     assert store.get_job(shipped.message_id).status is dr.Status.DONE
     assert store.get_job(again.message_id).duplicate_of == first.message_id
-    assert store.sget("done", "ship:7") == shipped.message_id
+    assert store.client.get(store.k("idem", "done", "ship:7")) == shipped.message_id.encode()
 
 
 def test_a_unique_job_without_a_key_runs_again_once_finished(broker, store, stub_worker) -> None:
@@ -345,7 +345,7 @@ def test_once_steps_are_shared_by_every_message_with_the_key(broker, store, stub
     # Then the charge is not repeated, the email is sent, and the steps are dropped
     assert charges == [3] and emails == ["r3"]
     assert store.get_job(second.message_id).status is dr.Status.DONE
-    assert "order:order:3" not in store.checkpoints
+    assert not store.client.exists(store.k("idem", "once", "order:order:3"))
 
 
 def test_once_steps_without_a_key_belong_to_the_job(broker, store, stub_worker) -> None:

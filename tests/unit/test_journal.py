@@ -111,7 +111,7 @@ def test_unreachable_store_releases_waiters_at_once_and_replays_in_order(store) 
     other = journal.submit(op("start", "y"), wait=True)
     second = journal.submit(op("finish", "x"), wait=True)
     question = journal.submit(
-        {"k": "claim", "id": "x", "idem": {"key": "k", "token": "t", "lease": 1000}}, wait=True, retry=False
+        {"k": "claim", "id": "x", "idem": {"key": "k", "token": "t", "lease_ms": 1000}}, wait=True, retry=False
     )
     assert time.monotonic() - started < 1.0
     assert isinstance(first.error, StoreUnavailable) and isinstance(question.error, StoreUnavailable)
@@ -213,7 +213,7 @@ def test_repeated_put_backs_of_a_job_are_one_event_that_says_how_many(store) -> 
     journal = Journal(store, retry_interval=0.05)
     store.down = True
     journal.submit(
-        {"k": "enqueue", "id": "k", "job": {"actor": "a", "queue": "q", "enq": 1, "detail": "enqueued"}}, wait=True
+        {"k": "enqueue", "id": "k", "job": {"actor": "a", "queue": "q", "enq_ms": 1, "detail": "enqueued"}}, wait=True
     )
     for _ in range(7):
         for write in put_back("k"):
@@ -253,11 +253,11 @@ def test_a_late_event_goes_where_its_time_puts_it(store) -> None:
     cut_off, other = Journal(store, retry_interval=60), Journal(store)
     store.down = True
     cut_off.submit(put_back("j")[0], wait=True)
-    earlier = cut_off._backlog.slots()[0].op["at"]
+    earlier = cut_off._backlog.slots()[0].op["at_ms"]
     store.down = False
     # and the job then enqueued again and done by another process
     wait_for(lambda: now_ms() > earlier + 5)
-    other.submit({"k": "enqueue", "id": "j", "job": {"actor": "a", "queue": "q", "enq": earlier - 10}}, wait=True)
+    other.submit({"k": "enqueue", "id": "j", "job": {"actor": "a", "queue": "q", "enq_ms": earlier - 10}}, wait=True)
     other.submit(op("start", "j"), wait=True)
     other.submit(op("finish", "j"), wait=True)
     # When the first process's buffer is replayed

@@ -153,7 +153,7 @@ def test_gauges_from_the_store() -> None:
     now = metrics_now()
     store.apply(
         {
-            "now": now,
+            "now_ms": now,
             "ops": [
                 {"k": "enqueue", "id": "a", "job": {"actor": "x", "queue": "q"}},
                 {"k": "enqueue", "id": "b", "job": {"actor": "x", "queue": "q"}},

@@ -6,6 +6,7 @@ The same page in a real browser on real brokers is in tests/integration/test_web
 from __future__ import annotations
 
 import html
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -505,8 +506,8 @@ def test_activity_page_charts_what_ended(shop) -> None:
 
 def test_activity_page_escapes_names_from_the_store(shop) -> None:
     name = "<script>alert(3)</script>"
-    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "w": 5}}
-    shop.store.apply({"now": dr_now(), "ops": [op]})
+    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "wait_ms": 5}}
+    shop.store.apply({"now_ms": dr_now(), "ops": [op]})
     text = client(shop).get("/activity").text
     assert "<script>alert" not in text and "&lt;script&gt;alert(3)&lt;/script&gt;" in text
 
@@ -660,8 +661,12 @@ def test_one_client_is_locked_out_others_are_not(shop) -> None:
 
 def test_corrupt_records_are_marked_and_the_pages_keep_working(shop: SimpleNamespace) -> None:
     # Given a job record and a dead letter whose fields something else overwrote
-    shop.store.records[shop.ok][0]["att"] = "many"
-    shop.store.dead_records[shop.bad]["dead"] = 1e300
+    for key, field, value in (
+        (shop.store.k("job", shop.ok), "att", "many"),
+        (shop.store.k("dead", shop.bad), "dead", 1e300),
+    ):
+        stored = json.loads(shop.store.client.get(key))
+        shop.store.client.set(key, json.dumps({**stored, field: value}), keepttl=True)
     web = client(shop)
     # Then the search lists the readable jobs and marks the corrupt one
     page = web.get("/")

@@ -121,7 +121,7 @@ class _Replay(Operation):
             if ok:
                 self.broker.emit_after("enqueue", message, None)
                 self._result(letter.id, "replayed", f"to queue {letter.queue!r}", letter.queue)
-                ops.append({"k": "replayed", "id": letter.id, "dl": {}})
+                ops.append({"k": "replayed", "id": letter.id, "dead": {}})
             elif letter.id not in self.results:
                 self._gone([letter])
         return ops

@@ -104,7 +104,7 @@ class Controls:
             pass
 
     def _read(self) -> bool:
-        result = self.store.apply({"now": now_ms(), "ops": [self._op()]})[0]
+        result = self.store.apply({"ops": [self._op()]})[0]
         if "error" in result:
             raise RuntimeError(result["error"])
         self._take(result)

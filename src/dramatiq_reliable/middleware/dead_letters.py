@@ -65,7 +65,7 @@ class DeadLetters(ReliableMiddleware):
             if queue in self._queues:
                 return
             self._queues.add(queue)
-        self.journal.submit({"k": "dead_queue", "id": "-", "dl": {"queues": [queue]}}, wait=False)
+        self.journal.submit({"k": "dead_queue", "id": "-", "dead": {"queues": [queue]}}, wait=False)
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         # Retries changes the options in place (retries, traceback) before the nack; the
@@ -96,9 +96,9 @@ class DeadLetters(ReliableMiddleware):
             "msg": text,
             "enc": enc,
             "xid": message.options.get("redis_message_id"),
-            "ret": int(self.retention * 1000),
+            "retention_ms": int(self.retention * 1000),
         }
-        run.stage(self.journal, "finish", "dl", compact(section))
+        run.stage(self.journal, "finish", "dead", compact(section))
         # dead_letters_total is counted once per failed job by metrics.observe_job.
         self.logger.info(
             "Message %r (%s) dead-lettered to %s.XQ after %d attempt(s): %s",

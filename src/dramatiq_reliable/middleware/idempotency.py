@@ -155,7 +155,7 @@ class Idempotency(ReliableMiddleware):
         if not actor.options.get("unique"):
             return
         key = self.unique_key_of(actor, message)
-        op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl": UNIQUE_PENDING_MS}}
+        op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl_ms": UNIQUE_PENDING_MS}}
         slot = self.journal.submit(op, wait=True, retry=False)
         result = slot.result or {}
         if slot.error is not None or "error" in result:
@@ -174,7 +174,7 @@ class Idempotency(ReliableMiddleware):
         op = {
             "k": "confirm",
             "id": message.message_id,
-            "idem": {"key": self.unique_key_of(actor, message), "ttl": self._ttl_ms(actor)},
+            "idem": {"key": self.unique_key_of(actor, message), "ttl_ms": self._ttl_ms(actor)},
         }
         self.journal.submit(op, wait=False, retry=True)
 
@@ -206,7 +206,7 @@ class Idempotency(ReliableMiddleware):
             raise SkipMessage(str(exc)) from None
         run.data[CHECKPOINTS] = Checkpoints(self.store, key, ttl_ms)
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
-        section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
+        section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
             section["rec"] = 1
@@ -258,7 +258,7 @@ class Idempotency(ReliableMiddleware):
             with self._held_lock:
                 if self._held.get(claim.key) == claim.token:
                     del self._held[claim.key]
-            section.update(key=claim.key, token=claim.token, ttl=claim.ttl_ms)
+            section.update(key=claim.key, token=claim.token, ttl_ms=claim.ttl_ms)
             if claim.rec:
                 section["rec"] = 1
         if reserved is not None:
@@ -309,7 +309,7 @@ class Idempotency(ReliableMiddleware):
             held = dict(self._held)
         if not held:
             return []
-        return [{"k": "renew", "id": "-", "idem": {"leases": held, "lease": int(self.lease * 1000)}}]
+        return [{"k": "renew", "id": "-", "idem": {"leases": held, "lease_ms": int(self.lease * 1000)}}]
 
     def beat_results(self, results: list[dict[str, Any]] | None, error: BaseException | None) -> None:
         if error is not None:

@@ -138,7 +138,7 @@ class JobState(ReliableMiddleware):
         self._enqueue.current = None
         eta = message.options.get("eta")
         if eta:
-            fields["due"] = eta
+            fields["due_ms"] = eta
         fields["detail"] = f"enqueued, due at {iso(from_ms(eta))}" if eta else "enqueued"
         self._configure().submit({"k": "enqueue", "id": message.message_id, "job": fields}, wait=True)
 
@@ -154,7 +154,7 @@ class JobState(ReliableMiddleware):
         journal = self._configure()
         msg = run.msg
         if RECORDED_OPTION in msg.options:
-            fields = {"actor": run.actor, "queue": run.queue, "enq": msg.message_timestamp}
+            fields = {"actor": run.actor, "queue": run.queue, "enq_ms": msg.message_timestamp}
             info = self._info(broker, run.actor)
             if info[2]:  # track=, for dr.current_job().keys
                 run.keys = self.snapshots.keys(info[2], self.snapshots.bind(info[1], msg.args, msg.kwargs))
@@ -188,7 +188,7 @@ class JobState(ReliableMiddleware):
         if "dup" in run.data:
             fields["dup"] = run.data["dup"]
         if status == "retrying" and run.requeued_eta:
-            fields["next"] = run.requeued_eta
+            fields["next_ms"] = run.requeued_eta
             fields["detail"] = f"{detail}; next attempt at {iso(from_ms(run.requeued_eta))}"
         if self.history != DEFAULT_HISTORY:
             fields["hist"] = self.history
@@ -257,7 +257,7 @@ class JobState(ReliableMiddleware):
         fields = {
             "actor": message.actor_name,
             "queue": q_name(message.queue_name),
-            "enq": message.message_timestamp,
+            "enq_ms": message.message_timestamp,
             "args": args,
             "keys": keys,
         }
@@ -287,8 +287,8 @@ class JobState(ReliableMiddleware):
         if journal is not self._configured:
             retention_ms = int(self.retention * 1000)
             keep_ms = retention_ms + 86_400_000
-            cleanup = journal.header.setdefault("cleanup", {})
-            ttl = journal.header.setdefault("ttl", {})
+            cleanup = journal.header.setdefault("retention_ms", {})
+            ttl = journal.header.setdefault("ttl_ms", {})
             for status in ("done", "skipped", "failed", "cancelled"):
                 cleanup[status] = max(cleanup.get(status, 0), retention_ms)
                 ttl[status] = max(ttl.get(status, 0), keep_ms)
@@ -311,4 +311,4 @@ def _stats_section(run: JobRun, outcome: str) -> dict[str, Any]:
     """The per-minute counters' part of the final write (``lua/70_stats.lua``)."""
     options = run.msg.options
     ready = options.get(READY_OPTION) or options.get("eta") or run.msg.message_timestamp
-    return {"a": run.actor, "q": run.queue, "o": outcome, "w": max(0, run.started_ms - int(ready))}
+    return {"a": run.actor, "q": run.queue, "o": outcome, "wait_ms": max(0, run.started_ms - int(ready))}

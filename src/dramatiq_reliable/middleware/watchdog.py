@@ -16,7 +16,7 @@ from dramatiq.worker import ConsumerThread
 
 from .. import _validate
 from .._backlog_rabbitmq import stamp_publish_time
-from .._clock import format_duration, now_ms
+from .._clock import check_skew, format_duration, now_ms
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
@@ -123,6 +123,8 @@ class Watchdog(ReliableMiddleware):
         self._time_limit: float | None = None
         self._boot_lock = threading.Lock()
         self._beat_failed = False
+        #: The pid of the process whose beat registered it in the store (its starts then need not).
+        self._registered = 0
 
     @property
     def actor_options(self) -> set[str]:
@@ -207,7 +209,9 @@ class Watchdog(ReliableMiddleware):
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id
-        section = {"proc": proc, "ab": int(self.abandon_after * 1000), "a": run.actor, "q": run.queue}
+        section: dict[str, Any] = {"proc": proc, "a": run.actor, "q": run.queue}
+        if self._registered != os.getpid():  # until a beat registered the process, the start does
+            section["abandon_ms"] = int(self.abandon_after * 1000)
         lease = run.data.get("idem")  # Idempotency's (key, token, …), if it took a lease
         if lease is not None:
             section["lk"], section["lt"] = lease[0], lease[1]
@@ -269,12 +273,12 @@ class Watchdog(ReliableMiddleware):
         info = dict(self._info, queues=self._queues(), ab=int(self.abandon_after * 1000))
         section: dict[str, Any] = {
             "proc": self.proc_id,
-            "ab": int(self.abandon_after * 1000),
+            "abandon_ms": int(self.abandon_after * 1000),
             "info": info,
             "hist": self.history,
         }
         if sweep:
-            section.update(sweep=max(int(self.sweep_interval * 1000), 1), keep=DEAD_KEEP_MS)
+            section.update(sweep_ms=max(int(self.sweep_interval * 1000), 1), keep_ms=DEAD_KEEP_MS)
         return {"k": "beat", "id": "-", "wd": section}
 
     def _queues(self) -> list[str]:
@@ -300,7 +304,10 @@ class Watchdog(ReliableMiddleware):
         if self._beat_failed:
             self.logger.info("Heartbeat of %s works again.", self.proc_id)
             self._beat_failed = False
+        self._registered = os.getpid()
         result = (results or [{}])[0]
+        if isinstance(result.get("now_ms"), int):
+            check_skew(result["now_ms"], where=self.store.url)
         if result.get("revived"):
             self.logger.warning(
                 "Worker process %s had been taken for dead (no heartbeat for %s); %d job(s) back to running.%s",

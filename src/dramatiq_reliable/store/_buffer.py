@@ -44,7 +44,7 @@ RANKS = ("noise", "record", "final")
 #: Kinds of process-level writes whose loss only delays what they say (noise).
 NOISE_KINDS = frozenset({"due", "beat", "dead_queue", "recovered"})
 #: Fields of a start that create the record, if the final write has to.
-CREATION = ("actor", "queue", "maxr", "enq", "args", "keys", "hist")
+CREATION = ("actor", "queue", "maxr", "enq_ms", "args", "keys", "hist")
 
 
 def rank(op: dict[str, Any]) -> int:
@@ -147,15 +147,15 @@ class WriteBuffer:
     def _fold_put_back(entry: _Entry, op: dict[str, Any]) -> bool:
         """One more put-back of a job whose last buffered write is a put-back: count it there."""
         prev = entry.slot.op
-        sections = {s for s in prev if s != "at"}
-        if not _deferred(prev) or sections != {s for s in op if s != "at"}:
+        sections = {s for s in prev if s != "at_ms"}
+        if not _deferred(prev) or sections != {s for s in op if s != "at_ms"}:
             return False
         if any(prev[s] != op[s] for s in sections if s != "job"):
             return False
         if entry.reason is None:
             entry.reason = str(prev["job"].get("detail") or "put back")
         entry.times += 1
-        until = f", the last at {iso(from_ms(op['at']))}" if "at" in op else ""
+        until = f", the last at {iso(from_ms(op['at_ms']))}" if "at_ms" in op else ""
         detail = f"{entry.reason} ({entry.times} times while the store was unreachable{until})"
         prev["job"] = {**prev["job"], "detail": detail}
         return True
@@ -164,14 +164,14 @@ class WriteBuffer:
     def _fold_start(start: dict[str, Any], final: dict[str, Any]) -> bool:
         """Carry a job's buffered start in its final write (``job.began``); False if they do not fold."""
         began, end = start.get("job"), final.get("job")
-        if set(start) - {"k", "id", "at", "job", "wd"} or not isinstance(began, dict) or not isinstance(end, dict):
+        if set(start) - {"k", "id", "at_ms", "job", "wd"} or not isinstance(began, dict) or not isinstance(end, dict):
             return False
         if began.get("att") != end.get("att"):
             return False
         section = {f: began[f] for f in CREATION if f in began and f not in end}
         section["began"] = {f: began[f] for f in ("att", "worker") if f in began}
-        if "at" in start:
-            section["began"]["at"] = start["at"]
+        if "at_ms" in start:
+            section["began"]["at_ms"] = start["at_ms"]
         # The start's process bookkeeping ("wd") is undone by the final write's: both go.
         final["job"] = {**section, **end}
         return True

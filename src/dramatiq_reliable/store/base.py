@@ -1,9 +1,9 @@
 """The store contract.
 
 A store keeps job records, idempotency keys, dead letters and throttles, shared by every
-worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` keeps everything in
-the process for tests, the demo and ``StubBroker``. Both pass the same test suite
-(``tests/contract``).
+worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` is ``RedisStore``
+over an in-process Redis running the same Lua library, for tests, the demo and ``StubBroker``.
+Both pass the same test suite (``tests/contract``).
 
 Writes go through :meth:`Store.apply`: a batch of operations ("ops"), each the transition of
 one job, applied atomically per op and in order. The :class:`~.journal.Journal` groups the ops
@@ -65,9 +65,9 @@ class Store(abc.ABC):
         """Apply a batch of ops (see :mod:`.ops`).
 
         Parameters:
-          batch(dict): ``{"now": ms, "ops": [op, ...]}`` plus optional ``cleanup``
-            (status → retention in milliseconds), ``limit`` (records to clean up at most) and
-            ``ttl`` (status → milliseconds a record in that status is kept at most).
+          batch(dict): ``{"ops": [op, ...]}`` plus optional ``retention_ms`` (status →
+            retention), ``limit`` (records to clean up at most), ``ttl_ms`` (status → how long
+            a record in that status is kept at most) and ``sent_ms`` (see :class:`.ops.Batch`).
 
         Returns:
           list[dict]: one result per op, in order (``{"error": ...}`` for an op that failed).
@@ -173,16 +173,17 @@ class Store(abc.ABC):
         """Store the JSON result of step ``name`` in ``scope``; the scope's steps are kept ``ttl_ms`` ms."""
 
     # -- cron ---------------------------------------------------------------------------------
-    # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the
-    # scheduler. A tick is ``(schedule name, fire time in ms)``; every method takes ``now``
-    # (milliseconds since the epoch) so the caller's clock decides. Each is one store call.
+    # Claims of cron ticks (``store/lua/60_cron.lua``), used by the scheduler. A tick is
+    # ``(schedule name, fire time in ms)``. Leases follow the store's clock; ``now`` (ms since
+    # the epoch) runs the call at another time, for tests that drive time. Each is one store call.
 
     def _cron(self, kind: str, section: dict[str, Any], now: int | None, op_id: str = "-") -> dict[str, Any]:
-        from .._clock import now_ms
         from ..errors import StoreError
 
-        at = now_ms() if now is None else int(now)
-        results = self.apply({"now": at, "ops": [{"k": kind, "id": op_id, "cron": section}]})
+        batch: dict[str, Any] = {"ops": [{"k": kind, "id": op_id, "cron": section}]}
+        if now is not None:
+            batch["now_ms"] = int(now)
+        results = self.apply(batch)
         result = results[0] if results else {}
         if "error" in result:
             raise StoreError(f"store {self.url} refused {kind}: {result['error']}")
@@ -210,8 +211,8 @@ class Store(abc.ABC):
           StoreUnavailable: the store cannot be reached; nothing was claimed.
         """
         keep = int(grace_ms) + int(lease_ms) + 60_000
-        section = {"name": name, "fire": int(fire_ms), "job": job_id, "by": owner}
-        section.update(lease=int(lease_ms), grace=int(grace_ms), keep=keep)
+        section = {"name": name, "fire_ms": int(fire_ms), "job": job_id, "by": owner}
+        section.update(lease_ms=int(lease_ms), grace_ms=int(grace_ms), keep_ms=keep)
         result = self._cron("cron_claim", section, now, job_id)
         return (str(result.get("outcome")), str(result.get("by") or owner))
 
@@ -224,7 +225,7 @@ class Store(abc.ABC):
           tuple: ``("confirmed", owner)``; ``("late", holder)`` if the claim had been taken over
           meanwhile; ``("gone", "")`` if the claim expired.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "st": state}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "st": state}
         result = self._cron("cron_confirm", section, now)
         return (str(result.get("outcome")), str(result.get("by") or ""))
 
@@ -234,7 +235,7 @@ class Store(abc.ABC):
         Returns:
           bool: ``False`` if ``owner`` no longer held the claim.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "retry": int(retry_ms)}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "retry_ms": int(retry_ms)}
         return self._cron("cron_release", section, now).get("outcome") == "released"
 
     def cron_sweep(
@@ -249,7 +250,7 @@ class Store(abc.ABC):
           list[dict]: ``{"o": "retake" | "missed", "name", "fire" (ms), "job", "by" (the previous
           holder)}``, at most ``limit`` per schedule.
         """
-        section = {"names": list(names), "by": owner, "lease": int(lease_ms), "limit": int(limit)}
+        section = {"names": list(names), "by": owner, "lease_ms": int(lease_ms), "limit": int(limit)}
         ticks = self._cron("cron_sweep", section, now).get("ticks")
         return ticks if isinstance(ticks, list) else []  # Lua's cjson encodes an empty list as {}
 

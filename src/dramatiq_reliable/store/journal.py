@@ -263,15 +263,17 @@ class Journal:
         return batch
 
     def _batch(self, slots: list[Slot]) -> dict[str, Any]:
-        batch = {"now": now_ms(), "ops": [s.op for s in slots]}
+        # ``sent_ms`` is this process's clock, only ever compared with its own times (an alert's
+        # ``at_ms``); the store judges leases, liveness and retention by its own clock.
+        batch = {"sent_ms": now_ms(), "ops": [s.op for s in slots]}
         header = self.header
         if header:
             clock = time.monotonic()
             if clock - self._cleaned >= CLEANUP_INTERVAL:
                 self._cleaned = clock
                 batch.update(header)
-            elif "ttl" in header:
-                batch["ttl"] = header["ttl"]
+            elif "ttl_ms" in header:
+                batch["ttl_ms"] = header["ttl_ms"]
         return batch
 
     def _lead(self, batch: list[Slot]) -> None:
@@ -339,7 +341,7 @@ class Journal:
         if slot.wake is not None:
             slot.wake.release()
         if slot.retry:
-            slot.op.setdefault("at", slot.at)
+            slot.op.setdefault("at_ms", slot.at)
             metrics.inc("store_writes_buffered_total")
             self._backlog.add(slot)
 

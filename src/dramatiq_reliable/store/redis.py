@@ -32,10 +32,13 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:wd:pending               set     dead processes whose unacked broker messages are still
                                         to be put back (Redis brokers)
     dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
-                                        ``sweep_interval``
+                                        ``sweep_interval`` (the sweep also drops expired
+                                        dead letters)
     dr:dead:<id>                string  a dead letter (DeadLetters): the message as delivered,
                                         the final error, attempts, actor, queue, time; kept
-                                        ``retention`` (removed by the Lua cleanup, no PX)
+                                        ``retention``: removed with its index entries by the
+                                        fleet's sweep or the next dead-letter op, and PX
+                                        ``retention`` + 1 day as a backstop
     dr:deads:time               zset    job id -> when it was dead-lettered
     dr:deads:queue:<queue>      zset    job id -> when it was dead-lettered
     dr:deads:actor:<actor>      zset    job id -> when it was dead-lettered
@@ -68,11 +71,14 @@ start fin next due worker keys args(JSON text) err{type,message,traceback} dup s
 ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
 time of the last update. ``wp`` is the Watchdog's process running the job.
 
-Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
-assembled in name order), which keeps the indexes in step with the records: a job is in
-exactly one status index, and records past their retention are removed together with their
-index entries. The script touches keys it derives from its arguments, so ``RedisStore`` needs
-a single Redis server (or a primary), not a Redis Cluster.
+Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
+loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see
+``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
+one status index, and records past their retention are removed together with their index
+entries. Times in keys and records are the store's clock (``TIME``). The library builds every
+key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
+needs a single Redis server (or a primary), not a Redis Cluster; it needs Redis >= 7.0 or
+Valkey >= 7.2 (Redis Functions).
 """
 
 from __future__ import annotations
@@ -80,24 +86,22 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
-from importlib import resources
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _stored
-from .._clock import now_ms
 from .._urls import check_redis_query, hide_password, safe_reason
 from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
-from . import _dead, _paging
+from . import _dead, _library, _paging
 from .base import Store, statuses_to_count
 
 T = TypeVar("T")
@@ -105,12 +109,6 @@ T = TypeVar("T")
 #: Seconds to wait for a connection, and for an answer, before the store counts as unreachable.
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
-
-
-def _script_source() -> str:
-    folder = resources.files(__package__).joinpath("lua")
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".lua"))
-    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
 
 
 class RedisStore(Store):
@@ -165,9 +163,17 @@ class RedisStore(Store):
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         if parts.scheme != "unix" and not parts.hostname:
             raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
-        self.url = hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
+        self._setup(
+            hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}"), prefix
+        )
+
+    def _setup(self, url: str, prefix: str, clock: Callable[[], int] | None = None) -> None:
+        self.url = url
         self.prefix = prefix + ":"
-        self._script = self.client.register_script(_script_source())
+        #: When set (``MemoryStore(clock=...)``), every batch runs at this clock's time, not the server's.
+        self._clock = clock
+        self._loader = _library.Loader(url, embedded=url == "memory://")
+        self._loaded_pid = 0
         self._serial_lock = threading.Lock()
         self._serial: Any = None
         self._serial_pid = 0
@@ -189,43 +195,81 @@ class RedisStore(Store):
         """A key under this store's prefix: ``k("job", id)`` → ``dr:job:<id>``."""
         return self.prefix + ":".join(parts)
 
+    def _ensure_library(self) -> None:
+        """Load the library once per process (see :mod:`._library`)."""
+        if self._loaded_pid != os.getpid():
+            self._call("the library load", self._loader.ensure, self.client)
+            self._loaded_pid = os.getpid()
+
+    def _payload(self, batch: dict[str, Any]) -> str:
+        if self._clock is not None:
+            batch = {**batch, "now_ms": int(self._clock())}
+        return json.dumps(batch, separators=(",", ":"))
+
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         if not batch.get("ops"):
             return []
-        payload = json.dumps(batch, separators=(",", ":"))
-        raw = self._call("a batch", self._script, args=[self.prefix, payload])
-        results = json.loads(raw)
-        return results if isinstance(results, list) else []
+        payload = self._payload(batch)
+        self._ensure_library()
+        try:
+            raw = self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
+        except StoreError as exc:
+            if not _library.missing(exc.__cause__ or exc):
+                raise
+            self._loaded_pid = 0  # the server lost it (restart, FLUSHALL): load it again, once
+            self._ensure_library()
+            raw = self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
+        return _results(raw)
 
     def apply_serial(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """``apply`` over a connection of this process's own, without the pool's per-call cost."""
         if not batch.get("ops"):
             return []
-        payload = json.dumps(batch, separators=(",", ":"))
+        payload = self._payload(batch)
+        self._ensure_library()
         with self._serial_lock:
             if self._serial_pid != os.getpid():
                 self._serial = self.client.connection_pool.make_connection()
                 self._serial_pid = os.getpid()
             conn = self._serial
             try:
-                raw = self._evalsha(conn, payload)
-            except NoScriptError:
-                self._call("a script load", self.client.script_load, self._script.script)
-                raw = self._evalsha(conn, payload)
+                try:
+                    raw = self._fcall(conn, payload)
+                except ResponseError as exc:
+                    if not _library.missing(exc):
+                        raise
+                    self._loaded_pid = 0
+                    self._ensure_library()
+                    raw = self._fcall(conn, payload)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 conn.disconnect()
                 raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
             except RedisError as exc:
                 conn.disconnect()
                 raise StoreError(f"store {self.url} refused a batch: {exc}") from exc
-        results = json.loads(raw)
-        return results if isinstance(results, list) else []
+        return _results(raw)
 
-    def _evalsha(self, conn: Any, payload: str) -> Any:
-        conn.send_packed_command(conn.pack_command("EVALSHA", self._script.sha, 0, self.prefix, payload))
+    def _fcall(self, conn: Any, payload: str) -> Any:
+        conn.send_packed_command(conn.pack_command("FCALL", _library.APPLY, 0, self.prefix, payload))
         return conn.read_response()
+
+    def kinds(self) -> dict[str, Any]:
+        """The op kinds and sections the loaded library registered, with their fields (see ``ops``)."""
+        self._ensure_library()
+        found = json.loads(self._call("a read", self.client.fcall, _library.KINDS, 0))
+        return found if isinstance(found, dict) else {}
+
+    def _now_ms(self) -> int:
+        return self.store_time_ms()
+
+    def store_time_ms(self) -> int:
+        """The store's clock (``TIME``), in milliseconds since the epoch."""
+        if self._clock is not None:
+            return int(self._clock())
+        seconds, micros = self._call("a read", self.client.time)
+        return int(seconds) * 1000 + int(micros) // 1000
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -353,7 +397,7 @@ class RedisStore(Store):
 
     def get_dead_letters(self, job_ids: list[str]) -> list[DeadLetter | None]:
         out: list[DeadLetter | None] = []
-        now = now_ms()
+        now = self._now_ms()
         for i in range(0, len(job_ids), 500):
             chunk = job_ids[i : i + 500]
             for job_id, (d, job) in zip(chunk, self._load_dead(chunk), strict=True):
@@ -419,6 +463,14 @@ class RedisStore(Store):
                 self._serial.disconnect()
             self._serial = None
         self.client.close()
+
+
+def _results(raw: bytes | str) -> list[dict[str, Any]]:
+    """The library's results; an empty result is ``{}`` (a Lua table may encode as ``[]``)."""
+    results = json.loads(raw)
+    if not isinstance(results, list):
+        return []
+    return [r if isinstance(r, dict) else {} for r in results]
 
 
 def _text(value: bytes | str) -> str:

@@ -1,9 +1,13 @@
 -- JobState: the job record. Section "job".
 --
--- An op replayed after a store outage carries ``op.at``, the time (ms) it was made: its events
--- and times take that time, and its events go in the history where that time puts them.
+-- An op replayed after a store outage carries ``op.at_ms``, the time it was made (by its
+-- sender's clock: it dates events for people, it decides nothing): its events and times take
+-- that time, and its events go in the history where that time puts them.
 
-local CREATION = {'actor', 'queue', 'maxr', 'enq', 'args'}
+-- Creation fields: used when the record does not exist yet (``enq_ms`` is stored as ``enq``).
+local CREATION = {actor = 'actor', queue = 'queue', maxr = 'maxr', enq_ms = 'enq', args = 'args'}
+
+local function op_time(op) return tonumber(op.at_ms) end
 
 -- Add an event (at ``at`` in time order, else now, last). ``status`` nil: as the job was then.
 local function event(rec, status, detail, hist, at)
@@ -23,8 +27,8 @@ local function event(rec, status, detail, hist, at)
 end
 
 local function fill(rec, s)
-  for _, f in ipairs(CREATION) do
-    if rec[f] == nil and s[f] ~= nil then rec[f] = s[f] end
+  for field, stored in pairs(CREATION) do
+    if rec[stored] == nil and s[field] ~= nil then rec[stored] = s[field] end
   end
   if (rec.keys == nil or next(rec.keys) == nil) and type(s.keys) == 'table' and next(s.keys) ~= nil then
     rec.keys = s.keys
@@ -35,7 +39,7 @@ end
 local function ensure(id, s, status)
   local e = load(id)
   if not e.rec then
-    e.rec = {status = status, att = 0, keys = {}, ev = {}}
+    e.rec = {status = status, att = 0, ev = {}}
     e.new = true
     fill(e.rec, s)
   end
@@ -70,18 +74,22 @@ local function begin(e, s, hist, at)
   set_status(e, 'running', detail, {hist = hist}, at)
 end
 
-on('enqueue', 20, 'job', function(ctx, s)
+on('enqueue', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', due_ms = 'number?'},
+  function(ctx, s)
   local e = load(ctx.op.id)
   if not e.rec then
     e = ensure(ctx.op.id, s, 'queued')
-    if s.due then e.rec.due = s.due end
-    set_status(e, 'queued', s.detail, s, tonumber(ctx.op.at))
+    if s.due_ms then e.rec.due = s.due_ms end
+    set_status(e, 'queued', s.detail, s, op_time(ctx.op))
   else
     -- A worker started or put it back before this write landed: keep the history whole.
     local ev = e.rec.ev
     local first = type(ev) == 'table' and ev[1] or nil
-    if type(ev) == 'table' and not (first and first[2] == 'queued' and string.sub(first[3] or '', 1, 8) == 'enqueued') then
-      table.insert(ev, 1, {s.enq or NOW, 'queued', s.detail or 'enqueued'})
+    if type(ev) == 'table'
+      and not (first and first[2] == 'queued' and string.sub(first[3] or '', 1, 8) == 'enqueued') then
+      table.insert(ev, 1, {s.enq_ms or NOW, 'queued', s.detail or 'enqueued'})
       local cap = tonumber(s.hist) or 50
       while #ev > cap do table.remove(ev, 1) end
     end
@@ -90,21 +98,28 @@ on('enqueue', 20, 'job', function(ctx, s)
     if not had_keys and not e.new and type(e.rec.keys) == 'table' then
       -- The record was created (and indexed) by the start, without the keys this write brings.
       for name, value in pairs(e.rec.keys) do
-        redis.call('ZADD', index_key_name(name, value), e.rec.enq or NOW, ctx.op.id)
+        redis.call('ZADD', K.key(name, value), e.rec.enq or NOW, ctx.op.id)
       end
     end
     touch(e)
   end
 end)
 
-on('start', 20, 'job', function(ctx, s)
-  begin(ensure(ctx.op.id, s, 'running'), s, s.hist, tonumber(ctx.op.at))
+on('start', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', att = 'number', worker = 'string?'},
+  function(ctx, s)
+  begin(ensure(ctx.op.id, s, 'running'), s, s.hist, op_time(ctx.op))
 end)
 
--- ``began`` (att, worker, at): the start of this attempt, carried by its end when both were
+-- ``began`` (att, worker, at_ms): the start of this attempt, carried by its end when both were
 -- buffered during a store outage.
-on('finish', 20, 'job', function(ctx, s)
-  local at = tonumber(ctx.op.at)
+on('finish', 20, 'job',
+  {actor = 'string?', queue = 'string?', maxr = 'number?', enq_ms = 'number?', args = 'string?', keys = 'table?',
+    hist = 'number?', detail = 'string?', outcome = 'string', att = 'number?', err = 'table?', dup = 'string?',
+    next_ms = 'number?', began = 'table?'},
+  function(ctx, s)
+  local at = op_time(ctx.op)
   local e = ensure(ctx.op.id, s, s.outcome == 'deferred' and 'queued' or 'running')
   local rec = e.rec
   local att = tonumber(s.att)
@@ -121,7 +136,7 @@ on('finish', 20, 'job', function(ctx, s)
     touch(e)
     return
   end
-  if type(s.began) == 'table' then begin(e, s.began, s.hist, tonumber(s.began.at) or at) end
+  if type(s.began) == 'table' then begin(e, s.began, s.hist, tonumber(s.began.at_ms) or at) end
   if out == 'skipped' and s.dup == ctx.op.id then
     -- A redelivery of a job that already completed: it keeps its status.
     event(rec, 'skipped', s.detail, s.hist, at)
@@ -131,11 +146,12 @@ on('finish', 20, 'job', function(ctx, s)
   if att then rec.att = math.max(rec.att or 0, att) end
   if s.err then rec.err = s.err end
   rec.stack = nil
+  rec.wp = nil  -- the Watchdog's process: only while it runs
   if out == 'done' then
     rec.fin = at or NOW
     rec.next = nil
   elseif out == 'retrying' then
-    rec.next = s.next
+    rec.next = s.next_ms
     rec.fin = nil
   elseif out == 'failed' then
     rec.fin = at or NOW
@@ -147,29 +163,28 @@ on('finish', 20, 'job', function(ctx, s)
   set_status(e, out, s.detail, s, at)
 end)
 
-on('due', 20, 'job', function(ctx, s)
+on('due', 20, 'job', {hist = 'number?', detail = 'string?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'retrying' then
-    set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s, tonumber(ctx.op.at))
+    set_status(e, 'queued', s.detail or ('due: attempt ' .. ((e.rec.att or 0) + 1)), s, op_time(ctx.op))
   end
 end)
 
 -- Drop records whose terminal status is older than their retention, with their index entries.
 local function cleanup()
-  if type(B.cleanup) ~= 'table' then return end
+  if type(B.retention_ms) ~= 'table' then return end
   local limit = tonumber(B.limit) or 100
-  for status, retention in pairs(B.cleanup) do
+  for status, retention in pairs(B.retention_ms) do
     if limit <= 0 then return end
-    local ids = redis.call('ZRANGEBYSCORE', P .. 'jobs:status:' .. status, '-inf', NOW - retention,
+    local ids = redis.call('ZRANGEBYSCORE', K.status(status), '-inf', NOW - retention,
       'LIMIT', 0, limit)
     for _, id in ipairs(ids) do
-      local raw = redis.call('GET', jkey(id))
-      local rec = raw and cjson.decode(raw) or nil
+      local rec = decode(redis.call('GET', K.job(id)))
       if rec and rec.status ~= status then
-        redis.call('ZREM', P .. 'jobs:status:' .. status, id)  -- stale entry only
+        redis.call('ZREM', K.status(status), id)  -- stale entry only
       else
         forget(id, rec)
-        redis.call('ZREM', P .. 'jobs:status:' .. status, id)
+        redis.call('ZREM', K.status(status), id)
       end
       limit = limit - 1
     end

@@ -9,31 +9,29 @@
 -- heartbeat (``ctl_beat``), so checking a delivery costs no store call of its own. The log keeps
 -- the latest CTL_KEEP entries.
 
-local CTL = P .. 'ctl:'
 local CTL_KEEP = 100000
 
 local function ctl_log(kind, id)
-  local seq = redis.call('INCR', CTL .. 'seq')
-  redis.call('ZADD', CTL .. 'log', seq, kind .. ':' .. id)
-  redis.call('ZREMRANGEBYRANK', CTL .. 'log', 0, -(CTL_KEEP + 1))
+  local seq = redis.call('INCR', K.ctl('seq'))
+  redis.call('ZADD', K.ctl('log'), seq, kind .. ':' .. id)
+  redis.call('ZREMRANGEBYRANK', K.ctl('log'), 0, -(CTL_KEEP + 1))
   return seq
 end
 
 local function ctl_paused()
   local out = {}
-  local items = redis.call('HGETALL', CTL .. 'paused')
+  local items = redis.call('HGETALL', K.ctl('paused'))
   for i = 1, #items, 2 do
-    local ok, value = pcall(cjson.decode, items[i + 1])
-    out[items[i]] = ok and value or {since = 0}
+    out[items[i]] = decode(items[i + 1]) or {since = 0}
   end
   return out
 end
 
 -- A worker's heartbeat: the paused set, and the log past ``after`` (at most ``max`` entries).
-on('ctl_beat', 80, 'ctl', function(ctx, s)
+on('ctl_beat', 80, 'ctl', {after = 'number', max = 'number?'}, function(ctx, s)
   ctx.res.paused = ctl_paused()
   local after = tonumber(s.after) or 0
-  local items = redis.call('ZRANGEBYSCORE', CTL .. 'log', '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0,
+  local items = redis.call('ZRANGEBYSCORE', K.ctl('log'), '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0,
     tonumber(s.max) or 10000)
   local log = {}
   local seq = after
@@ -47,10 +45,9 @@ on('ctl_beat', 80, 'ctl', function(ctx, s)
 end)
 
 -- Pause (``on``) or resume a target ("actor:<name>" or "queue:<name>").
-on('pause', 80, 'ctl', function(ctx, s)
-  local key = CTL .. 'paused'
-  local raw = redis.call('HGET', key, s.target)
-  local cur = raw and cjson.decode(raw) or nil
+on('pause', 80, 'ctl', {target = 'string', on = 'boolean', by = 'string?'}, function(ctx, s)
+  local key = K.ctl('paused')
+  local cur = decode(redis.call('HGET', key, s.target))
   if s.on then
     if cur then
       ctx.res.changed = false
@@ -72,13 +69,13 @@ on('pause', 80, 'ctl', function(ctx, s)
   end
 end)
 
-on('paused', 80, 'ctl', function(ctx, s)
+on('paused', 80, 'ctl', {}, function(ctx, s)
   ctx.res.paused = ctl_paused()
 end)
 
 -- Cancel a job that has not finished: ``cancelled`` now; workers skip its deliveries and stop it
 -- at its next ``dr.once`` step (or interrupt it) if it runs.
-on('cancel', 80, 'ctl', function(ctx, s)
+on('cancel', 80, 'ctl', {by = 'string?', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   local rec = e.rec
   if not rec then
@@ -103,7 +100,7 @@ on('cancel', 80, 'ctl', function(ctx, s)
 end)
 
 -- Run a job waiting for its next retry now: the worker that holds its delayed message releases it.
-on('retry_now', 80, 'ctl', function(ctx, s)
+on('retry_now', 80, 'ctl', {by = 'string?', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   local rec = e.rec
   if not rec then
@@ -121,12 +118,13 @@ end)
 
 -- A cancelled job that starts anyway (its worker had not heard of the cancel yet) stays
 -- cancelled, and its worker is told; an attempt that fails after the cancel is not retried.
-on('start', 10, 'job', function(ctx, s)
+-- (These read the ``job`` section that 10_jobs.lua declares: no fields of their own.)
+on('start', 10, 'job', nil, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'cancelled' then ctx.ctl_fin = e.rec.fin or NOW end
 end)
 
-on('start', 25, 'job', function(ctx, s)
+on('start', 25, 'job', nil, function(ctx, s)
   if not ctx.ctl_fin then return end
   local e = load(ctx.op.id)
   e.rec.fin = ctx.ctl_fin
@@ -134,12 +132,12 @@ on('start', 25, 'job', function(ctx, s)
   ctx.res.cancelled = true
 end)
 
-on('finish', 10, 'job', function(ctx, s)
+on('finish', 10, 'job', nil, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'cancelled' then ctx.ctl_fin = e.rec.fin or NOW end
 end)
 
-on('finish', 25, 'job', function(ctx, s)
+on('finish', 25, 'job', nil, function(ctx, s)
   if not ctx.ctl_fin then return end
   local e = load(ctx.op.id)
   if s.outcome == 'cancelled' then
@@ -154,26 +152,26 @@ end)
 
 -- The fleet for ``dramatiq-reliable workers`` and the page: each process the Watchdog knows (live
 -- and recently dead), what it is, and the jobs it runs (at most ``max`` each) with their start.
-on('workers', 80, 'ctl', function(ctx, s)
+on('workers', 80, 'ctl', {max = 'number?'}, function(ctx, s)
   local most = tonumber(s.max) or 100
   local out = {}
   local function add(proc, score, alive)
     local jobs = {}
-    local items = redis.call('HGETALL', P .. 'wd:run:' .. proc)
+    local items = redis.call('HGETALL', K.wd_run(proc))
     for i = 1, math.min(#items, 2 * most), 2 do
       local meta = wd_decode(items[i + 1])
-      local raw = redis.call('GET', jkey(items[i]))
-      local rec = raw and cjson.decode(raw) or {}
+      local rec = decode(redis.call('GET', K.job(items[i]))) or {}
       table.insert(jobs, {id = items[i], a = meta.a or rec.actor, q = meta.q or rec.queue, start = rec.start,
         att = rec.att, st = rec.status})
     end
     table.insert(out, {proc = proc, score = tonumber(score), alive = alive, info = wd_info(proc),
       n = #items / 2, jobs = jobs})
   end
-  local live = redis.call('ZRANGE', P .. 'wd:procs', 0, -1, 'WITHSCORES')
+  local live = redis.call('ZRANGE', K.wd('procs'), 0, -1, 'WITHSCORES')
   for i = 1, #live, 2 do add(live[i], live[i + 1], true) end
-  local dead = redis.call('ZRANGE', P .. 'wd:dead', 0, -1, 'WITHSCORES')
+  local dead = redis.call('ZRANGE', K.wd('dead'), 0, -1, 'WITHSCORES')
   for i = 1, #dead, 2 do add(dead[i], dead[i + 1], false) end
   ctx.res.procs = out
-  ctx.res.pending = redis.call('SMEMBERS', P .. 'wd:pending')
+  ctx.res.pending = redis.call('SMEMBERS', K.wd('pending'))
+  ctx.res.now_ms = NOW
 end)
