@@ -20,6 +20,7 @@ from ..errors import ConfigurationError, DuplicateJob, DuplicateSkip, StoreUnava
 from ..store.base import Store
 from ._heartbeat import heartbeat_for
 from ._keys import KeyTemplate, actor_key, arguments_key, message_key
+from ._redelivery import PUT_BACK_OPTION, REDELIVERED_OPTION, REPLAY_OPTION, may_be_redelivery
 from ._run import JobRun
 from .base import Outcome, ReliableMiddleware
 
@@ -31,12 +32,8 @@ DEFAULT_LEASE = 60
 STORE_ERROR_DELAY = 10
 #: Milliseconds a ``unique`` key stays reserved before its enqueue is confirmed.
 UNIQUE_PENDING_MS = 60_000
-#: Option counting how many times a message was put back because its key was busy.
-PUT_BACK_OPTION = "dr_put_back"
-#: Option a replayed dead letter carries: when it was replayed (ms). A replay is checked like any
-#: other delivery: if its job (or key) already completed, it is skipped, so a replay delivered
-#: twice, or the replay of a copy whose job was done by another copy, does the work once.
-REPLAY_OPTION = "dr_replayed_at"
+
+__all__ = ["PUT_BACK_OPTION", "REDELIVERED_OPTION", "REPLAY_OPTION", "Claim", "Idempotency"]
 
 _tokens = itertools.count(1)
 
@@ -210,8 +207,16 @@ class Idempotency(ReliableMiddleware):
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
             section["rec"] = 1
-        slot = journal.submit({"k": "claim", "id": run.id, "idem": section}, wait=True, retry=False)
-        self._act_on(broker, message, run, key, slot)
+        op = {"k": "claim", "id": run.id, "idem": section}
+        if actor.options.get("unique") or self._templates.get(actor.actor_name) is not None:
+            self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))
+        elif (why := may_be_redelivery(message)) is not None:
+            self.logger.debug("Message %r may have run before (%s); checked before it runs.", run.id, why)
+            self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))
+        else:
+            # A first delivery of a job without a key: nothing the store says can change what
+            # runs, so it starts now; its lease is taken in the next group-committed write.
+            journal.submit(op, wait=False, retry=False)
         run.data["idem"] = Claim(key, token, ttl_ms, rec)
         with self._held_lock:
             self._held[key] = token
