@@ -37,10 +37,6 @@ class Checkpoints(NamedTuple):
     ttl_ms: int
 
 
-#: Where a running job's :class:`Checkpoints` are in its run data.
-CHECKPOINTS = "once"
-
-
 def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` once per idempotency key: later runs get the stored result.
 
@@ -78,7 +74,7 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     run = current_run()
     if run is None:
         raise ConfigurationError(f"dr.once({name!r}) called outside a job")
-    where: Checkpoints | None = run.data.get(CHECKPOINTS)
+    where: Checkpoints | None = run.checkpoints
     if where is None:
         raise ConfigurationError(f"dr.once({name!r}) needs the Idempotency middleware on the broker")
     store, scope, ttl_ms = where

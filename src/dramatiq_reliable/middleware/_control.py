@@ -161,7 +161,7 @@ class Controls:
     def check(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         """Before a delivery runs: skip it if cancelled, hold it if paused, else track it."""
         if run.id in self.cancelled:
-            run.data["cancelled"] = "delivery skipped: the job was cancelled"
+            run.cancelled = "delivery skipped: the job was cancelled"
             logger.info("Message %r was cancelled; acked without running.", run.id)
             raise JobCancelled(f"job {run.id} was cancelled")
         if self.paused and (run.actor in self.paused_actors or run.queue in self.paused_queues):
@@ -178,16 +178,16 @@ class Controls:
         count, first = (int(held[1]), int(held[0])) if isinstance(held, list) and len(held) == 2 else (0, now_ms())
         delay = min(self.interval * 2 ** min(count, 4), MAX_HOLD) * random.uniform(1.0, 1.2)
         reason = f"{target} is paused"
-        run.data["deferred"] = reason
+        run.deferred = reason
         if count:
-            run.data["quiet"] = True  # one "held" event per job, not one per round
+            run.quiet = True  # one "held" event per job, not one per round
         again = message._message.copy(options={HELD_OPTION: [first, count + 1]})
         try:
             broker.enqueue(again, delay=int(delay * 1000))
         except Exception as exc:
             logger.error("Message %r could not be held (%s); it runs although %s is paused.", run.id, exc, target)
-            run.data.pop("deferred", None)
-            run.data.pop("quiet", None)
+            run.deferred = None
+            run.quiet = False
             return
         metrics.inc("jobs_held_total", actor=run.actor)
         raise SkipMessage(reason)
@@ -207,7 +207,7 @@ class Controls:
             if item is None:
                 return
             ident, run = item
-            run.data["cancelled"] = f"stopped: {why}"
+            run.cancelled = f"stopped: {why}"
             interrupt = self._interruptible(run)
             if interrupt:
                 logger.info("Interrupting message %r: %s.", job_id, why)
@@ -249,11 +249,11 @@ def stop_point() -> None:
     run = current_run()
     if run is None:
         return
-    why = run.data.get("cancelled")
+    why = run.cancelled
     if why is None:
         for slot in run.lingering.values():  # the start write's answer: cancelled before it began
             if slot.done and slot.result and slot.result.get("cancelled"):
-                why = run.data["cancelled"] = "stopped: it was cancelled before it started"
+                why = run.cancelled = "stopped: it was cancelled before it started"
     if why is not None:
         raise JobCancelled(f"job {run.id} {why}")
 

@@ -185,7 +185,7 @@ class Alerts(ReliableMiddleware):
             detail=detail,
             window=self.window,
         )
-        run.data["alert"] = alert
+        run.alert = alert
         run.stage(self.journal, "finish", "al", _throttle.section(alert, self.window_ms, self.notify_recovered))
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
@@ -196,7 +196,9 @@ class Alerts(ReliableMiddleware):
 
     def _deliver(self, message: MessageProxy) -> None:
         run = JobRun.of(message, create=False)
-        alert = run.data.pop("alert", None) if run is not None else None
+        alert = run.alert if run is not None else None
+        if run is not None:
+            run.alert = None
         if run is None or alert is None:
             return
         result = run.results.get(self.journal) or {}

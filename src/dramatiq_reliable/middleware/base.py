@@ -1,10 +1,10 @@
 """The base of the bundle's middlewares: one start op and one finish op per message.
 
 Every middleware of the bundle stages its part of a message's transition on the shared
-:class:`~._run.JobRun`; the last of them in the broker's list (among those sharing a store)
-commits it: at the start without waiting (unless a middleware needs an answer, as
-Idempotency does, and commits itself), at the end waiting, in ``before_ack``/``before_nack``,
-so a message is acked only once its final state is written (or buffered, if the store is down).
+:class:`~._run.JobRun`; the broker's :class:`~._commit.Committer` writes it once every
+middleware on that store has staged its part: the start without waiting, the end waiting, in
+``before_ack``/``before_nack``, so a message is acked only once its final state is written (or
+buffered, if the store is down).
 
 Deciding the outcome in ``before_ack``/``before_nack`` rather than ``after_process_message``
 means the bundle sees Retries' verdict wherever it sits in the middleware list.
@@ -24,6 +24,7 @@ from .. import metrics, sentry
 from .._clock import now_ms
 from ..actors.context import set_current
 from ..store._buffer import RANKS
+from ._commit import committer_for
 from ._control import Controls, controls_for
 from ._run import JobRun
 
@@ -46,7 +47,6 @@ class ReliableMiddleware(dramatiq.Middleware):
             raise TypeError(f"{type(self).__name__} needs a store (dr.RedisStore or dr.MemoryStore), not {store!r}")
         self.store = store
         self.logger = logging.getLogger(f"dramatiq_reliable.middleware.{type(self).__name__}")
-        self._last_cache: tuple[int, int, bool] = (0, -1, False)
         self._controls: tuple[int, Controls | None] = (0, None)
 
     def __repr__(self) -> str:
@@ -60,15 +60,8 @@ class ReliableMiddleware(dramatiq.Middleware):
     # -- ordering -------------------------------------------------------------------------------
 
     def is_last(self, broker: Broker) -> bool:
-        """True if this is the last middleware of the bundle on this store in ``broker``'s list."""
-        middleware = broker.middleware
-        key, size, last = self._last_cache
-        if key == id(middleware) and size == len(middleware):
-            return last
-        ours = [m for m in middleware if isinstance(m, ReliableMiddleware) and m.store is self.store]
-        last = bool(ours) and ours[-1] is self
-        self._last_cache = (id(middleware), len(middleware), last)
-        return last
+        """True if this middleware's hooks complete a phase for its store (see :mod:`._commit`)."""
+        return committer_for(broker).closes(self)
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -120,7 +113,7 @@ class ReliableMiddleware(dramatiq.Middleware):
             sentry.tag_job(run)
         self.on_start(broker, message, run)
         if last:
-            run.commit(self.journal, wait=False)
+            committer_for(broker).started(self, run)
 
     def after_process_message(
         self,
@@ -136,10 +129,10 @@ class ReliableMiddleware(dramatiq.Middleware):
             self.controls(broker).done(run)
         if exception is None:
             return
-        if "throws" not in run.data:
+        if run.throws is None:
             actor = broker.actors.get(run.actor)
             throws = run.msg.options.get("throws") or (actor.options.get("throws") if actor else None)
-            run.data["throws"] = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
+            run.throws = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
@@ -175,7 +168,7 @@ class ReliableMiddleware(dramatiq.Middleware):
         finally:
             if self.is_last(broker):
                 try:
-                    run.commit(self.journal, wait=True)
+                    committer_for(broker).finished(self, run)
                 finally:
                     run.finished = True
                     set_current(None)

@@ -70,7 +70,7 @@ class DeadLetters(ReliableMiddleware):
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         # Retries changes the options in place (retries, traceback) before the nack; the
         # broker keeps the message as it was delivered, and so does the store.
-        run.data["dl_options"] = dict(message.options)
+        run.delivered_options = dict(message.options)
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         status, err, _detail = outcome
@@ -80,8 +80,8 @@ class DeadLetters(ReliableMiddleware):
         retries = retries_of(broker)
         queue = q_name(message.queue_name)
         delivered = message._message
-        if "dl_options" in run.data:
-            delivered = dataclasses.replace(delivered, options=run.data["dl_options"])
+        if run.delivered_options is not None:
+            delivered = dataclasses.replace(delivered, options=run.delivered_options)
         encoded = delivered.encode()
         try:
             text, enc = encoded.decode("utf-8"), None

@@ -170,10 +170,10 @@ class JobState(ReliableMiddleware):
         status, err, detail = outcome
         if status == "skipped" and run.skip_recorded:
             return
-        if status == "deferred" and run.data.get("quiet"):
+        if status == "deferred" and run.quiet:
             return  # held again while its actor or queue is paused: its record already says so
-        if status == "skipped" and run.data.get("dup"):
-            dup = run.data["dup"]
+        if status == "skipped" and run.dup:
+            dup = run.dup
             detail = (
                 "skipped: a redelivery of this completed job"
                 if dup == run.id
@@ -185,8 +185,8 @@ class JobState(ReliableMiddleware):
         fields["detail"] = detail
         if err is not None:
             fields["err"] = err
-        if "dup" in run.data:
-            fields["dup"] = run.data["dup"]
+        if run.dup is not None:
+            fields["dup"] = run.dup
         if status == "retrying" and run.requeued_eta:
             fields["next_ms"] = run.requeued_eta
             fields["detail"] = f"{detail}; next attempt at {iso(from_ms(run.requeued_eta))}"

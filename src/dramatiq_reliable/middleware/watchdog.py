@@ -212,11 +212,11 @@ class Watchdog(ReliableMiddleware):
         section: dict[str, Any] = {"proc": proc, "a": run.actor, "q": run.queue}
         if self._registered != os.getpid():  # until a beat registered the process, the start does
             section["abandon_ms"] = int(self.abandon_after * 1000)
-        lease = run.data.get("idem")  # Idempotency's (key, token, …), if it took a lease
-        if lease is not None:
-            section["lk"], section["lt"] = lease[0], lease[1]
+        claim = run.claim  # Idempotency's lease, if it took one
+        if claim is not None:
+            section["lk"], section["lt"] = claim.key, claim.token
         run.stage(self.journal, "start", "wd", section)
-        run.data["wd_proc"] = proc
+        run.proc = proc
         watcher = self._watcher
         if watcher is not None:
             actor = broker.actors.get(message.actor_name)
@@ -240,7 +240,7 @@ class Watchdog(ReliableMiddleware):
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         self._untrack(message)
-        proc = run.data.get("wd_proc")
+        proc = run.proc
         if proc is not None:
             run.stage(self.journal, "finish", "wd", {"proc": proc})
 

@@ -322,8 +322,9 @@ class Journal:
         """(lock held) The store is unreachable: buffer or fail everything in flight."""
         if self._degraded is None:
             logger.error(
-                "Store unreachable (%s). Jobs keep running; their records are buffered "
-                "(up to %d writes) and written when it answers again.",
+                "Store unreachable (%s). Jobs without idempotency_key or unique keep running; their "
+                "records are buffered (up to %d writes) and written when it answers again. Jobs with "
+                "one, and deliveries that may have run before, are put back until then.",
                 exc,
                 self.max_backlog,
             )
