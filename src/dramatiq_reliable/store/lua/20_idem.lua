@@ -2,8 +2,31 @@
 
 local ikey = K.idem
 
+-- The process holding a lease, from its token ``<job id>|<process>|<n>``.
+local function lease_holder(token) return string.match(token, '^[^|]*|([^|]+)|') end
+
+-- Whether the process holding lease ``lk`` (token ``token``) is gone, and when it will count as
+-- gone if it is not. A process registered by the Watchdog is gone once its deadline is past (or
+-- the sweep buried it); an unknown one once its lease went ``abandon_ms`` without a renewal.
+local function holder_gone(lk, token, lease_ms, abandon_ms)
+  local proc = lease_holder(token)
+  if not proc then return false, nil end
+  local deadline = tonumber(redis.call('ZSCORE', K.wd('procs'), proc))
+  if deadline then
+    if deadline < NOW then return true, proc end
+    return false, proc, deadline - NOW
+  end
+  if redis.call('ZSCORE', K.wd('dead'), proc) then return true, proc end
+  if not abandon_ms then return false, proc end
+  local age = lease_ms - redis.call('PTTL', lk)
+  if age > abandon_ms then return true, proc end
+  return false, proc, abandon_ms - age
+end
+
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
-on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?'},
+-- A lease whose holder process is gone (killed with its job) is taken over at once: its own
+-- redelivery need not wait for the lease to expire.
+on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?', abandon_ms = 'number?'},
   function(ctx, s)
   -- ``rec``: JobState keeps this job's record at least ``ttl``; its done index is the marker.
   if s.rec and redis.call('ZSCORE', K.status('done'), ctx.op.id) then
@@ -19,10 +42,20 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
   end
   local lk = ikey('lease', s.key)
   if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease_ms) then
-    ctx.res.outcome = 'busy'
-    ctx.res.retry_in = math.max(redis.call('PTTL', lk), 100)
-    ctx.res.owner = redis.call('GET', lk) or ''
-    return
+    local owner = redis.call('GET', lk) or ''
+    local gone, proc, wait = holder_gone(lk, owner, s.lease_ms, s.abandon_ms)
+    if not gone then
+      local retry_in = redis.call('PTTL', lk)
+      -- Check again when the holder would count as gone, if that comes before the lease expires.
+      if wait and wait + 50 < retry_in then retry_in = wait + 50 end
+      ctx.res.outcome = 'busy'
+      ctx.res.retry_in = math.max(retry_in, 100)
+      ctx.res.owner = owner
+      return
+    end
+    redis.call('SET', lk, s.token, 'PX', s.lease_ms)
+    ctx.res.took = proc
+    ctx.res.detail = 'taken over from dead process ' .. proc
   end
   ctx.res.outcome = 'run'
 end)
