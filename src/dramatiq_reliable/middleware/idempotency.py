@@ -190,9 +190,8 @@ class Idempotency(ReliableMiddleware):
             message.fail()
             raise SkipMessage(str(exc)) from None
         run.checkpoints = Checkpoints(self.store, key, ttl_ms)
-        holder, abandon_ms = self._holder(broker, run)
-        token = f"{run.id}|{holder}|{next(_tokens)}"
-        section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms, "abandon_ms": abandon_ms}
+        token = f"{run.id}|{self._holder(broker, run)}|{next(_tokens)}"
+        section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
             section["rec"] = 1
@@ -267,13 +266,13 @@ class Idempotency(ReliableMiddleware):
             section["ukey"] = reserved
         run.stage(self.store.journal, "finish", "idem", section)
 
-    def _holder(self, broker: Broker, run: JobRun) -> tuple[str, int]:
-        """Who holds this process's leases, and after how long without a renewal they are abandoned.
+    def _holder(self, broker: Broker, run: JobRun) -> str:
+        """Who holds the leases this process takes, as named in their tokens.
 
-        The holder is the Watchdog's process id when a Watchdog shares this store: a delivery
-        that finds the lease of a process past its heartbeat deadline takes it over at once.
-        Without one it is the worker thread's name, and such a lease counts as abandoned once
-        it went unrenewed for half of ``lease`` (renewals come every third of it).
+        The Watchdog's process id when a Watchdog shares this store: a delivery that finds the
+        lease of a process past its heartbeat deadline takes it over at once. Without one, the
+        worker thread's name (such a lease is taken over once it went unrenewed for the
+        claimer's ``abandon_after``, at least ``lease / 2``, or expires).
         """
         middleware = broker.middleware
         list_id, size, watchdog = self._watchdog
@@ -283,10 +282,7 @@ class Idempotency(ReliableMiddleware):
             found = [m for m in middleware if isinstance(m, Watchdog) and m.store is self.store]
             watchdog = found[0] if found else None
             self._watchdog = (id(middleware), len(middleware), watchdog)
-        floor = self._lease_ms // 2
-        if watchdog is None:
-            return run.worker, floor
-        return watchdog.process_id(broker), max(int(watchdog.abandon_after * 1000), floor)
+        return run.worker if watchdog is None else watchdog.process_id(broker)
 
     def _record_marks(self, broker: Broker, ttl_ms: int) -> bool:
         """Whether the job record itself marks a message id (``msg:<id>``) as completed.

@@ -128,9 +128,6 @@ class _ClaimIdem(TypedDict):
 class ClaimIdem(_ClaimIdem, total=False):
     #: 1: JobState's ``done`` index marks the message id (no separate marker).
     rec: int
-    #: Milliseconds without a renewal after which a lease whose holder process the Watchdog
-    #: does not know counts as abandoned (and is taken over).
-    abandon_ms: int
 
 
 class _FinishIdem(TypedDict):
