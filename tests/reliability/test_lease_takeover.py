@@ -121,10 +121,8 @@ def test_a_killed_jobs_lease_is_taken_over_once_its_process_is_dead(
     report.write(figures)
     assert (figures["lost"], figures["duplicated"], figures["non_terminal"]) == (0, 0, 0), figures
     assert after_kill, "no kill caught a running job"
-    if server_env.kind == "rabbitmq":
-        # Every killed job ran again well before its lease (30 s, renewed every 10 s) expired, and
-        # before the next sweep.
-        assert max(after_kill) < options["lease"] / 3, figures
-    else:
-        # The sweep puts a dead consumer's messages back behind the queue's backlog.
-        assert max(after_kill) < options["lease"] * 2 / 3, figures
+    # Every killed job ran again before its lease (30 s, renewed every 10 s) could expire, and
+    # on RabbitMQ before the next sweep. Not sooner: a redelivery that reaches a process while
+    # the holder still counts as alive (the killed process's sibling, at once) is put back
+    # with a delay, behind the queue's backlog; so is a message the Redis sweep puts back.
+    assert max(after_kill) < options["lease"] / 2, figures
