@@ -8,7 +8,8 @@
 
 Side effects, in hashes under the test's prefix (one ``HINCRBY`` per call, field = order id):
 ``fx:charge`` and ``fx:email`` (the two ``dr.once`` steps of ``order``), ``fx:poison`` (each
-attempt of ``poison``). Every alert is pushed, as JSON, to the list ``fx:alerts``.
+attempt of ``poison``). Every alert is pushed, as JSON, to the list ``fx:alerts``; every run of
+``order`` pushes ``[order id, time.time()]`` to the list ``fx:runs``.
 
 ``SIGUSR2`` to a worker process makes it ``SIGKILL`` itself at once, except while one of its
 threads is between a ``dr.once`` step's side effect and the checkpoint of its result: there it
@@ -109,6 +110,7 @@ def build(env: Mapping[str, str]) -> Any:
     @actor(max_retries=10, track=("order_id",), idempotency_key="order:{order_id}", **BACKOFF)
     def order(order_id: int, work: float = 0.0) -> None:
         """Charge, work a while, then email: each step once per order, across attempts."""
+        effects.rpush(fx("runs"), json.dumps([order_id, time.time()]))  # when each run began
         receipt = switch.step("charge", charge, order_id)
         if work:
             time.sleep(work)

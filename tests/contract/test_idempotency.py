@@ -185,3 +185,65 @@ def test_a_key_always_gets_its_marker(store) -> None:
     apply(store, start("r4", "a:order-1", "t1"))
     apply(store, job_finish("r4", "a:order-1", "t1", "done", 1))
     assert apply(store, start("r5", "a:order-1", "t2"))[0] == {"outcome": "duplicate", "dup": "r4"}
+
+
+def register(store, proc, now=NOW, abandon_ms=5000):
+    """The Watchdog's beat of ``proc`` at ``now``: its deadline is ``now + abandon_ms``."""
+    wd = {"proc": proc, "abandon_ms": abandon_ms, "info": {"ab": abandon_ms}}
+    apply(store, {"k": "beat", "id": "-", "wd": wd}, now=now)
+
+
+def test_the_lease_of_a_dead_process_is_taken_over_at_once(store) -> None:
+    register(store, "h:1:dead", NOW - 10_000)  # its deadline passed 5 s ago
+    assert apply(store, start("a", "a:k", "a|h:1:dead|1", lease=60_000))[0]["outcome"] == "run"
+    again = apply(store, start("a", "a:k", "a|h:2:live|1", lease=60_000))[0]
+    assert again == {"outcome": "run", "took": "h:1:dead", "detail": "taken over from dead process h:1:dead"}
+    # The new holder owns the lease: the old token no longer releases it.
+    apply(store, finish("a", "a:k", "a|h:1:dead|1", "failed"))
+    register(store, "h:2:live", NOW)
+    assert apply(store, start("b", "a:k", "b|h:3:x|1", lease=60_000))[0]["outcome"] == "busy"
+
+
+def test_a_live_holder_keeps_its_lease(store) -> None:
+    register(store, "h:1:live", NOW - 1000)  # deadline 4 s from now
+    apply(store, start("a", "a:l", "a|h:1:live|1", lease=60_000))
+    busy = apply(store, start("a", "a:l", "a|h:2:other|1", lease=60_000))[0]
+    assert busy["outcome"] == "busy" and busy["owner"] == "a|h:1:live|1"
+    # Checked again when the holder would count as dead, not when the 60 s lease expires.
+    assert 100 <= busy["retry_in"] <= 4050
+
+
+def test_a_buried_holder_is_dead(store) -> None:
+    register(store, "h:1:gone", NOW - 10_000)
+    apply(store, start("a", "a:b", "a|h:1:gone|1", lease=60_000))
+    # The sweep buries it (moves it to wd:dead) and releases the leases it knows of; this one
+    # it did not know of (its start op never reached the store).
+    apply(
+        store,
+        {
+            "k": "beat",
+            "id": "-",
+            "wd": {"proc": "h:9:sweeper", "abandon_ms": 5000, "sweep_ms": 1000, "keep_ms": 60_000},
+        },
+    )
+    assert apply(store, start("a", "a:b", "a|h:2:x|1", lease=60_000))[0]["took"] == "h:1:gone"
+
+
+def test_an_unknown_holder_keeps_its_lease_until_it_went_unrenewed_past_abandon(store) -> None:
+    apply(store, start("a", "a:u", "a|h:1:unknown|1", lease=600))
+    register(store, "h:2:x", abandon_ms=300)  # the claimer's abandon_after: 300 ms
+    busy = apply(store, start("a", "a:u", "a|h:2:x|1", lease=600))[0]
+    assert busy["outcome"] == "busy" and busy["retry_in"] <= 400
+    # A claimer without a Watchdog (no abandon_after of its own) waits for the expiry.
+    assert apply(store, start("a", "a:u", "a|h:3:nowd|1", lease=600))[0]["outcome"] == "busy"
+    deadline = time.monotonic() + 10
+    while (res := apply(store, start("a", "a:u", "a|h:2:x|3", lease=600))[0])["outcome"] == "busy":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert res == {"outcome": "run", "took": "h:1:unknown", "detail": "taken over from dead process h:1:unknown"}
+
+
+def test_a_token_without_a_process_is_never_taken_over(store) -> None:
+    register(store, "h:2:x", abandon_ms=1)
+    apply(store, start("a", "a:t", "ta", lease=5000))
+    assert apply(store, start("a", "a:t", "a|h:2:x|1", lease=5000))[0]["outcome"] == "busy"

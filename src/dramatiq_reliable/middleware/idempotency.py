@@ -6,7 +6,7 @@ import itertools
 import os
 import random
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
@@ -23,6 +23,9 @@ from ._keys import KeyTemplate, actor_key, arguments_key, message_key
 from ._redelivery import PUT_BACK_OPTION, REDELIVERED_OPTION, REPLAY_OPTION, may_be_redelivery
 from ._run import Claim, JobRun
 from .base import Outcome, ReliableMiddleware
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 #: Seconds a completed key is remembered: 24 hours.
 DEFAULT_TTL = 24 * 3600
@@ -102,6 +105,8 @@ class Idempotency(ReliableMiddleware):
         self._beating = 0  # the pid whose heartbeat renews our leases
         #: (id of the broker's middleware list, its size) -> JobState's retention in ms, or 0.
         self._records: tuple[int, int, int] = (0, -1, 0)
+        #: (id of the broker's middleware list, its size) -> the Watchdog on this store, if any.
+        self._watchdog: tuple[int, int, Watchdog | None] = (0, -1, None)
 
     @property
     def actor_options(self) -> set[str]:
@@ -185,7 +190,7 @@ class Idempotency(ReliableMiddleware):
             message.fail()
             raise SkipMessage(str(exc)) from None
         run.checkpoints = Checkpoints(self.store, key, ttl_ms)
-        token = f"{run.id}|{run.worker}|{next(_tokens)}"
+        token = f"{run.id}|{self._holder(broker, run)}|{next(_tokens)}"
         section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
@@ -218,6 +223,8 @@ class Idempotency(ReliableMiddleware):
                 return
             self._put_back(broker, message, run, STORE_ERROR_DELAY * 1000, f"store unavailable ({reason})")
         outcome = result.get("outcome")
+        if outcome == "run" and result.get("took"):
+            self.logger.warning("Message %r: key %r %s.", run.id, key, result.get("detail"))
         if outcome in ("duplicate", "busy"):
             run.discard(self.store.journal, "start")  # staged by a middleware before this one
         if outcome == "duplicate":
@@ -258,6 +265,24 @@ class Idempotency(ReliableMiddleware):
         if reserved is not None:
             section["ukey"] = reserved
         run.stage(self.store.journal, "finish", "idem", section)
+
+    def _holder(self, broker: Broker, run: JobRun) -> str:
+        """Who holds the leases this process takes, as named in their tokens.
+
+        The Watchdog's process id when a Watchdog shares this store: a delivery that finds the
+        lease of a process past its heartbeat deadline takes it over at once. Without one, the
+        worker thread's name (such a lease is taken over once it went unrenewed for the
+        claimer's ``abandon_after``, at least ``lease / 2``, or expires).
+        """
+        middleware = broker.middleware
+        list_id, size, watchdog = self._watchdog
+        if list_id != id(middleware) or size != len(middleware):
+            from .watchdog import Watchdog
+
+            found = [m for m in middleware if isinstance(m, Watchdog) and m.store is self.store]
+            watchdog = found[0] if found else None
+            self._watchdog = (id(middleware), len(middleware), watchdog)
+        return run.worker if watchdog is None else watchdog.process_id(broker)
 
     def _record_marks(self, broker: Broker, ttl_ms: int) -> bool:
         """Whether the job record itself marks a message id (``msg:<id>``) as completed.

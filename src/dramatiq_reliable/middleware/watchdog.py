@@ -207,8 +207,13 @@ class Watchdog(ReliableMiddleware):
         if hasattr(broker, "parameters"):  # RabbitMQ: the head's age, readable without taking it
             stamp_publish_time(broker)
 
+    def process_id(self, broker: Broker) -> str:
+        """This worker process's id in the fleet (``host:pid:random``), registering it if new."""
+        proc = self.proc_id
+        return self._boot(broker) if self._pid != os.getpid() or proc is None else proc
+
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
-        proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id
+        proc = self.process_id(broker)
         section: dict[str, Any] = {"proc": proc, "a": run.actor, "q": run.queue}
         if self._registered != os.getpid():  # until a beat registered the process, the start does
             section["abandon_ms"] = int(self.abandon_after * 1000)

@@ -2,7 +2,35 @@
 
 local ikey = K.idem
 
+-- The process holding a lease, from its token ``<job id>|<process>|<n>``.
+local function lease_holder(token) return string.match(token, '^[^|]*|([^|]+)|') end
+
+-- Whether the process holding lease ``lk`` (token ``token``) is gone, and in how many ms it
+-- will count as gone if it is not. A process the Watchdog knows is gone once its deadline is
+-- past (or the sweep buried it). One it does not know (no Watchdog there, or forgotten) is gone
+-- once its lease went unrenewed for the claiming process's abandon_after (at least half the
+-- lease: renewals come every third of it); a claimer without a Watchdog waits for the expiry.
+local function holder_gone(lk, token, claimer, lease_ms)
+  local proc = lease_holder(token)
+  if not proc then return false, nil end
+  local deadline = tonumber(redis.call('ZSCORE', K.wd('procs'), proc))
+  if deadline then
+    if deadline < NOW then return true, proc end
+    return false, proc, deadline - NOW
+  end
+  if redis.call('ZSCORE', K.wd('dead'), proc) then return true, proc end
+  local me = claimer and decode(redis.call('HGET', K.wd('info'), claimer))
+  local ab = me and tonumber(me.ab)
+  if not ab then return false, proc end
+  local limit = math.max(ab, math.floor(lease_ms / 2))
+  local age = lease_ms - redis.call('PTTL', lk)
+  if age > limit then return true, proc end
+  return false, proc, limit - age
+end
+
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
+-- A lease whose holder process is gone (killed with its job) is taken over at once: its own
+-- redelivery need not wait for the lease to expire.
 on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?'},
   function(ctx, s)
   -- ``rec``: JobState keeps this job's record at least ``ttl``; its done index is the marker.
@@ -19,10 +47,20 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
   end
   local lk = ikey('lease', s.key)
   if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease_ms) then
-    ctx.res.outcome = 'busy'
-    ctx.res.retry_in = math.max(redis.call('PTTL', lk), 100)
-    ctx.res.owner = redis.call('GET', lk) or ''
-    return
+    local owner = redis.call('GET', lk) or ''
+    local gone, proc, wait = holder_gone(lk, owner, lease_holder(s.token), s.lease_ms)
+    if not gone then
+      local retry_in = redis.call('PTTL', lk)
+      -- Check again when the holder would count as gone, if that comes before the lease expires.
+      if wait and wait + 50 < retry_in then retry_in = wait + 50 end
+      ctx.res.outcome = 'busy'
+      ctx.res.retry_in = math.max(retry_in, 100)
+      ctx.res.owner = owner
+      return
+    end
+    redis.call('SET', lk, s.token, 'PX', s.lease_ms)
+    ctx.res.took = proc
+    ctx.res.detail = 'taken over from dead process ' .. proc
   end
   ctx.res.outcome = 'run'
 end)
