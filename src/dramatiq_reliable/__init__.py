@@ -76,6 +76,7 @@ __all__ = [
     "NotifierError",
     "Page",
     "QueueStats",
+    "QuorumRabbitmqBroker",
     "RedisStore",
     "Schedule",
     "Scheduler",
@@ -101,3 +102,12 @@ __all__ = [
     "registry_of",
     "replay",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: it imports Dramatiq's RabbitMQ broker (and pika).
+    if name == "QuorumRabbitmqBroker":
+        from .quorum import QuorumRabbitmqBroker
+
+        return QuorumRabbitmqBroker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
