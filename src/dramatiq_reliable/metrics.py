@@ -56,6 +56,7 @@ COUNTERS: dict[str, str] = {
     "store_errors_total": "Store calls that failed, by operation.",
     "store_writes_buffered_total": "Job-state writes buffered while the store was unreachable.",
     "store_writes_dropped_total": "Job-state writes given up (buffer full, or rejected by the store).",
+    "store_replica_wait_timeouts_total": "Store calls whose writes fewer replicas than asked (?wait=N) had in time.",
     # -- cron ---
     "cron_ticks_total": "Cron ticks this scheduler enqueued, by schedule.",
     "cron_ticks_missed_total": "Cron ticks not enqueued because no scheduler could within misfire_grace, by schedule.",
@@ -82,6 +83,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "store_errors_total": ("op",),
     "store_writes_buffered_total": (),
     "store_writes_dropped_total": (),
+    "store_replica_wait_timeouts_total": (),
     "job_run_seconds": ("actor", "queue"),
     "job_wait_seconds": ("actor", "queue"),
 }

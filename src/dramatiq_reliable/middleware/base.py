@@ -77,6 +77,8 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         check_once(broker)
         self.declare_metrics(broker)
+        if self.is_last(broker):
+            check_server(self.store, self.logger)
 
     def declare_metrics(self, broker: Broker) -> None:
         """Make the counters this middleware increments exist at 0, before the first job.
@@ -166,6 +168,19 @@ class ReliableMiddleware(dramatiq.Middleware):
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         """Stage this middleware's part of the end of ``message`` (``before_ack``/``before_nack``)."""
+
+
+def check_server(store: Store, logger: logging.Logger) -> None:
+    """Say once, at a worker's boot, what is wrong with the store's server (never raises)."""
+    from ..errors import StoreUnavailable
+
+    try:
+        for warning in store.check_server():
+            logger.warning("%s.", warning)
+    except StoreUnavailable as exc:
+        logger.error("%s.", exc)
+    except Exception as exc:
+        logger.debug("Could not check the store's server: %s", exc)
 
 
 def check_once(broker: Broker) -> None:

@@ -11,15 +11,18 @@ from .redis import RedisStore
 
 
 def open_store(url: str, **options: object) -> Store:
-    """Open a store from a URL: ``redis://``, ``rediss://`` or ``memory://``.
+    """Open a store from a URL: ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]`` or ``memory://``.
 
-    A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``).
+    A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``),
+    and how many replicas each write waits for: ``?wait=1&wait_timeout_ms=200`` (Sentinel URLs
+    wait for 1 by default; see docs/scaling.md).
 
     Raises:
       ConfigurationError: the URL is malformed or its scheme is not supported.
     """
     scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefixes = [v for k, v in query if k == "prefix"]
@@ -32,7 +35,9 @@ def open_store(url: str, **options: object) -> Store:
     if scheme == "memory":
         return MemoryStore()
     shown = url if isinstance(url, str) else repr(url)
-    raise ConfigurationError(f"unsupported store URL {shown!r} (use redis://, rediss:// or memory://)")
+    raise ConfigurationError(
+        f"unsupported store URL {shown!r} (use redis://, rediss://, redis+sentinel:// or memory://)"
+    )
 
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "open_store"]

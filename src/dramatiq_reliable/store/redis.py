@@ -72,7 +72,7 @@ Every transition is one op of a batch applied by one Lua script (``store/lua/*.l
 assembled in name order), which keeps the indexes in step with the records: a job is in
 exactly one status index, and records past their retention are removed together with their
 index entries. The script touches keys it derives from its arguments, so ``RedisStore`` needs
-a single Redis server (or a primary), not a Redis Cluster.
+a single Redis server (or a primary, named directly or through Sentinel), not a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._clock import now_ms
@@ -95,7 +95,7 @@ from ..errors import ConfigurationError, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
-from . import _dead, _paging
+from . import _connect, _dead, _durability, _paging
 from .base import Store, statuses_to_count
 
 T = TypeVar("T")
@@ -111,23 +111,20 @@ def _script_source() -> str:
     return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
 
 
-def hide_password(url: str) -> str:
-    """``redis://:secret@host/1`` → ``redis://:***@host/1``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+hide_password = _connect.hide_password
 
 
 class RedisStore(Store):
     """The store on a Redis server. See the module docstring for the key layout.
 
     Parameters:
-      url(str): ``redis://[:password@]host[:port][/db][?prefix=name]`` or ``rediss://…`` (TLS).
-        Keep it apart from the broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix``
-        query parameter overrides ``prefix`` (so one URL names the store for the CLI too).
+      url(str): ``redis://[:password@]host[:port][/db][?prefix=name]``, ``rediss://…`` (TLS),
+        ``unix://…``, or ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]``
+        (the primary the Sentinels name; it follows a failover). Keep it apart from the
+        broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix`` query parameter overrides
+        ``prefix`` (so one URL names the store for the CLI too); ``wait=N`` (default 1 on
+        Sentinel URLs, else 0) and ``wait_timeout_ms`` (default 200) make each call wait for
+        ``N`` replicas to have its writes (see :mod:`._durability` and docs/scaling.md).
       prefix(str): prepended to every key. Defaults to ``"dr"``.
       socket_timeout(float): seconds to wait for an answer. Defaults to 5.
       socket_connect_timeout(float): seconds to wait for a connection. Defaults to 2.
@@ -155,21 +152,13 @@ class RedisStore(Store):
             if not prefix:
                 raise ConfigurationError(f"empty prefix in store URL {hide_password(url)!r}")
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(f"not a Redis URL: {hide_password(url)!r} (expected redis:// or rediss://)")
-        try:
-            _ = parts.port
-            self.client: redis.Redis = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {exc}") from None
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
-        self.url = hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
+        conn = _connect.connect(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
+        self.client: redis.Redis = conn.client
+        self._conn = conn
+        self.url = conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
+        self._replicas = _durability.ReplicaWait(conn.wait_replicas, conn.wait_timeout_ms, self.url)
+        #: The one-line error once a write was refused as READONLY (the store is a replica).
+        self._readonly: str | None = None
         self.prefix = prefix + ":"
         self._script = self.client.register_script(_script_source())
         self._serial_lock = threading.Lock()
@@ -184,7 +173,29 @@ class RedisStore(Store):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
         except RedisError as exc:
+            if _connect.is_readonly(exc):
+                raise self._refused_readonly() from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
+
+    def _refused_readonly(self) -> StoreUnavailable:
+        """A write went to a replica: unavailable for writes, with one clear line (not the raw error)."""
+        if self._readonly is None:
+            try:
+                info = self.client.info("replication")
+                self._readonly = _connect.readonly_reason(info, self.url)
+            except RedisError:
+                pass
+            self._readonly = self._readonly or f"store {self.url} refused a write: it is a read-only replica"
+        return StoreUnavailable(self._readonly)
+
+    def check_server(self) -> list[str]:
+        """Warnings about the store's server (its eviction policy); see :meth:`Store.check_server`."""
+        info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory")
+        error, warnings = _connect.server_problems(info, self.url)
+        if error is not None:
+            self._readonly = error
+            raise StoreUnavailable(error)
+        return warnings
 
     def k(self, *parts: str) -> str:
         """A key under this store's prefix: ``k("job", id)`` → ``dr:job:<id>``."""
@@ -196,9 +207,20 @@ class RedisStore(Store):
         if not batch.get("ops"):
             return []
         payload = json.dumps(batch, separators=(",", ":"))
-        raw = self._call("a batch", self._script, args=[self.prefix, payload])
+        wait = self._replicas.command()
+        if wait is None:
+            raw = self._call("a batch", self._script, args=[self.prefix, payload])
+        else:
+            raw = self._call("a batch", self._apply_waiting, payload, wait)
+        return self._results(raw)
+
+    def _results(self, raw: Any) -> list[dict[str, Any]]:
         results = json.loads(raw)
-        return results if isinstance(results, list) else []
+        if not isinstance(results, list):
+            return []
+        if any(isinstance(r, dict) and _connect.is_readonly(Exception(r.get("error") or "")) for r in results):
+            raise self._refused_readonly()  # on a replica, no op of the batch was written
+        return results
 
     def apply_serial(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """``apply`` over a connection of this process's own, without the pool's per-call cost."""
@@ -211,6 +233,9 @@ class RedisStore(Store):
                 self._serial_pid = os.getpid()
             conn = self._serial
             try:
+                # connect() first: a Sentinel connection finds the primary there, whereas sending
+                # on a closed one would connect it to its default address (localhost:6379).
+                conn.connect()
                 raw = self._evalsha(conn, payload)
             except NoScriptError:
                 self._call("a script load", self.client.script_load, self._script.script)
@@ -220,13 +245,34 @@ class RedisStore(Store):
                 raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
             except RedisError as exc:
                 conn.disconnect()
+                if _connect.is_readonly(exc):
+                    raise self._refused_readonly() from exc
                 raise StoreError(f"store {self.url} refused a batch: {exc}") from exc
-        results = json.loads(raw)
-        return results if isinstance(results, list) else []
+        return self._results(raw)
 
     def _evalsha(self, conn: Any, payload: str) -> Any:
-        conn.send_packed_command(conn.pack_command("EVALSHA", self._script.sha, 0, self.prefix, payload))
-        return conn.read_response()
+        wait = self._replicas.command()
+        if wait is None:
+            conn.send_packed_command(conn.pack_command("EVALSHA", self._script.sha, 0, self.prefix, payload))
+            return conn.read_response()
+        # The WAIT rides in the same round trip; its answer is read even when the call failed.
+        conn.send_packed_command(conn.pack_commands([("EVALSHA", self._script.sha, 0, self.prefix, payload), wait]))
+        try:
+            raw = conn.read_response()
+        except ResponseError:
+            self._replicas.acked(int(conn.read_response()))
+            raise
+        self._replicas.acked(int(conn.read_response()))
+        return raw
+
+    def _apply_waiting(self, payload: str, wait: tuple[str, int, int]) -> Any:
+        """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
+        pipe = self.client.pipeline(transaction=False)
+        self._script(args=[self.prefix, payload], client=pipe)
+        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
+        raw, acked = pipe.execute()
+        self._replicas.acked(int(acked))
+        return raw
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -409,6 +455,11 @@ class RedisStore(Store):
 
     def ping(self) -> None:
         self._call("a ping", self.client.ping)
+        if self._readonly is not None:  # it refused writes: answering is not enough
+            info = self._call("a ping", self.client.execute_command, "INFO", "replication")
+            if _connect.readonly_reason(info, self.url) is not None:
+                raise StoreUnavailable(self._readonly)
+            self._readonly = None
 
     def close(self) -> None:
         super().close()
