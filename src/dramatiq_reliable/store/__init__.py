@@ -22,7 +22,7 @@ def open_store(url: str, **options: object) -> Store:
       ConfigurationError: the URL is malformed or its scheme is not supported.
     """
     scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         prefixes = [v for k, v in query if k == "prefix"]

@@ -28,6 +28,7 @@ from ..errors import ConfigurationError
 #: Schemes of one server.
 SERVER_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
 #: Default Sentinel port, when a host of a Sentinel URL has none.
 SENTINEL_PORT = 26379
 #: Milliseconds a store call waits for its replicas by default (``WAIT``).
@@ -76,6 +77,8 @@ def connect(url: str, *, socket_timeout: float, socket_connect_timeout: float) -
     url, options = _take_options(url, shown)
     if scheme == SENTINEL_SCHEME:
         return _sentinel(url, shown, options, socket_timeout, socket_connect_timeout)
+    if scheme == CLUSTER_SCHEME:
+        raise ConfigurationError(f"store {shown!r}: {CLUSTER_REFUSAL}")
     if scheme not in SERVER_SCHEMES:
         raise ConfigurationError(
             f"not a Redis URL: {shown!r} (expected redis://, rediss://, unix:// or redis+sentinel://)"
@@ -169,7 +172,7 @@ def server_problems(info: dict[str, Any], shown: str) -> tuple[str | None, list[
     The error: it is a read-only replica (every write would be refused). The warnings: its
     ``maxmemory-policy`` may evict the store's keys (idempotency markers, leases, records).
     """
-    error = readonly_reason(info, shown)
+    error = topology_error(info, shown)
     warnings = []
     policy = str(info.get("maxmemory_policy") or "noeviction")
     limit = int(info.get("maxmemory") or 0)
@@ -183,10 +186,30 @@ def server_problems(info: dict[str, Any], shown: str) -> tuple[str | None, list[
     return error, warnings
 
 
+#: Why the store refuses a Redis Cluster (see docs/scaling.md).
+CLUSTER_REFUSAL = (
+    "the store does not run on Redis Cluster yet (one store call spans keys of several hash slots); "
+    "use one primary, with Sentinel for failover (redis+sentinel://host:26379/service)"
+)
+
+
+def is_cluster_refusal(exc: BaseException) -> bool:
+    """True for an error a Redis Cluster node gives a store call (keys of other slots)."""
+    text = str(exc)
+    return "non local key" in text or "CROSSSLOT" in text or text.startswith("MOVED ")
+
+
 def is_readonly(exc: BaseException) -> bool:
     """True for a write refused by a replica (a command's ``READONLY``, or a script's)."""
     text = str(exc)
     return "READONLY" in text or "read only replica" in text
+
+
+def topology_error(info: dict[str, Any], shown: str) -> str | None:
+    """Why the store cannot write to this server (``INFO replication cluster``), or ``None``."""
+    if str(info.get("cluster_enabled", "0")) == "1":
+        return f"store {shown} is a Redis Cluster node: {CLUSTER_REFUSAL}"
+    return readonly_reason(info, shown)
 
 
 def readonly_reason(info: dict[str, Any], shown: str) -> str | None:

@@ -157,8 +157,10 @@ class RedisStore(Store):
         self._conn = conn
         self.url = conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
         self._replicas = _durability.ReplicaWait(conn.wait_replicas, conn.wait_timeout_ms, self.url)
-        #: The one-line error once a write was refused as READONLY (the store is a replica).
-        self._readonly: str | None = None
+        #: Why writes are refused (a replica, a Cluster node), once seen; cleared when no longer so.
+        self._refusal: str | None = None
+        #: The process that found the server fit for writes (see ``_check_topology``).
+        self._checked_pid = 0
         self.prefix = prefix + ":"
         self._script = self.client.register_script(_script_source())
         self._serial_lock = threading.Lock()
@@ -175,25 +177,42 @@ class RedisStore(Store):
         except RedisError as exc:
             if _connect.is_readonly(exc):
                 raise self._refused_readonly() from exc
+            if _connect.is_cluster_refusal(exc):
+                raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}") from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
 
     def _refused_readonly(self) -> StoreUnavailable:
         """A write went to a replica: unavailable for writes, with one clear line (not the raw error)."""
-        if self._readonly is None:
-            try:
-                info = self.client.info("replication")
-                self._readonly = _connect.readonly_reason(info, self.url)
-            except RedisError:
-                pass
-            self._readonly = self._readonly or f"store {self.url} refused a write: it is a read-only replica"
-        return StoreUnavailable(self._readonly)
+        self._checked_pid = 0
+        try:
+            info = self.client.info("replication")
+            self._refusal = _connect.readonly_reason(info, self.url)
+        except RedisError:
+            pass
+        self._refusal = self._refusal or f"store {self.url} refused a write: it is a read-only replica"
+        return StoreUnavailable(self._refusal)
+
+    def _check_topology(self) -> None:
+        """Before a process's first write: refuse a replica or a Cluster node in one line.
+
+        A Cluster node runs a store call until its first key of another node's slot, so the
+        call would leave half its writes behind; a replica refuses every write. One ``INFO``
+        per process, repeated while the server is unfit (a replica may be promoted).
+        """
+        if self._checked_pid == os.getpid():
+            return
+        info = self._call("a check", self.client.execute_command, "INFO", "replication", "cluster")
+        self._refusal = _connect.topology_error(info, self.url)
+        if self._refusal is not None:
+            raise StoreUnavailable(self._refusal)
+        self._checked_pid = os.getpid()
 
     def check_server(self) -> list[str]:
         """Warnings about the store's server (its eviction policy); see :meth:`Store.check_server`."""
-        info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory")
+        info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory", "cluster")
         error, warnings = _connect.server_problems(info, self.url)
+        self._refusal = error
         if error is not None:
-            self._readonly = error
             raise StoreUnavailable(error)
         return warnings
 
@@ -207,6 +226,7 @@ class RedisStore(Store):
         if not batch.get("ops"):
             return []
         payload = json.dumps(batch, separators=(",", ":"))
+        self._check_topology()
         wait = self._replicas.command()
         if wait is None:
             raw = self._call("a batch", self._script, args=[self.prefix, payload])
@@ -218,8 +238,11 @@ class RedisStore(Store):
         results = json.loads(raw)
         if not isinstance(results, list):
             return []
-        if any(isinstance(r, dict) and _connect.is_readonly(Exception(r.get("error") or "")) for r in results):
+        errors = [Exception(r.get("error") or "") for r in results if isinstance(r, dict) and r.get("error")]
+        if any(_connect.is_readonly(e) for e in errors):
             raise self._refused_readonly()  # on a replica, no op of the batch was written
+        if any(_connect.is_cluster_refusal(e) for e in errors):
+            raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}")
         return results
 
     def apply_serial(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -227,6 +250,7 @@ class RedisStore(Store):
         if not batch.get("ops"):
             return []
         payload = json.dumps(batch, separators=(",", ":"))
+        self._check_topology()
         with self._serial_lock:
             if self._serial_pid != os.getpid():
                 self._serial = self.client.connection_pool.make_connection()
@@ -247,6 +271,9 @@ class RedisStore(Store):
                 conn.disconnect()
                 if _connect.is_readonly(exc):
                     raise self._refused_readonly() from exc
+                if _connect.is_cluster_refusal(exc):
+                    shown = f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}"
+                    raise StoreUnavailable(shown) from exc
                 raise StoreError(f"store {self.url} refused a batch: {exc}") from exc
         return self._results(raw)
 
@@ -455,11 +482,9 @@ class RedisStore(Store):
 
     def ping(self) -> None:
         self._call("a ping", self.client.ping)
-        if self._readonly is not None:  # it refused writes: answering is not enough
-            info = self._call("a ping", self.client.execute_command, "INFO", "replication")
-            if _connect.readonly_reason(info, self.url) is not None:
-                raise StoreUnavailable(self._readonly)
-            self._readonly = None
+        if self._refusal is not None:  # it refused writes: answering is not enough
+            self._checked_pid = 0
+            self._check_topology()
 
     def close(self) -> None:
         super().close()
