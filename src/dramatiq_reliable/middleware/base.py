@@ -90,6 +90,7 @@ class ReliableMiddleware(dramatiq.Middleware):
             metrics.declare_actor(actor.actor_name, actor.queue_name)
         metrics.declare("store_writes_buffered_total")
         metrics.declare("store_writes_dropped_total")
+        metrics.declare("store_replica_wait_timeouts_total")
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
