@@ -126,3 +126,24 @@ def test_an_eviction_policy_that_may_drop_markers_is_said_at_boot(
         finally:
             server.stop()
     assert redis.Redis.from_url(redis_server).ping()
+
+
+def test_a_replica_down_costs_one_wait_timeout_then_writes_go_on(
+    redis_sentinel: Any, ns: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a store behind Sentinel whose replica is down
+    store = dr.open_store(f"{redis_sentinel.url}?prefix={ns}")
+    assert isinstance(store, dr.RedisStore)
+    write(store, "warm")
+    redis_sentinel.replica.kill()
+    # When twenty writes are made
+    with caplog.at_level(logging.WARNING, logger="dramatiq_reliable.store"):
+        for i in range(20):
+            write(store, f"j{i}", serial=bool(i % 2))
+    # Then all are written, one line says the replica did not acknowledge, and the following
+    # calls stopped waiting (the back-off) instead of each paying the timeout
+    assert all(store.get_job(f"j{i}") is not None for i in range(20))
+    lines = [r.getMessage() for r in caplog.records if "replica(s) acknowledged" in r.getMessage()]
+    assert len(lines) == 1 and "0 of 1 replica(s)" in lines[0], lines
+    assert store._replicas.command() is None
+    store.close()
