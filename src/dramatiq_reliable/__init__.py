@@ -22,13 +22,28 @@ from .actors import CurrentJob, current_job, once
 from .actors.cron import CronRegistry, Schedule, cron, registry_of
 from .alert import Alert
 from .backlog import QueueStats, queue_stats
+from .control import (
+    ControlResult,
+    Paused,
+    PauseResult,
+    cancel,
+    cancel_where,
+    pause,
+    pause_cron,
+    paused,
+    resume,
+    resume_cron,
+    retry_now,
+)
 from .dead import purge, replay
 from .errors import (
     ArgumentsError,
     BrokerUnavailable,
     ConfigurationError,
+    CorruptRecord,
     DramatiqReliableError,
     DuplicateJob,
+    JobCancelled,
     MalformedMessage,
     NotFound,
     NotifierError,
@@ -43,8 +58,10 @@ from .middleware import Alerts, DeadLetters, Idempotency, JobState, Watchdog
 from .notifiers import LogNotifier, SentryNotifier, WebhookNotifier
 from .records import CronTick, DeadLetter, DeadResult, DeadStats, Event, JobError, JobRecord, Page
 from .scheduler import Scheduler
+from .scheduler import run_now as cron_run
 from .status import Status
 from .store import MemoryStore, RedisStore, Store, open_store
+from .workers import RunningJob, WorkerStatus, workers
 
 __version__ = "0.1.0"
 
@@ -55,6 +72,8 @@ __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
+    "ControlResult",
+    "CorruptRecord",
     "CronRegistry",
     "CronTick",
     "CurrentJob",
@@ -66,6 +85,7 @@ __all__ = [
     "DuplicateJob",
     "Event",
     "Idempotency",
+    "JobCancelled",
     "JobError",
     "JobRecord",
     "JobState",
@@ -75,9 +95,12 @@ __all__ = [
     "NotFound",
     "NotifierError",
     "Page",
+    "PauseResult",
+    "Paused",
     "QueueStats",
     "QuorumRabbitmqBroker",
     "RedisStore",
+    "RunningJob",
     "Schedule",
     "Scheduler",
     "SentryNotifier",
@@ -88,8 +111,12 @@ __all__ = [
     "Watchdog",
     "WebhookNotifier",
     "WorkerProcess",
+    "WorkerStatus",
     "__version__",
+    "cancel",
+    "cancel_where",
     "cron",
+    "cron_run",
     "current_job",
     "dead",
     "enable_metrics",
@@ -97,10 +124,17 @@ __all__ = [
     "install_one",
     "once",
     "open_store",
+    "pause",
+    "pause_cron",
+    "paused",
     "purge",
     "queue_stats",
     "registry_of",
     "replay",
+    "resume",
+    "resume_cron",
+    "retry_now",
+    "workers",
 ]
 
 

@@ -1,14 +1,48 @@
-"""Time helpers. The stores keep times as integer milliseconds since the epoch, UTC."""
+"""Time helpers. The stores keep times as integer milliseconds since the epoch, UTC.
+
+The store judges leases, liveness and retention by its own clock; this process's clock only
+dates what it reports (and measures durations). :func:`check_skew` says once per process when
+the two differ by more than :data:`SKEW_WARN_MS`.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+
+#: This process's clock, in seconds since the epoch (a test may replace it to fake a skewed host).
+clock: Callable[[], float] = time.time
+#: A difference from the store's clock past which a worker says so (once per process).
+SKEW_WARN_MS = 1000
+#: The pid of the process that already warned (a forked child warns for itself).
+_skew_told: list[int] = [0]
 
 
 def now_ms() -> int:
-    """The current time in milliseconds since the epoch."""
-    return int(time.time() * 1000)
+    """The current time in milliseconds since the epoch, by this process's clock."""
+    return int(clock() * 1000)
+
+
+def check_skew(store_ms: int, *, where: str) -> int:
+    """Compare the store's clock (``store_ms``, just read) with this process's; warn once if they differ.
+
+    Returns:
+      int: this process's clock minus the store's, in milliseconds.
+    """
+    skew = now_ms() - int(store_ms)
+    if abs(skew) > SKEW_WARN_MS and _skew_told[0] != os.getpid():
+        _skew_told[0] = os.getpid()
+        logging.getLogger("dramatiq_reliable.clock").warning(
+            "This host's clock is %s %s the store's (%s); leases, liveness and retention follow the store's "
+            "clock, but times this process reports are off: synchronize it (NTP).",
+            format_duration(abs(skew) / 1000),
+            "ahead of" if skew > 0 else "behind",
+            where,
+        )
+    return skew
 
 
 def from_ms(ms: float | None) -> datetime | None:
@@ -68,8 +102,8 @@ def parse_duration(text: str) -> float:
     except ValueError:
         pass
     else:
-        if value < 0:
-            raise ValueError(f"negative duration: {text!r}")
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"not a duration: {text!r} (use a number of seconds >= 0, or e.g. 30s, 10m, 2h, 7d)")
         return value
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
@@ -91,6 +125,8 @@ def time_ago(option: str, text: str | None) -> datetime | None:
         return None
     try:
         seconds = parse_duration(text)
+        return datetime.now(timezone.utc) - timedelta(seconds=seconds)
     except ValueError as exc:
         raise ConfigurationError(f"{option}: {exc}") from None
-    return datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    except OverflowError:
+        raise ConfigurationError(f"{option}: {text!r} reaches back before the year 1") from None

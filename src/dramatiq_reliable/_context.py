@@ -40,14 +40,22 @@ class CliState:
             self._store = open_store(self.store_url or DEFAULT_STORE_URL)
         return self._store
 
-    def broker(self) -> Any:
-        """The broker (``--broker``), built once. Raises ConfigurationError without one."""
+    def broker(self, *, ping: bool = True) -> Any:
+        """The broker (``--broker``), built once, and pinged unless ``ping`` is false (a command
+        that reports per id what an unreachable broker prevented).
+
+        Raises:
+          ConfigurationError: no broker URL, or a malformed one.
+          BrokerUnavailable: it does not answer (the message names its URL, password hidden).
+        """
         if self._broker is None:
             if not self.broker_url:
                 raise ConfigurationError("this command needs --broker URL (or DRAMATIQ_RELIABLE_BROKER)")
-            from .brokers import broker_from_url
+            from .brokers import broker_from_url, ping_broker
 
             self._broker = broker_from_url(self.broker_url)
+            if ping:
+                ping_broker(self._broker)
         return self._broker
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from . import _validate
 from ._secrets import DEFAULT_REDACT, MAX_DEPTH, REDACTED, TextMask, is_secret, mask_urls, normalize, secret_values
 from .errors import ArgumentsError, ConfigurationError
 
@@ -91,11 +92,7 @@ def check_track(actor_name: str, fn: Any, track: Any) -> tuple[str, ...]:
     Raises:
       ConfigurationError: ``track`` is not a tuple of argument names of ``fn``.
     """
-    if isinstance(track, str) or not isinstance(track, Iterable):
-        raise ConfigurationError(
-            f"actor {actor_name!r}: track must be a tuple of argument names, e.g. track=({track!r},)"
-        )
-    names = tuple(track)
+    names = _validate.names("track", track, where=f"actor {actor_name!r}", example=repr(track), of="argument names")
     sig = signature(fn)
     for name in names:
         if not isinstance(name, str) or not name.isidentifier():
@@ -118,10 +115,8 @@ class Snapshotter:
     """
 
     def __init__(self, redact: Iterable[str] = DEFAULT_REDACT, max_args_bytes: int = 4096) -> None:
-        if isinstance(redact, str):
-            raise ConfigurationError("redact must be a tuple of names, e.g. redact=('password',)")
-        if not isinstance(max_args_bytes, int) or max_args_bytes < 64:
-            raise ConfigurationError(f"max_args_bytes must be an integer of at least 64, not {max_args_bytes!r}")
+        redact = _validate.names("redact", redact)
+        max_args_bytes = _validate.count("max_args_bytes", max_args_bytes, least=64)
         self.redact = normalize(redact)
         self.max_args_bytes = max_args_bytes
 

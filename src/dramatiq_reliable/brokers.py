@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
 
 from ._identity import broker_identity
+from ._urls import check_redis_query, hide_password, safe_reason
 from .errors import BrokerUnavailable, ConfigurationError
 
 if TYPE_CHECKING:
@@ -17,6 +19,14 @@ if TYPE_CHECKING:
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 AMQP_SCHEMES = ("amqp", "amqps")
 
+#: Seconds to wait for a connection (and, on RabbitMQ, for its whole handshake) unless the URL
+#: says otherwise (``?socket_connect_timeout=`` on Redis, ``?stack_timeout=`` on RabbitMQ): a
+#: URL that names the wrong port fails within seconds instead of pika's 15.
+DEFAULT_CONNECT_TIMEOUT = 3.0
+
+#: The URL (password hidden) of each broker built here, for the messages that name it.
+_URLS: weakref.WeakKeyDictionary[dramatiq.Broker, str] = weakref.WeakKeyDictionary()
+
 
 def check_broker_url(url: str) -> str:
     """Return the broker kind (``"redis"`` or ``"rabbitmq"``) of a URL.
@@ -24,20 +34,23 @@ def check_broker_url(url: str) -> str:
     Raises:
       ConfigurationError: the URL is malformed or of another scheme.
     """
+    shown = hide_password(url)
     try:
         parts = urlsplit(url)
         _ = parts.port
+        query = parse_qsl(parts.query, keep_blank_values=True)
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ConfigurationError(f"malformed broker URL {url!r}: {exc}") from None
+        raise ConfigurationError(f"malformed broker URL {shown!r}: {safe_reason(exc, url)}") from None
     if parts.scheme in REDIS_SCHEMES:
         if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigurationError(f"malformed broker URL {url!r}: no host")
+            raise ConfigurationError(f"malformed broker URL {shown!r}: no host")
+        check_redis_query([k for k, _ in query], ("namespace",), url, "broker")
         return "redis"
     if parts.scheme in AMQP_SCHEMES:
         if not parts.hostname:
-            raise ConfigurationError(f"malformed broker URL {url!r}: no host")
+            raise ConfigurationError(f"malformed broker URL {shown!r}: no host")
         return "rabbitmq"
-    raise ConfigurationError(f"unsupported broker URL {url!r} (use redis://… or amqp://…)")
+    raise ConfigurationError(f"unsupported broker URL {shown!r} (use redis://… or amqp://…)")
 
 
 def broker_from_url(url: str, **options: Any) -> dramatiq.Broker:
@@ -53,16 +66,35 @@ def broker_from_url(url: str, **options: Any) -> dramatiq.Broker:
       ConfigurationError: the URL is malformed or of another scheme.
     """
     kind = check_broker_url(url)
-    if kind == "redis":
-        from dramatiq.brokers.redis import RedisBroker
+    shown = hide_password(url)
+    broker: dramatiq.Broker
+    try:
+        if kind == "redis":
+            from dramatiq.brokers.redis import RedisBroker
 
-        url, namespace = _split_namespace(url)
-        if namespace is not None:
-            options.setdefault("namespace", namespace)
-        return RedisBroker(url=url, **options)  # type: ignore[no-untyped-call]
-    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+            bare, namespace = _split_namespace(url)
+            if namespace is not None:
+                options.setdefault("namespace", namespace)
+            if "socket_connect_timeout=" not in urlsplit(url).query:
+                options.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+            broker = RedisBroker(url=bare, **options)  # type: ignore[no-untyped-call]
+        else:
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    return RabbitmqBroker(url=url, **options)
+            broker = RabbitmqBroker(url=url, **options)
+            _bound_handshake(broker, urlsplit(url).query)
+    except ValueError as exc:  # an option's value (pika and redis check them when the URL is read)
+        raise ConfigurationError(f"malformed broker URL {shown!r}: {safe_reason(exc, url)}") from None
+    _URLS[broker] = shown
+    return broker
+
+
+def _bound_handshake(broker: Any, query: str) -> None:
+    """Bound pika's connection and handshake times (15 s by default) unless the URL set them."""
+    for parameters in broker.parameters if isinstance(broker.parameters, list) else [broker.parameters]:
+        for name in ("socket_timeout", "stack_timeout"):
+            if f"{name}=" not in query:
+                setattr(parameters, name, DEFAULT_CONNECT_TIMEOUT)
 
 
 def ping_broker(broker: dramatiq.Broker) -> None:
@@ -77,8 +109,27 @@ def ping_broker(broker: dramatiq.Broker) -> None:
         elif hasattr(broker, "connection"):  # RabbitmqBroker
             broker.connection.process_data_events(time_limit=0)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BrokerUnavailable(f"broker unreachable: {reason}") from exc
+        shown = _URLS.get(broker)
+        where = f"broker {shown}" if shown else "broker"
+        raise BrokerUnavailable(f"{where} unreachable: {_reason(exc, shown or '')}") from exc
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """Why a broker did not answer, in words (pika's own messages hold socket tuples)."""
+    while True:  # pika wraps the socket's error, in args or in .exception
+        inner = exc.args[0] if exc.args else getattr(exc, "exception", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    kind = type(exc).__name__
+    if kind == "AMQPConnectorStackTimeout":
+        return f"no AMQP handshake within {DEFAULT_CONNECT_TIMEOUT:g}s (is it a RabbitMQ port?)"
+    if kind == "AMQPConnectionWorkflowFailed":
+        last = getattr(exc, "exceptions", None)
+        if last:
+            return _reason(last[-1], url)
+    text = safe_reason(exc, url)
+    return text if text != kind else f"{kind} (refused or no answer)"
 
 
 def _split_namespace(url: str) -> tuple[str, str | None]:
@@ -89,7 +140,7 @@ def _split_namespace(url: str) -> tuple[str, str | None]:
     if not names:
         return url, None
     if not names[-1]:
-        raise ConfigurationError(f"malformed broker URL {url!r}: empty namespace")
+        raise ConfigurationError(f"malformed broker URL {hide_password(url)!r}: empty namespace")
     rest = urlencode([(k, v) for k, v in query if k != "namespace"])
     return urlunsplit(parts._replace(query=rest)), names[-1]
 

@@ -120,6 +120,7 @@ def _show(store: Store, ids: list[str], order: int, echo: Callable[[str], Any]) 
 
 
 def _setup(broker_url: str | None, store_url: str | None) -> tuple[dramatiq.Broker, Store, str]:
+    from ._urls import hide_password
     from .brokers import broker_from_url, ping_broker
     from .store import MemoryStore, open_store
 
@@ -136,7 +137,7 @@ def _setup(broker_url: str | None, store_url: str | None) -> tuple[dramatiq.Brok
     where = (
         "StubBroker + MemoryStore, one worker in this process (no server needed)"
         if broker_url is None and store_url is None
-        else f"broker {broker_url or 'StubBroker'}, store {store.url}, one worker in this process"
+        else f"broker {hide_password(broker_url or 'StubBroker')}, store {store.url}, one worker in this process"
     )
     return broker, store, where
 

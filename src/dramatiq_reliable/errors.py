@@ -10,6 +10,7 @@
     ├── BrokerUnavailable                      the broker cannot be reached
     ├── NotFound (also KeyError)               no job or dead letter with that id
     ├── MalformedMessage                       a stored message that cannot be decoded
+    ├── CorruptRecord                          a stored record that cannot be decoded
     ├── DuplicateJob                           ``unique=True`` refused a second enqueue
     └── NotifierError                          a notifier could not deliver an alert
 
@@ -73,6 +74,22 @@ class MalformedMessage(DramatiqReliableError):
     """A stored message cannot be decoded. List it, then purge it; it cannot be replayed."""
 
 
+class CorruptRecord(DramatiqReliableError):
+    """A record in the store cannot be decoded: something other than dramatiq-reliable wrote its
+    key, or wrote it damaged. The message names the record and what is wrong with it.
+
+    Listings skip such records and name them in ``Page.corrupt``; delete the key (or let it
+    expire) to be rid of it.
+
+    Attributes:
+      job_id(str): the id of the job or dead letter whose record is corrupt.
+    """
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
 class DuplicateJob(DramatiqReliableError):
     """``send()`` of a ``unique=True`` actor found a job with the same key queued or running.
 
@@ -96,13 +113,24 @@ class DuplicateSkip(SkipMessage):
     """Raised inside a worker to skip (and ack) a message that is an idempotent duplicate."""
 
 
+class JobCancelled(SkipMessage):
+    """Raised inside a job that an operator cancelled (:func:`dramatiq_reliable.cancel`).
+
+    At the job's next ``dr.once`` step, or at once in its thread for actors declared with
+    ``cancellable="interrupt"``. Dramatiq then acks the message: the job is neither retried nor
+    dead-lettered. Let it propagate (do not catch it with a bare ``except Exception``).
+    """
+
+
 __all__ = [
     "ArgumentsError",
     "BrokerUnavailable",
     "ConfigurationError",
+    "CorruptRecord",
     "DramatiqReliableError",
     "DuplicateJob",
     "DuplicateSkip",
+    "JobCancelled",
     "MalformedMessage",
     "NotFound",
     "NotifierError",

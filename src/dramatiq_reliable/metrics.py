@@ -55,7 +55,11 @@ COUNTERS: dict[str, str] = {
     "notifier_errors_total": "Notifier calls that failed or timed out, by notifier.",
     "store_errors_total": "Store calls that failed, by operation.",
     "store_writes_buffered_total": "Job-state writes buffered while the store was unreachable.",
-    "store_writes_dropped_total": "Job-state writes given up (buffer full, or rejected by the store).",
+    "store_writes_dropped_total": (
+        "Job-state writes given up: by rank (final, record, noise) when the outage buffer was full; "
+        "rank empty when the store rejected them."
+    ),
+    "store_writes_collapsed_total": "Buffered writes folded into a later write of the same job during an outage.",
     "store_replica_wait_timeouts_total": "Store calls whose writes fewer replicas than asked (?wait=N) had in time.",
     # -- cron ---
     "cron_ticks_total": "Cron ticks this scheduler enqueued, by schedule.",
@@ -82,7 +86,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "notifier_errors_total": ("notifier",),
     "store_errors_total": ("op",),
     "store_writes_buffered_total": (),
-    "store_writes_dropped_total": (),
+    "store_writes_dropped_total": ("rank",),
+    "store_writes_collapsed_total": (),
     "store_replica_wait_timeouts_total": (),
     "job_run_seconds": ("actor", "queue"),
     "job_wait_seconds": ("actor", "queue"),

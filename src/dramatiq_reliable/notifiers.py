@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import _validate
 from .alert import Alert
 from .errors import ConfigurationError, NotifierError
 
@@ -113,12 +114,9 @@ class WebhookNotifier:
             raise ConfigurationError(f"malformed webhook URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
             raise ConfigurationError(f"webhook URL must be http:// or https:// with a host, not {url[:40]!r}")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
-        if not isinstance(backoff, (int, float)) or backoff < 0:
-            raise ConfigurationError(f"backoff must be a number of seconds >= 0, not {backoff!r}")
+        timeout = _validate.seconds("timeout", timeout)
+        retries = _validate.count("retries", retries, least=0)
+        backoff = _validate.seconds("backoff", backoff, zero=True)
         self.url = url
         self.timeout = float(timeout)
         self.retries = retries

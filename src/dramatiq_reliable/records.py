@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from ._clock import from_ms, iso
+from ._stored import BadField, moment, shown, text, whole
+from .errors import CorruptRecord
 from .status import Status
 
 
@@ -111,8 +113,24 @@ class JobRecord:
 
     @classmethod
     def from_stored(cls, data: Mapping[str, Any], job_id: str) -> JobRecord:
-        """Build a record from the stores' compact form (see ``store/redis.py``)."""
-        err = data.get("err")
+        """Build a record from the stores' compact form (see ``store/redis.py``).
+
+        Raises:
+          CorruptRecord: a field has a value of the wrong type or out of range.
+        """
+        try:
+            return cls._decode(data, job_id)
+        except BadField as exc:
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: {exc}", job_id) from None
+        except RecursionError:
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: nested too deep", job_id) from None
+
+    @classmethod
+    def _decode(cls, data: Mapping[str, Any], job_id: str) -> JobRecord:
+        try:
+            status = Status(data.get("status"))
+        except ValueError:
+            raise BadField(f"status {shown(data.get('status'))} is not a status") from None
         args = data.get("args")
         if isinstance(args, str):
             try:
@@ -121,29 +139,39 @@ class JobRecord:
                 args = {"_unreadable": args[:200]}
         keys = data.get("keys") or {}
         stack = data.get("stack") or None
+        events = [Event(moment(e[0], "event") or datetime.min, str(e[1]), str(e[2])) for e in _events(data)]
         return cls(
             id=job_id,
-            actor=data.get("actor") or "?",
-            queue=data.get("queue") or "?",
-            status=Status(data["status"]),
-            attempts=int(data.get("att") or 0),
-            max_retries=data.get("maxr"),
-            enqueued_at=from_ms(data.get("enq")),
-            started_at=from_ms(data.get("start")),
-            finished_at=from_ms(data.get("fin")),
-            next_retry_at=from_ms(data.get("next")),
-            due_at=from_ms(data.get("due")),
-            updated_at=from_ms(_events(data)[-1][0]) if _events(data) else None,
-            worker=data.get("worker") or None,
+            actor=text(data.get("actor"), "actor") or "?",
+            queue=text(data.get("queue"), "queue") or "?",
+            status=status,
+            attempts=whole(data.get("att"), "attempts") or 0,
+            max_retries=whole(data.get("maxr"), "max_retries"),
+            enqueued_at=moment(data.get("enq"), "enqueued"),
+            started_at=moment(data.get("start"), "started"),
+            finished_at=moment(data.get("fin"), "finished"),
+            next_retry_at=moment(data.get("next"), "next retry"),
+            due_at=moment(data.get("due"), "due"),
+            updated_at=events[-1].at if events else None,
+            worker=text(data.get("worker"), "worker") or None,
             keys={str(k): str(v) for k, v in keys.items()} if isinstance(keys, dict) else {},
             args=args,
-            error=JobError(err.get("type", "?"), err.get("message", ""), err.get("traceback"))
-            if isinstance(err, dict)
-            else None,
-            duplicate_of=data.get("dup") or None,
-            stack=list(stack) if isinstance(stack, list) else None,
-            events=[Event(from_ms(e[0]) or datetime.min, str(e[1]), str(e[2])) for e in _events(data)],
+            error=_error(data.get("err")),
+            duplicate_of=text(data.get("dup"), "duplicate_of") or None,
+            stack=[f for f in stack if isinstance(f, dict)] if isinstance(stack, list) else None,
+            events=events,
         )
+
+
+def _error(err: Any) -> JobError | None:
+    if not isinstance(err, dict):
+        return None
+    traceback = err.get("traceback")
+    return JobError(
+        str(err.get("type", "?")),
+        str(err.get("message", "")),
+        traceback if isinstance(traceback, str) else None,
+    )
 
 
 def _events(data: Mapping[str, Any]) -> list[list[Any]]:
@@ -159,6 +187,9 @@ class Page:
     items: list[Any]
     #: Opaque; ``None`` when this is the last page.
     cursor: str | None = None
+    #: The ids of the records this page skipped because they cannot be decoded (see
+    #: :class:`~dramatiq_reliable.CorruptRecord`); ``get_job`` or ``get_dead_letter`` says why.
+    corrupt: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.items)

@@ -31,10 +31,11 @@ from typing import Any
 
 import dramatiq
 
-from . import metrics
+from . import _validate, metrics
 from ._clock import format_duration, now_ms
 from ._ticks import keepalive, run_loop
 from .actors.cron import FIRE_OPTION, SCHEDULE_OPTION, Schedule, registry_of
+from .control import cron_paused
 from .errors import ConfigurationError, DuplicateJob, StoreError
 from .store.base import Store
 from .store.memory import MemoryStore
@@ -87,9 +88,8 @@ class Scheduler:
         schedules: Iterable[Schedule] | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
-        for option, value in (("misfire_grace", misfire_grace), ("claim_lease", claim_lease)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{option} must be a positive number of seconds, not {value!r}")
+        misfire_grace = _validate.seconds("misfire_grace", misfire_grace)
+        claim_lease = _validate.seconds("claim_lease", claim_lease)
         if claim_lease >= misfire_grace:
             raise ConfigurationError(
                 f"claim_lease ({claim_lease:g}s) must be less than misfire_grace ({misfire_grace:g}s): a tick whose "
@@ -118,17 +118,26 @@ class Scheduler:
 
     # -- one tick ---------------------------------------------------------------------------------
 
+    def _pinned(self, at: int | None = None) -> int | None:
+        """The time a store call runs at: the store's own clock, unless a test's clock drives time."""
+        if self.clock is now_ms:
+            return None
+        return self.clock() if at is None else at
+
     def fire_by_name(self, name: str, fire_ms: int) -> str:
         return self.fire(self._by_name[name], fire_ms)
 
-    def fire(self, schedule: Schedule, fire_ms: int) -> str:
+    def fire(self, schedule: Schedule, fire_ms: int, *, by_hand: bool = False) -> str:
         """Enqueue the tick ``fire_ms`` of ``schedule``, unless another scheduler claimed it.
+
+        A schedule paused with ``dramatiq-reliable cron pause`` is claimed and recorded as
+        ``paused`` instead, unless fired ``by_hand`` (``cron run``).
 
         Returns:
           str: ``"enqueued"``; ``"taken"`` (claimed elsewhere); ``"missed"`` (later than
           ``misfire_grace``); ``"skipped"`` (a ``unique`` actor's previous job is pending);
-          ``"deferred"`` (store unreachable: retried at each upkeep) or ``"failed"`` (enqueue
-          failed: retried by any scheduler after ``RETRY_DELAY_MS``).
+          ``"paused"``; ``"deferred"`` (store unreachable: retried at each upkeep) or ``"failed"``
+          (enqueue failed: retried by any scheduler after ``RETRY_DELAY_MS``).
         """
         now = self.clock()
         if now - fire_ms > self.grace_ms:
@@ -150,7 +159,7 @@ class Scheduler:
                 owner=self.owner,
                 lease_ms=self.lease_ms,
                 grace_ms=self.grace_ms,
-                now=now,
+                now=self._pinned(now),
             )
         except StoreError as exc:
             when = _when(schedule, fire_ms)
@@ -161,6 +170,12 @@ class Scheduler:
         if outcome != "claimed":
             logger.debug("Schedule %r: tick %s is %s's.", schedule.name, _when(schedule, fire_ms), holder)
             return "taken"
+        if not by_hand and cron_paused(self.store, schedule.name):
+            logger.info(
+                "Schedule %r: tick %s not enqueued: the schedule is paused.", schedule.name, _when(schedule, fire_ms)
+            )
+            self._confirm(schedule.name, fire_ms, "paused")
+            return "paused"
         return self._enqueue(schedule, fire_ms, job_id)
 
     def _enqueue(self, schedule: Schedule, fire_ms: int, job_id: str) -> str:
@@ -187,7 +202,7 @@ class Scheduler:
             metrics.inc("cron_enqueue_errors_total", schedule=schedule.name)
             try:
                 self.store.cron_release(
-                    schedule.name, fire_ms, owner=self.owner, retry_ms=RETRY_DELAY_MS, now=self.clock()
+                    schedule.name, fire_ms, owner=self.owner, retry_ms=RETRY_DELAY_MS, now=self._pinned()
                 )
             except StoreError:
                 pass  # the claim lapses after claim_lease instead
@@ -199,7 +214,7 @@ class Scheduler:
 
     def _confirm(self, name: str, fire_ms: int, state: str) -> None:
         try:
-            outcome, holder = self.store.cron_confirm(name, fire_ms, owner=self.owner, state=state, now=self.clock())
+            outcome, holder = self.store.cron_confirm(name, fire_ms, owner=self.owner, state=state, now=self._pinned())
         except StoreError as exc:
             logger.warning("Schedule %r: cannot confirm tick %d (%s); retrying.", name, fire_ms, exc)
             metrics.inc("store_errors_total", op="cron_confirm")
@@ -226,7 +241,7 @@ class Scheduler:
             self.fire_by_name(name, fire_ms)
         try:
             names = list(self._by_name)
-            ticks = self.store.cron_sweep(names, owner=self.owner, lease_ms=self.lease_ms, now=self.clock())
+            ticks = self.store.cron_sweep(names, owner=self.owner, lease_ms=self.lease_ms, now=self._pinned())
         except StoreError as exc:
             logger.warning("Cannot look for lapsed claims: %s", exc)
             ticks = []
@@ -273,7 +288,7 @@ class Scheduler:
           StoreUnavailable: the store cannot be reached.
         """
         at = self.clock() if now is None else now
-        last = self.store.cron_last(list(self._by_name), now=at)
+        last = self.store.cron_last(list(self._by_name), now=self._pinned(at))
         due: list[tuple[Schedule, int]] = []
         for schedule in self.schedules:
             tick = last.get(schedule.name)
@@ -344,3 +359,28 @@ def _when(schedule: Schedule, fire_ms: int) -> str:
 
 def _secs(seconds: float) -> str:
     return f"{seconds:g}"
+
+
+def run_now(broker: dramatiq.Broker, store: Store, name: str, *, now: int | None = None) -> tuple[str, str]:
+    """Fire one tick of the schedule ``name`` now, by hand (``dramatiq-reliable cron run``).
+
+    The tick is the current second's: it is claimed like any tick, so two runs in the same
+    second, or a run and the scheduler's own tick of that second, enqueue one job. It fires
+    even if the schedule is paused.
+
+    Returns:
+      tuple[str, str]: the outcome (as :meth:`Scheduler.fire`) and the tick's job id.
+
+    Raises:
+      NotFound: no schedule ``name`` on ``broker``.
+    """
+    from .errors import NotFound
+
+    schedules = {s.name: s for s in registry_of(broker)}
+    schedule = schedules.get(name)
+    if schedule is None:
+        known = ", ".join(sorted(schedules)) or "none"
+        raise NotFound(f"no cron schedule {name!r} (known: {known})")
+    scheduler = Scheduler(broker, store, schedules=[schedule])
+    fire_ms = (now if now is not None else now_ms()) // 1000 * 1000
+    return scheduler.fire(schedule, fire_ms, by_hand=True), schedule.job_id(fire_ms)

@@ -10,7 +10,8 @@ class Status(str, Enum):
 
     ``queued`` → ``running`` → ``done``; ``running`` → ``retrying`` → ``queued`` → ``running`` …;
     ``running`` → ``failed`` (dead-lettered); ``skipped`` (idempotent duplicate); ``stuck`` and
-    ``abandoned`` are set by the :class:`~dramatiq_reliable.Watchdog`.
+    ``abandoned`` are set by the :class:`~dramatiq_reliable.Watchdog`; ``cancelled`` by an operator
+    (:func:`~dramatiq_reliable.cancel`).
     """
 
     #: Waiting in the broker (possibly delayed until ``due_at``).
@@ -29,15 +30,17 @@ class Status(str, Enum):
     STUCK = "stuck"
     #: Its worker died while running it; the broker will deliver it again.
     ABANDONED = "abandoned"
+    #: An operator cancelled it: it does not run (again), or, running, it was asked to stop.
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def terminal(self) -> bool:
-        """True for statuses a job does not leave on its own (``done``, ``failed``, ``skipped``)."""
+        """True for statuses a job does not leave on its own (``done``, ``failed``, ``skipped``, ``cancelled``)."""
         return self in TERMINAL
 
 
 #: Statuses a job does not leave by itself; records in them expire after ``retention``.
-TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.SKIPPED})
+TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED})

@@ -52,11 +52,11 @@ def capture(
         "maxr": 3,
         "err": err,
         "msg": message(job_id, actor, queue),
-        "ret": ret,
+        "retention_ms": ret,
     }
     if xid:
         dl["xid"] = xid
-    op: dict[str, Any] = {"k": "finish", "id": job_id, "dl": dl}
+    op: dict[str, Any] = {"k": "finish", "id": job_id, "dead": dl}
     if with_job:
         op["job"] = {
             "actor": actor,
@@ -67,11 +67,11 @@ def capture(
             "detail": "dead",
             "hist": 50,
         }
-    return store.apply({"now": now or now_ms(), "ops": [op]})[0]
+    return store.apply({"now_ms": now or now_ms(), "ops": [op]})[0]
 
 
 def apply(store: dr.Store, *ops: dict[str, Any], now: int | None = None) -> list[dict[str, Any]]:
-    return store.apply({"now": now or now_ms(), "ops": list(ops)})
+    return store.apply({"now_ms": now or now_ms(), "ops": list(ops)})
 
 
 def ids(page: dr.Page) -> list[str]:
@@ -199,7 +199,7 @@ def test_replay_moves_the_record_back_to_queued_with_a_fresh_attempt_count(store
     assert record.error is not None and record.error.type == "SMTPTimeout"  # the last error is kept
     assert store.get_dead_letter("j1") is not None  # still dead until the broker moved it
     # Step 2: the broker moved it
-    apply(store, {"k": "replayed", "id": "j1", "dl": {}})
+    apply(store, {"k": "replayed", "id": "j1", "dead": {}})
     assert store.get_dead_letter("j1") is None
     assert store.dead_letter_stats().total == 0
     assert store.dead_letter_index("default") == ({}, {})
@@ -227,7 +227,7 @@ def test_replay_keeps_a_status_other_than_failed(store: dr.Store) -> None:
 def test_purge_and_forget(store: dr.Store) -> None:
     capture(store, "p1")
     capture(store, "f1")
-    (r,) = apply(store, {"k": "dead_purge", "id": "p1", "dl": {}, "job": {"detail": "purged by me", "hist": 50}})
+    (r,) = apply(store, {"k": "dead_purge", "id": "p1", "dead": {}, "job": {"detail": "purged by me", "hist": 50}})
     assert r["removed"] is True
     assert store.get_dead_letter("p1") is None
     record = store.get_job("p1")
@@ -235,9 +235,9 @@ def test_purge_and_forget(store: dr.Store) -> None:
 
     # A copy younger than ``before`` is kept, an older one is forgotten
     forget = {"k": "dead_forget", "id": "f1", "job": {"detail": "no longer in the broker"}}
-    (r,) = apply(store, {**forget, "dl": {"before": now_ms() - 60_000}})
+    (r,) = apply(store, {**forget, "dead": {"older_than_ms": 60_000}})
     assert "removed" not in r and store.get_dead_letter("f1") is not None
-    (r,) = apply(store, {**forget, "dl": {"before": now_ms() + 1}})
+    (r,) = apply(store, {**forget, "dead": {"older_than_ms": 0}})
     assert r["removed"] is True and store.get_dead_letter("f1") is None
     assert store.get_job("f1").events[-1].detail == "no longer in the broker"  # type: ignore[union-attr]
     assert store.dead_letter_stats().total == 0
@@ -250,12 +250,12 @@ def test_import_of_an_entry_found_in_the_broker(store: dr.Store) -> None:
     imported = {
         "k": "dead_import",
         "id": "j1",
-        "dl": {
+        "dead": {
             "queue": "default",
             "actor": "a",
             "att": 1,
-            "dead": dead,
-            "ret": DAY,
+            "dead_ms": dead,
+            "retention_ms": DAY,
             "xid": "x1",
             "msg": message("j1", "a"),
         },
@@ -270,20 +270,27 @@ def test_import_of_an_entry_found_in_the_broker(store: dr.Store) -> None:
     assert store.dead_letter_stats().by_kind == [("a", "?", 1)]
 
     # A second broker copy of the same job adds its id; nothing else changes
-    (r,) = apply(store, {**imported, "dl": {**imported["dl"], "xid": "x2"}})
+    (r,) = apply(store, {**imported, "dead": {**imported["dead"], "xid": "x2"}})
     assert r["known"] is True
     assert store.get_dead_letter("j1").broker_ids == ("x1", "x2")  # type: ignore[union-attr]
     assert store.dead_letter_stats().total == 1
 
     # An entry older than the retention is still kept while the broker holds it
-    ancient = {**imported["dl"], "dead": now_ms() - 90 * DAY, "xid": "x9"}
-    apply(store, {"k": "dead_import", "id": "j9", "dl": ancient})
+    ancient = {**imported["dead"], "dead_ms": now_ms() - 90 * DAY, "xid": "x9"}
+    apply(store, {"k": "dead_import", "id": "j9", "dead": ancient})
     assert store.get_dead_letter("j9") is not None and "j9" in ids(store.dead_letters())
 
 
 def test_malformed_and_base64_entries(store: dr.Store) -> None:
-    bad = {"queue": "default", "actor": "?", "dead": now_ms(), "ret": DAY, "bad": "cannot decode", "msg": "{nope"}
-    apply(store, {"k": "dead_import", "id": "malformed:default:abc", "dl": bad})
+    bad = {
+        "queue": "default",
+        "actor": "?",
+        "dead_ms": now_ms(),
+        "retention_ms": DAY,
+        "bad": "cannot decode",
+        "msg": "{nope",
+    }
+    apply(store, {"k": "dead_import", "id": "malformed:default:abc", "dead": bad})
     letter = store.get_dead_letter("malformed:default:abc")
     assert letter is not None and letter.malformed == "cannot decode" and letter.message is None
     assert letter.raw == "{nope" and letter.to_json()["raw"] == "{nope"
@@ -292,24 +299,24 @@ def test_malformed_and_base64_entries(store: dr.Store) -> None:
 
     text = message("j2", "a")
     b64 = base64.b64encode(text.encode()).decode()
-    dl = {"queue": "default", "actor": "a", "dead": now_ms(), "ret": DAY, "msg": b64, "enc": "b64"}
-    apply(store, {"k": "dead_import", "id": "j2", "dl": dl})
+    dl = {"queue": "default", "actor": "a", "dead_ms": now_ms(), "retention_ms": DAY, "msg": b64, "enc": "b64"}
+    apply(store, {"k": "dead_import", "id": "j2", "dead": dl})
     assert store.get_dead_letter("j2").message["message_id"] == "j2"  # type: ignore[union-attr,index]
 
 
 def test_queues_offsets_and_locks(store: dr.Store) -> None:
-    apply(store, {"k": "dead_queue", "id": "-", "dl": {"queues": ["a", "b"]}})
-    apply(store, {"k": "dead_sync", "id": "-", "dl": {"queue": "b", "offset": 2}})
+    apply(store, {"k": "dead_queue", "id": "-", "dead": {"queues": ["a", "b"]}})
+    apply(store, {"k": "dead_sync", "id": "-", "dead": {"queue": "b", "offset": 2}})
     assert store.dead_letter_queues() == {"a": (0, 0), "b": (0, 2)}
 
-    lock = {"k": "dead_lock", "id": "-", "dl": {"queue": "a", "token": "t1", "ttl": 60_000}}
+    lock = {"k": "dead_lock", "id": "-", "dead": {"queue": "a", "token": "t1", "ttl_ms": 60_000}}
     assert apply(store, lock)[0]["ok"] is True
-    (r,) = apply(store, {**lock, "dl": {**lock["dl"], "token": "t2"}})
+    (r,) = apply(store, {**lock, "dead": {**lock["dead"], "token": "t2"}})
     assert r["ok"] is False and r["holder"] == "t1"
-    apply(store, {"k": "dead_unlock", "id": "-", "dl": {"queue": "a", "token": "t2"}})  # not the holder
-    assert apply(store, {**lock, "dl": {**lock["dl"], "token": "t3"}})[0]["ok"] is False
-    apply(store, {"k": "dead_unlock", "id": "-", "dl": {"queue": "a", "token": "t1"}})
-    assert apply(store, {**lock, "dl": {**lock["dl"], "token": "t3"}})[0]["ok"] is True
+    apply(store, {"k": "dead_unlock", "id": "-", "dead": {"queue": "a", "token": "t2"}})  # not the holder
+    assert apply(store, {**lock, "dead": {**lock["dead"], "token": "t3"}})[0]["ok"] is False
+    apply(store, {"k": "dead_unlock", "id": "-", "dead": {"queue": "a", "token": "t1"}})
+    assert apply(store, {**lock, "dead": {**lock["dead"], "token": "t3"}})[0]["ok"] is True
 
 
 def test_get_dead_letters_in_bulk(store: dr.Store) -> None:
@@ -326,10 +333,17 @@ def test_many_dead_letters_page_quickly(store: dr.Store) -> None:
     for i in range(3000):
         job_id = uuid.uuid4().hex
         err = {"type": "SMTPTimeout" if i % 3 else "ValueError", "message": "x"}
-        dl = {"actor": f"a{i % 4}", "queue": "default", "att": 1, "err": err, "msg": message(job_id), "ret": DAY}
-        batch.append({"k": "finish", "id": job_id, "dl": dl})
+        dl = {
+            "actor": f"a{i % 4}",
+            "queue": "default",
+            "att": 1,
+            "err": err,
+            "msg": message(job_id),
+            "retention_ms": DAY,
+        }
+        batch.append({"k": "finish", "id": job_id, "dead": dl})
         if len(batch) == 500:
-            store.apply({"now": now + i, "ops": batch})
+            store.apply({"now_ms": now + i, "ops": batch})
             batch = []
     # Then the first page and the counts are right (their cost is measured in bench/)
     page = store.dead_letters(limit=20)
@@ -337,3 +351,19 @@ def test_many_dead_letters_page_quickly(store: dr.Store) -> None:
     assert len(page.items) == 20 and stats.total == 3000
     assert sum(n for a, t, n in stats.by_kind if t == "ValueError") == 1000
     assert ids(store.dead_letters(since=datetime.now(timezone.utc) + timedelta(days=1))) == []
+
+
+def test_an_expired_dead_letter_goes_by_its_own_expiry_and_the_fleet_sweep(store: dr.RedisStore) -> None:
+    # Given a dead letter kept one second
+    now = now_ms()
+    capture(store, "short", now=now, ret=1000)
+    # Then its key expires by itself (a day after its retention: the sweep normally comes first)
+    ttl = store.client.pttl(store.k("dead", "short"))
+    assert 0 < ttl <= 1000 + DAY
+    # When the Watchdog's sweep runs past its retention, with no dead-letter op in between
+    beat = {"proc": "h:1:t", "abandon_ms": 30_000, "sweep_ms": 500, "keep_ms": 3_600_000}
+    store.apply({"now_ms": now + 2000, "ops": [{"k": "beat", "id": "-", "wd": beat}]})
+    # Then it is gone, with its index entries and its count
+    assert not store.client.exists(store.k("dead", "short"))
+    assert store.dead_letter_stats().total == 0
+    assert store.dead_letter_index("default") == ({}, {})

@@ -10,8 +10,8 @@ NOW = 1_763_700_000_000
 
 
 def record(store, job_id: str, **keys: str) -> None:
-    job = {"actor": "invoice", "queue": "default", "maxr": 0, "enq": NOW, "args": "{}", "keys": keys}
-    store.apply({"now": NOW, "ops": [{"k": "enqueue", "id": job_id, "job": job}]})
+    job = {"actor": "invoice", "queue": "default", "maxr": 0, "enq_ms": NOW, "args": "{}", "keys": keys}
+    store.apply({"now_ms": NOW, "ops": [{"k": "enqueue", "id": job_id, "job": job}]})
 
 
 @pytest.mark.parametrize(

@@ -10,18 +10,20 @@ NOW = 1_763_700_000_000
 
 
 def apply(store, *ops, now=NOW):
-    return store.apply({"now": now, "ops": list(ops)})
+    return store.apply({"now_ms": now, "ops": list(ops)})
 
 
 def start(job_id, key, token, lease=1000, **extra):
-    return {"k": "claim", "id": job_id, "idem": {"key": key, "token": token, "lease": lease, **extra}}
+    return {"k": "claim", "id": job_id, "idem": {"key": key, "token": token, "lease_ms": lease, **extra}}
 
 
 def finish(job_id, key, token, outcome, **extra):
     return {
         "k": "finish",
         "id": job_id,
-        "idem": {"key": key, "token": token, "outcome": outcome, "ttl": 60_000, **extra},
+        "idem": {
+            k: v for k, v in {"key": key, "token": token, "outcome": outcome, "ttl_ms": 60_000, **extra}.items() if v
+        },
     }
 
 
@@ -54,7 +56,9 @@ def test_a_dead_owners_lease_expires(store) -> None:
 
 def test_renew_extends_own_leases_and_reports_lost_ones(store) -> None:
     apply(store, start("a", "a:r1", "t1"), start("b", "a:r2", "t2"))
-    result = apply(store, {"k": "renew", "id": "-", "idem": {"leases": {"a:r1": "t1", "a:r2": "wrong"}, "lease": 5000}})
+    result = apply(
+        store, {"k": "renew", "id": "-", "idem": {"leases": {"a:r1": "t1", "a:r2": "wrong"}, "lease_ms": 5000}}
+    )
     assert result[0]["lost"] == ["a:r2"]
 
 
@@ -67,14 +71,14 @@ def test_a_completed_job_is_a_duplicate_even_when_replayed(store) -> None:
 
 
 def reserve(job_id, key):
-    return {"k": "reserve", "id": job_id, "idem": {"key": key, "ttl": 60_000}}
+    return {"k": "reserve", "id": job_id, "idem": {"key": key, "ttl_ms": 60_000}}
 
 
 def test_unique_reserve_confirm_release(store) -> None:
     assert apply(store, reserve("u1", "a:u"))[0]["outcome"] == "reserved"
     refused = apply(store, reserve("u2", "a:u"))[0]
     assert refused == {"outcome": "refused", "holder": "u1"}
-    apply(store, {"k": "confirm", "id": "u1", "idem": {"key": "a:u", "ttl": 60_000}})
+    apply(store, {"k": "confirm", "id": "u1", "idem": {"key": "a:u", "ttl_ms": 60_000}})
     apply(store, finish("u1", "a:u", None, "done", ukey="a:u"))
     assert apply(store, reserve("u3", "a:u"))[0]["outcome"] == "reserved"
 
@@ -111,10 +115,12 @@ def test_a_release_by_another_job_leaves_the_reservation(store) -> None:
 
 
 def test_a_unique_key_held_by_a_finished_job_is_free(store) -> None:
-    apply(store, {"k": "reserve", "id": "h1", "idem": {"key": "a:h", "ttl": 60_000}})
+    apply(store, {"k": "reserve", "id": "h1", "idem": {"key": "a:h", "ttl_ms": 60_000}})
     apply(store, {"k": "start", "id": "h1", "job": {"actor": "a", "queue": "q", "att": 1}})
     apply(store, {"k": "finish", "id": "h1", "job": {"outcome": "failed", "att": 1}})
-    assert apply(store, {"k": "reserve", "id": "h2", "idem": {"key": "a:h", "ttl": 60_000}})[0]["outcome"] == "reserved"
+    assert (
+        apply(store, {"k": "reserve", "id": "h2", "idem": {"key": "a:h", "ttl_ms": 60_000}})[0]["outcome"] == "reserved"
+    )
 
 
 def test_checkpoints_belong_to_the_claimed_key(store) -> None:

@@ -11,12 +11,12 @@ NOW = 1_763_700_000_000
 
 
 def creation(**extra):
-    base = {"actor": "invoice", "queue": "default", "maxr": 3, "enq": NOW, "args": '{"order_id":1}', "keys": {}}
+    base = {"actor": "invoice", "queue": "default", "maxr": 3, "enq_ms": NOW, "args": '{"order_id":1}', "keys": {}}
     return {**base, **extra}
 
 
 def apply(store, *ops, now=NOW, **header):
-    return store.apply({"now": now, "ops": list(ops), **header})
+    return store.apply({"now_ms": now, "ops": list(ops), **header})
 
 
 def test_enqueue_start_finish(store) -> None:
@@ -57,7 +57,9 @@ def test_running_again_without_a_retry_is_a_redelivery(store) -> None:
 def test_retrying_then_due_then_failed(store) -> None:
     apply(store, {"k": "start", "id": "j4", "job": {**creation(), "att": 1, "worker": "w"}})
     err = {"type": "ValueError", "message": "boom", "traceback": "Traceback..."}
-    apply(store, {"k": "finish", "id": "j4", "job": {"outcome": "retrying", "att": 1, "err": err, "next": NOW + 500}})
+    apply(
+        store, {"k": "finish", "id": "j4", "job": {"outcome": "retrying", "att": 1, "err": err, "next_ms": NOW + 500}}
+    )
     record = store.get_job("j4")
     assert record.status is dr.Status.RETRYING and record.next_retry_at.timestamp() * 1000 == NOW + 500
     apply(store, {"k": "due", "id": "j4", "job": {}}, now=NOW + 500)
@@ -71,7 +73,7 @@ def test_retrying_then_due_then_failed(store) -> None:
 
 def test_a_start_that_overtakes_the_due_write_keeps_the_history_whole(store) -> None:
     apply(store, {"k": "start", "id": "j7", "job": {**creation(), "att": 1, "worker": "w"}})
-    apply(store, {"k": "finish", "id": "j7", "job": {"outcome": "retrying", "att": 1, "next": NOW + 5}})
+    apply(store, {"k": "finish", "id": "j7", "job": {"outcome": "retrying", "att": 1, "next_ms": NOW + 5}})
     apply(store, {"k": "start", "id": "j7", "job": {"att": 2, "worker": "w"}})
     apply(store, {"k": "due", "id": "j7", "job": {}})  # late: ignored
     assert [e.status for e in store.get_job("j7").events] == ["running", "retrying", "queued", "running"]
@@ -86,7 +88,7 @@ def test_a_late_result_of_an_older_attempt_does_not_move_the_status(store) -> No
 
 
 def test_due_only_moves_retrying_jobs(store) -> None:
-    apply(store, {"k": "enqueue", "id": "j6", "job": creation(due=NOW + 1000)})
+    apply(store, {"k": "enqueue", "id": "j6", "job": creation(due_ms=NOW + 1000)})
     apply(store, {"k": "due", "id": "j6", "job": {}})
     apply(store, {"k": "due", "id": "missing", "job": {}})
     assert store.get_job("j6").status is dr.Status.QUEUED and len(store.get_job("j6").events) == 1
@@ -107,7 +109,7 @@ def test_indexes_follow_status_changes(store) -> None:
 
 def test_paging_is_complete_and_newest_first(store) -> None:
     ops = [
-        {"k": "enqueue", "id": f"p{i:03d}", "job": creation(enq=NOW + (i // 3), keys={"customer": "c"})}
+        {"k": "enqueue", "id": f"p{i:03d}", "job": creation(enq_ms=NOW + (i // 3), keys={"customer": "c"})}
         for i in range(40)
     ]
     apply(store, *ops)
@@ -130,7 +132,7 @@ def test_retention_removes_records_and_their_index_entries(store) -> None:
     apply(store, {"k": "start", "id": "young", "job": {**creation(), "att": 1}}, now=NOW + 5_000)
     apply(store, {"k": "finish", "id": "young", "job": {"outcome": "done", "att": 1}}, now=NOW + 5_000)
     # A later batch cleans up what is older than the retention (here 3 s)
-    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 6_000, cleanup={"done": 3_000}, limit=10)
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 6_000, retention_ms={"done": 3_000}, limit=10)
     assert store.get_job("old") is None
     assert store.get_job("young") is not None
     assert [r.id for r in store.find_jobs(actor="invoice")] == ["young"]
@@ -168,7 +170,7 @@ def test_combined_filters_page_completely_and_check_the_other_index(store, inter
     monkeypatch.setattr(_paging, "INTERSECT_MAX", intersect_max)
     # 300 jobs of one actor, every 7th done, the others queued; two customers.
     ops = [
-        {"k": "enqueue", "id": f"c{i:03d}", "job": creation(enq=NOW + i, keys={"customer": str(i % 2)})}
+        {"k": "enqueue", "id": f"c{i:03d}", "job": creation(enq_ms=NOW + i, keys={"customer": str(i % 2)})}
         for i in range(300)
     ]
     apply(store, *ops)
@@ -195,3 +197,57 @@ def test_combined_filters_page_completely_and_check_the_other_index(store, inter
     )
     assert everything(key=("customer", "1"), actor="nobody") == []
     assert everything(actor="invoice", status="failed") == []
+
+
+def test_a_replayed_write_keeps_the_time_it_was_made(store) -> None:
+    # A start and an end buffered during an outage and replayed later, the end carrying the start
+    apply(store, {"k": "enqueue", "id": "r1", "job": creation(detail="enqueued")})
+    began = {"att": 1, "worker": "h:1:T", "at_ms": NOW + 10}
+    end = {"outcome": "done", "att": 1, "detail": "ok", "began": began}
+    apply(store, {"k": "finish", "id": "r1", "at_ms": NOW + 20, "job": end}, now=NOW + 60_000)
+    record = store.get_job("r1")
+    assert record.status is dr.Status.DONE and record.worker == "h:1:T" and record.attempts == 1
+    assert [(e.status, e.at.timestamp() * 1000) for e in record.events] == [
+        ("queued", NOW),
+        ("running", NOW + 10),
+        ("done", NOW + 20),
+    ]
+    assert record.started_at.timestamp() * 1000 == NOW + 10
+    assert record.finished_at.timestamp() * 1000 == NOW + 20
+
+
+def test_a_final_write_carrying_its_start_creates_a_missing_record(store) -> None:
+    end = {**creation(), "outcome": "failed", "att": 1, "detail": "boom", "began": {"att": 1, "worker": "w"}}
+    apply(store, {"k": "finish", "id": "r2", "at_ms": NOW + 5, "job": end}, now=NOW + 9)
+    record = store.get_job("r2")
+    assert record.status is dr.Status.FAILED and record.actor == "invoice" and record.args == {"order_id": 1}
+    assert [e.status for e in record.events] == ["running", "failed"]
+
+
+def test_a_late_put_back_goes_where_its_time_puts_it_with_the_status_of_then(store) -> None:
+    apply(store, {"k": "enqueue", "id": "r3", "job": creation(detail="enqueued")})
+    apply(store, {"k": "start", "id": "r3", "job": {"att": 1, "worker": "w"}}, now=NOW + 30)
+    apply(store, {"k": "finish", "id": "r3", "job": {"outcome": "done", "att": 1}}, now=NOW + 40)
+    # replayed afterwards by another process, made between the enqueue and the start
+    put_back = {"outcome": "deferred", "att": 1, "detail": "put back: store unavailable"}
+    apply(store, {"k": "finish", "id": "r3", "at_ms": NOW + 20, "job": put_back}, now=NOW + 90)
+    record = store.get_job("r3")
+    assert record.status is dr.Status.DONE
+    assert [(e.status, e.at.timestamp() * 1000) for e in record.events] == [
+        ("queued", NOW),
+        ("queued", NOW + 20),
+        ("running", NOW + 30),
+        ("done", NOW + 40),
+    ]
+
+
+def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
+    put_back = {**creation(), "outcome": "deferred", "att": 1, "detail": "put back: store unavailable"}
+    apply(store, {"k": "finish", "id": "r4", "at_ms": NOW + 20, "job": put_back}, now=NOW + 90)
+    apply(store, {"k": "enqueue", "id": "r4", "at_ms": NOW + 1, "job": creation(detail="enqueued")}, now=NOW + 95)
+    apply(store, {"k": "enqueue", "id": "r4", "job": creation(detail="enqueued")}, now=NOW + 99)  # once only
+    record = store.get_job("r4")
+    assert [(e.status, e.detail) for e in record.events] == [
+        ("queued", "enqueued"),
+        ("queued", "put back: store unavailable"),
+    ]

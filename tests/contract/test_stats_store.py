@@ -12,7 +12,7 @@ MINUTE = NOW // 60_000
 def finish(job_id: str, outcome: str, *, actor: str = "invoice", wait: int | None = None, now: int = NOW) -> dict:
     st = {"a": actor, "q": "default", "o": outcome}
     if wait is not None:
-        st["w"] = wait
+        st["wait_ms"] = wait
     return {"k": "finish", "id": job_id, "job": {"outcome": outcome, "att": 1, "actor": actor}, "st": st}
 
 
@@ -25,9 +25,9 @@ def test_final_writes_count_per_minute_and_actor(store) -> None:
         finish("d", "failed"),
         finish("e", "deferred", wait=99_999),
     ]
-    store.apply({"now": NOW, "ops": ops})
+    store.apply({"now_ms": NOW, "ops": ops})
     # and one more in the next minute
-    store.apply({"now": NOW + 60_000, "ops": [finish("f", "done", wait=0)]})
+    store.apply({"now_ms": NOW + 60_000, "ops": [finish("f", "done", wait=0)]})
     # Then each minute holds its counters, a failed job counting as a failed attempt and a dead one
     got = store.stats_minutes(MINUTE - 1, MINUTE + 1)
     assert got[MINUTE] == {
@@ -45,8 +45,17 @@ def test_final_writes_count_per_minute_and_actor(store) -> None:
 
 def test_the_counters_expire(store) -> None:
     # Given a minute's counters kept 1 ms
-    store.apply({"now": NOW, "ops": [{**finish("a", "done"), "st": {"a": "x", "o": "done", "ret": 1}}]})
+    store.apply({"now_ms": NOW, "ops": [{**finish("a", "done"), "st": {"a": "x", "o": "done", "retention_ms": 1}}]})
     # Then they are gone once that has passed on the store's clock
     if isinstance(store, dr.MemoryStore):
         store.clock = lambda: 10**14
     wait_until(lambda: store.stats_minutes(MINUTE, MINUTE) == {}, timeout=5, what="the counters to expire")
+
+
+def test_a_write_replayed_after_an_outage_counts_in_the_minute_it_happened(store) -> None:
+    # Given a final write made during an outage (it carries its own time) and applied 5 minutes later
+    late = {**finish("a", "done", wait=5), "at_ms": NOW}
+    store.apply({"now_ms": NOW + 5 * 60_000, "ops": [late]})
+    # Then it counts in the minute it happened, not in the minute it reached the store
+    got = store.stats_minutes(MINUTE, MINUTE + 5)
+    assert got == {MINUTE: {"a\tinvoice\tdone": 1, "w\tdefault": 5}}

@@ -1,4 +1,4 @@
-"""The Watchdog's store handlers (``30_watchdog.lua`` and its Python twin), over every store.
+"""The Watchdog's store handlers (``30_watchdog.lua``), over every store.
 
 Time is the batch's ``now``: each test moves it by hand, so nothing here waits.
 """
@@ -23,13 +23,13 @@ def t0() -> int:
 
 
 def apply(store: dr.Store, at: int, *ops: dict[str, Any]) -> list[dict[str, Any]]:
-    return store.apply({"now": at, "ops": list(ops)})
+    return store.apply({"now_ms": at, "ops": list(ops)})
 
 
 def beat(store: dr.Store, proc: str, at: int, *, sweep: bool = True, info: dict[str, Any] | None = None) -> Any:
-    section: dict[str, Any] = {"proc": proc, "ab": AB, "hist": 50, "info": info or {"host": "host", "pid": 1}}
+    section: dict[str, Any] = {"proc": proc, "abandon_ms": AB, "hist": 50, "info": info or {"host": "host", "pid": 1}}
     if sweep:
-        section.update(sweep=500, keep=KEEP)
+        section.update(sweep_ms=500, keep_ms=KEEP)
     return apply(store, at, {"k": "beat", "id": "-", "wd": section})[0]
 
 
@@ -40,14 +40,14 @@ def swept(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def enqueue(store: dr.Store, job: str, at: int) -> None:
-    section = {"actor": "charge", "queue": "default", "maxr": 3, "enq": at, "keys": {"order_id": "7"}, "hist": 50}
+    section = {"actor": "charge", "queue": "default", "maxr": 3, "enq_ms": at, "keys": {"order_id": "7"}, "hist": 50}
     apply(store, at, {"k": "enqueue", "id": job, "job": section})
 
 
 def start(store: dr.Store, job: str, proc: str, at: int, *, att: int = 1, idem: dict[str, Any] | None = None) -> Any:
     """A job's start as the bundle writes it: Idempotency's claim first (if any), then the start."""
     claim: dict[str, Any] = {"outcome": "run"}
-    wd: dict[str, Any] = {"proc": proc, "ab": AB, "a": "charge", "q": "default"}
+    wd: dict[str, Any] = {"proc": proc, "abandon_ms": AB, "a": "charge", "q": "default"}
     if idem is not None:
         claim = apply(store, at, {"k": "claim", "id": job, "idem": idem})[0]
         if claim["outcome"] != "run":
@@ -165,7 +165,7 @@ def test_finished_jobs_leave_their_process(store: dr.Store, t0: int) -> None:
 
 def test_a_dead_process_releases_the_idempotency_leases_it_held(store: dr.Store, t0: int) -> None:
     # Given A running a job that holds the lease of its key
-    lease = {"key": "k:charge:7", "token": "j1|host:1:Thread-1|1", "lease": 60_000}
+    lease = {"key": "k:charge:7", "token": "j1|host:1:Thread-1|1", "lease_ms": 60_000}
     beat(store, A, t0, sweep=False)
     assert start(store, "j1", A, t0 + 1, idem=lease)["outcome"] == "run"
     # While A lives, another delivery of the key is busy
@@ -178,10 +178,18 @@ def test_a_dead_process_releases_the_idempotency_leases_it_held(store: dr.Store,
 
 def test_a_lease_taken_over_by_another_process_is_kept(store: dr.Store, t0: int) -> None:
     # Given A's lease lost (expired: here, released without A knowing) and B took the key meanwhile
-    short = {"key": "k:charge:8", "token": "j1|host:1:Thread-1|1", "lease": 60_000}
+    short = {"key": "k:charge:8", "token": "j1|host:1:Thread-1|1", "lease_ms": 60_000}
     beat(store, A, t0, sweep=False)
     start(store, "j1", A, t0 + 1, idem=short)
-    apply(store, t0 + 2, {"k": "finish", "id": "j1", "idem": {**short, "outcome": "retrying", "ttl": 1000}})
+    apply(
+        store,
+        t0 + 2,
+        {
+            "k": "finish",
+            "id": "j1",
+            "idem": {"key": short["key"], "token": short["token"], "outcome": "retrying", "ttl_ms": 1000},
+        },
+    )
     beat(store, B, t0 + 1500, sweep=False)
     assert start(store, "j2", B, t0 + 1500, idem={**short, "token": "B"})["outcome"] == "run"
     assert processes(store)[A].running == 1
@@ -192,13 +200,18 @@ def test_a_lease_taken_over_by_another_process_is_kept(store: dr.Store, t0: int)
 
 
 def test_a_duplicate_delivery_is_not_tracked_as_running(store: dr.Store, t0: int) -> None:
-    key = {"key": "k:charge:9", "token": "t1", "lease": 60_000}
+    key = {"key": "k:charge:9", "token": "t1", "lease_ms": 60_000}
     beat(store, A, t0, sweep=False)
     start(store, "j1", A, t0 + 1, idem=key)
     apply(
         store,
         t0 + 2,
-        {"k": "finish", "id": "j1", "idem": {**key, "outcome": "done", "ttl": 60_000}, "wd": {"proc": A}},
+        {
+            "k": "finish",
+            "id": "j1",
+            "idem": {"key": key["key"], "token": key["token"], "outcome": "done", "ttl_ms": 60_000},
+            "wd": {"proc": A},
+        },
     )
     assert start(store, "j2", A, t0 + 3, idem={**key, "token": "t2"})["outcome"] == "duplicate"
     assert processes(store)[A].running == 0

@@ -263,7 +263,7 @@ def test_an_unreachable_broker_stops_the_scheduler_at_start_with_exit_3(server_e
     )
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: broker unreachable"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: broker ") and " unreachable: " in lines[0], result.stderr
 
 
 def test_the_rabbitmq_keepalive_replaces_a_dropped_connection(rabbitmq_server: str, ns: str) -> None:

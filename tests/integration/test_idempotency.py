@@ -183,3 +183,53 @@ def test_store_down_during_a_burst_runs_nothing_unchecked_and_loses_nothing(
     assert not [t for t in starts if down_at + 1.0 < t < up_at]
     log = (artifacts / "worker.log").read_text()
     assert "put back" in log or "Store unreachable" in log
+
+
+def test_store_down_mid_burst_keyless_jobs_keep_running_and_keyed_ones_wait(
+    server_env: ServerEnv, private_redis, artifacts: Path
+) -> None:
+    # Given the store on a Redis server of its own (append-only, so it keeps its data across the
+    # restart), side effects counted on the shared Redis, and a burst of keyless and keyed jobs
+    env = server_env.with_options()
+    env["DR_TEST_EFFECTS"] = server_env.store_url
+    env["DR_TEST_STORE"] = private_redis.url + "/0"
+    env.store_url = private_redis.url + "/0"
+    private_redis.stop()
+    private_redis.start_args = ["--appendonly", "yes", "--appendfsync", "always"]
+    private_redis.start()
+    app = build(env)
+    r, prefix = server_env.redis(), server_env.prefix
+    tags = [f"t{i}" for i in range(150)]
+    orders = list(range(20))
+    with DramatiqProcess("apps.basic", env, artifacts / "worker.log"):
+        plain = [app.sleepy.send(0.05, tag) for tag in tags[:20]]
+        wait_until(lambda: final(app.store, plain), timeout=60, what="the first keyless jobs done")
+        # When the store goes away in the middle of the burst
+        private_redis.stop()
+        down_at = time.time()
+        invoices = [app.invoice.send(order_id=i, customer_id=i) for i in orders]
+        plain += [app.sleepy.send(0.05, tag) for tag in tags[20:]]
+        log = artifacts / "worker.log"
+
+        def put_back(m) -> bool:
+            return f"Message {m.message_id!r} put back" in log.read_text()
+
+        # Then every keyless job completes while it is down, and every keyed one is put back
+        wait_until(
+            lambda: counts(r, prefix, "sleepy", tags[20:]) == [1] * len(tags[20:]) and all(map(put_back, invoices)),
+            timeout=90,
+            what="keyless jobs done and keyed ones put back during the outage",
+        )
+        done_during = sum(counts(r, prefix, "sleepy", tags[20:]))
+        started_keyed = r.llen(f"{prefix}:fx:starts")
+        up_at = time.time()
+        private_redis.start()
+        # And everything is recorded once it is back, keyed jobs included
+        wait_until(lambda: final(app.store, plain + invoices), timeout=120, what="every job's final record")
+
+    assert done_during > 0 and started_keyed == 0
+    assert counts(r, prefix, "sleepy", tags) == [1] * len(tags)
+    assert counts(r, prefix, "charge", orders) == [1] * len(orders)
+    assert all(app.store.get_job(m.message_id).status is dr.Status.DONE for m in plain + invoices)
+    assert "Jobs without idempotency_key or unique keep running" in log.read_text()
+    print(f"outage {up_at - down_at:.1f} s: {done_during} keyless jobs done meanwhile, {started_keyed} keyed started")

@@ -17,6 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_reliable._clock import now_ms
 from dramatiq_reliable.brokers import broker_identity
 from dramatiq_reliable.middleware._recovery import Pending, RedisRecovery
+from dramatiq_reliable.middleware._redelivery import REDELIVERED_OPTION
 from tests.conftest import BROKER_DB, delete_prefix
 
 pytestmark = pytest.mark.integration
@@ -100,6 +101,16 @@ def test_a_dead_process_messages_go_back_to_their_queue_at_once(fleet: Fleet) ->
     assert done == [fleet.pending(dead).proc]
     assert (fleet.waiting(), fleet.held(dead)) == (3, 0)
     assert fleet.client.zscore(f"{fleet.ns}:__heartbeats__", dead.broker_id) is None
+    # And the two it held are marked as possible redeliveries (a worker checks them first); the
+    # one it never fetched is not
+    consumer = live.consume(fleet.queue, prefetch=3, timeout=100)
+    got: list[Any] = []
+    while len(got) < 3:
+        message = next(consumer)
+        if message is not None:
+            got.append(message)
+    marked = sorted(m.args[0] for m in got if REDELIVERED_OPTION in m.options)
+    assert len(marked) == 2 and 2 not in marked
 
 
 def test_a_live_process_as_silent_as_the_dead_one_is_never_robbed(fleet: Fleet) -> None:

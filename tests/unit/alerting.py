@@ -42,7 +42,13 @@ def install_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
     for module in CLOCKED:
         monkeypatch.setattr(f"{module}.now_ms", c)
+    # The store judges time by its own clock: the embedded one follows this clock instead.
+    monkeypatch.setattr(f"{__name__}.store_clock", c)
     return c
+
+
+#: The clock a bundle's MemoryStore runs at (``install_clock``); None: the store's own.
+store_clock: Clock | None = None
 
 
 class Collector:
@@ -93,7 +99,7 @@ def make_bundle(store: dr.Store | None = None, **options: Any) -> Iterator[Bundl
     broker = StubBroker(fail_fast_default=False)
     broker.emit_after("process_boot")
     dramatiq.set_broker(broker)
-    store = store or dr.MemoryStore()
+    store = store or dr.MemoryStore(clock=store_clock)
     collector = Collector()
     options.setdefault("notifiers", [collector])
     middlewares = dr.install(broker, store, **options)

@@ -165,7 +165,7 @@ def test_a_raising_notifier_is_counted_and_the_others_still_get_it() -> None:
         assert bundle.store.get_job(message.message_id).status == dr.Status.FAILED  # type: ignore[union-attr]
 
 
-def test_a_hanging_notifier_never_delays_jobs_and_a_full_queue_drops() -> None:
+def test_a_hanging_notifier_never_delays_jobs_and_a_full_queue_drops(caplog) -> None:
     # Given a notifier that blocks until released, with room for 2 queued alerts
     release = threading.Event()
     got: list[dr.Alert] = []
@@ -194,6 +194,8 @@ def test_a_hanging_notifier_never_delays_jobs_and_a_full_queue_drops() -> None:
         # And the alerts that did not fit were dropped and counted, never waited for
         new_drops = metrics.value("alerts_dropped_total", notifier="hanging") - dropped
         assert new_drops >= 12 - 3
+        # and the log said so, with how many, at once
+        assert "Alert queue of notifier hanging is full (2); 1 alert(s) dropped since the last line" in caplog.text
         release.set()
         assert bundle.alerts.outbox.drain(10)
         assert len(got) + new_drops == 12

@@ -8,7 +8,6 @@ cases also run the installed ``dramatiq-reliable`` script in a subprocess, for i
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -35,6 +34,8 @@ SECRET = "hunter2-s3cr3t"
 DEAD_SECRET = "correct-horse-battery"
 UNREACHABLE_REDIS = "redis://127.0.0.1:1"
 UNREACHABLE_AMQP = "amqp://guest:guest@127.0.0.1:1/%2F"
+#: The test Redis (the URLs above and below are built on it).
+REDIS_SERVER = os.getenv("DR_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 def one_line(text: str) -> str:
@@ -54,9 +55,8 @@ def redis_state(client: redis.Redis, *prefixes: str) -> dict[bytes, bytes | None
 
 
 def memory_state(store: dr.MemoryStore) -> dict[str, Any]:
-    """A deep copy of the MemoryStore's data."""
-    with store.lock:
-        return copy.deepcopy({k: v for k, v in vars(store).items() if isinstance(v, dict)})
+    """Every key of the MemoryStore's embedded server with its serialized value."""
+    return redis_state(store.client, "")
 
 
 def stub_state(broker: StubBroker) -> dict[str, Any]:
@@ -140,6 +140,10 @@ CLI_CASES = [
     (["jobs", "list", "--cursor", "garbage"], 2, "malformed cursor"),
     (["dead", "list", "--since", "2x"], 2, "--since"),
     (["dead", "list", "--since", "-5m"], 2, "--since"),
+    (["dead", "list", "--since", "99999999d"], 2, "--since: '99999999d' reaches back before the year 1"),
+    (["dead", "list", "--since", "inf"], 2, "--since: not a duration: 'inf'"),
+    (["dead", "list", "--since", "nan"], 2, "--since: not a duration: 'nan'"),
+    (["dead", "purge", "--all", "--older-than", "99999999d", "--yes"], 2, "--older-than"),
     (["dead", "purge", "--all", "--older-than", "yesterday", "--yes"], 2, "--older-than"),
     (["dead", "replay", "{dead}", "--all", "--yes"], 2, "not both"),
     (["dead", "replay", "--yes"], 2, "give the ids of dead letters, or --all"),
@@ -197,6 +201,16 @@ def test_ids_that_cannot_be_acted_on_exit_1_and_change_nothing(
         (["--broker", UNREACHABLE_AMQP], ["dead", "list"], 3, "unreachable"),
         (["--broker", UNREACHABLE_AMQP], ["dead", "replay", "--all", "--yes"], 3, "unreachable"),
         (["--broker", f"{UNREACHABLE_REDIS}/0"], ["queues"], 3, "unreachable"),
+        # a store URL with an option nobody knows; a database the server does not have
+        (["--store", f"{REDIS_SERVER}/1?colour=blue"], ["jobs", "list"], 2, "unknown option 'colour'"),
+        (["--store", f"{REDIS_SERVER}/1?prefix=x&colour=blue"], ["dead", "list"], 2, "unknown option 'colour'"),
+        (["--store", f"{REDIS_SERVER}/99"], ["jobs", "show", "x"], 3, "the server has no such database"),
+        (["--store", f"{REDIS_SERVER}/99"], ["jobs", "list"], 3, "the server has no such database"),
+        (["--broker", f"{REDIS_SERVER}/0?colour=blue"], ["dead", "list"], 2, "unknown option 'colour'"),
+        (["--broker", f"{REDIS_SERVER}/99"], ["dead", "list"], 3, "DB index is out of range"),
+        (["--broker", f"{REDIS_SERVER}/99"], ["queues"], 3, "DB index is out of range"),
+        (["--broker", "amqp://guest:guest@127.0.0.1:5672/%2F?colour=blue"], ["dead", "list"], 2, "'colour'"),
+        (["--store", "redis://[::1"], ["jobs", "list"], 2, "malformed store URL"),
     ],
 )
 def test_bad_or_unreachable_servers(
@@ -216,6 +230,87 @@ def test_bad_or_unreachable_servers(
 
 
 _STORE_ONLY_NOTE = "note: no --broker given: the store's copy only (dead letters it did not record are not shown)"
+
+
+@pytest.mark.parametrize("argv", [["dead", "list"], ["dead", "stats"], ["dead", "list", "--json"]])
+def test_an_unreachable_store_is_the_error_line_alone(capsys: Any, argv: list[str]) -> None:
+    # No --broker: the store-only note is for a listing that worked, not before an error
+    code = main(["--store", f"{UNREACHABLE_REDIS}/1", *argv])
+    out, err = capsys.readouterr()
+    assert code == 3 and out == ""
+    assert one_line(err).startswith(f"error: store {UNREACHABLE_REDIS}/1 unreachable: ")
+
+
+def test_amqp_at_a_redis_port_fails_promptly_in_one_line(capsys: Any, seeded: Seeded) -> None:
+    # Given an amqp:// URL that names the Redis server's port (pika waited 15 s, then a traceback)
+    url = REDIS_SERVER.replace("redis://", "amqp://guest:s3cret-pw@") + "/%2F"
+    before = seeded.state()
+    started = time.monotonic()
+    code = main(["--store", seeded.store_url, "--broker", url, "dead", "list"])
+    elapsed = time.monotonic() - started
+    out, err = capsys.readouterr()
+    # Then one line names the URL, its password hidden, and says why; exit 3
+    assert code == 3 and out == "", err
+    line = one_line(err)
+    assert line.startswith("error: broker amqp://guest:***@") and "no AMQP handshake within 3s" in line, line
+    assert "s3cret-pw" not in err
+    assert elapsed < 10, elapsed  # the handshake is bounded (3 s), not pika's 15 s
+    assert seeded.state() == before
+
+
+#: Malformed or unreachable URLs with a password, and where it is: it is never shown.
+SECRET_URLS = [
+    (["--store", "redis://:s3cret-pw@127.0.0.1:notaport/1"], ["jobs", "list"], 2),
+    (["--store", "redis://:s3c/ret-pw@127.0.0.1:6379/1"], ["jobs", "list"], 2),  # an unencoded '/'
+    (["--store", "redis://:s3cret-pw@[::1/1"], ["jobs", "list"], 2),
+    (["--store", "foo://user:s3cret-pw@host/1"], ["jobs", "list"], 2),
+    (["--store", "redis://127.0.0.1:1/1?password=s3cret-pw"], ["jobs", "list"], 3),
+    (["--store", "redis://:s3cret-pw@127.0.0.1:1/1"], ["jobs", "list"], 3),
+    (["--store", "redis://127.0.0.1:6379/1?password=s3cret-pw&colour=blue"], ["jobs", "list"], 2),
+    (["--store", "memory://", "--broker", "amqp://guest:s3cret-pw@127.0.0.1:1/%2F"], ["dead", "list"], 3),
+    (["--store", "memory://", "--broker", "redis://:s3cret-pw@127.0.0.1:1/0"], ["dead", "list"], 3),
+    (["--store", "memory://", "--broker", "amqp://guest:s3c/ret-pw@127.0.0.1:x/%2F"], ["dead", "list"], 2),
+    (["--store", "memory://", "--broker", "kafka://u:s3cret-pw@host"], ["dead", "list"], 2),
+    (["--store", "memory://", "--broker", "amqp://u:s3cret-pw@[::1"], ["dead", "list"], 2),
+    (["--store", "memory://", "--broker", "redis://:s3cret-pw@127.0.0.1:6379/0?namespace="], ["dead", "list"], 2),
+    (["--store", "memory://", "--broker", "amqp://u:s3cret-pw@127.0.0.1/%2F?heartbeat=x"], ["dead", "list"], 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("globals_", "argv", "code"), SECRET_URLS, ids=lambda v: " ".join(v) if isinstance(v, list) else ""
+)
+def test_no_error_shows_a_password(capsys: Any, globals_: list[str], argv: list[str], code: int) -> None:
+    got = main([*globals_, *argv])
+    out, err = capsys.readouterr()
+    assert got == code, err
+    line = one_line(err.replace(_STORE_ONLY_NOTE, "").strip())
+    assert line.startswith("error: ") and "***" in line, line
+    for piece in ("s3cret", "ret-pw", "s3c/"):
+        assert piece not in err + out, line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@h/1", "redis://:***@h/1"),
+        ("redis://user:secret@h:6379/1?prefix=x", "redis://user:***@h:6379/1?prefix=x"),
+        ("redis://:sec/ret@h:x/1", "redis://:***@h:x/1"),
+        ("amqp://guest:p@ss@h/%2F", "amqp://guest:***@h/%2F"),
+        ("redis://:p#w@h/1", "redis://:***@h/1"),
+        ("amqp://u:[x@h", "amqp://u:***@h"),
+        ("redis://h/1?password=secret&db=2", "redis://h/1?password=***&db=2"),
+        ("rediss://h/1?ssl_password=secret", "rediss://h/1?ssl_password=***"),
+        ("amqp://u:a@h1/;amqp://u:b@h2/", "amqp://u:***@h1/;amqp://u:***@h2/"),
+        ("redis://user@h/1", "redis://user@h/1"),
+        ("redis://h:6379/1", "redis://h:6379/1"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_hide_password(url: str, shown: str) -> None:
+    from dramatiq_reliable._urls import hide_password
+
+    assert hide_password(url) == shown
 
 
 @pytest.mark.parametrize(
@@ -288,7 +383,7 @@ def test_secrets_in_a_big_argument_are_redacted_before_the_cap(stub_broker: Stub
     store.journal.flush()
     record = store.get_job(message.message_id)
     assert record is not None and record.args["_truncated"] is True
-    assert SECRET not in json.dumps(record.to_json()) and SECRET not in repr(store.records)
+    assert SECRET not in json.dumps(record.to_json()) and SECRET not in repr(memory_state(store))
 
 
 # -- the API ----------------------------------------------------------------------------------
@@ -416,6 +511,53 @@ def test_bad_install_options_change_nothing(stub_broker: StubBroker) -> None:
         assert stub_state(stub_broker) == before, options
 
 
+#: Every duration and size option of install(), and the owner that takes it.
+DURATIONS = [
+    "retention",
+    "ttl",
+    "lease",
+    "heartbeat_interval",
+    "abandon_after",
+    "sweep_interval",
+    "stuck_after",
+    "consumer_timeout",
+    "dead_letter_retention",
+    "window",
+]
+SIZES = ["max_args_bytes", "history", "queue_size"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, 0, True, False, "30"], ids=repr)
+@pytest.mark.parametrize("option", DURATIONS + SIZES)
+def test_install_refuses_meaningless_durations_and_sizes(stub_broker: StubBroker, option: str, value: Any) -> None:
+    before = stub_state(stub_broker)
+    with pytest.raises(dr.ConfigurationError) as info:
+        dr.install(stub_broker, dr.MemoryStore(), **{option: value})
+    line = one_line(str(info.value))
+    assert option.removeprefix("dead_letter_") in line and repr(value) in line, line
+    assert stub_state(stub_broker) == before
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"alert_on": "failed"}, "alert_on must be a tuple of alert kinds, e.g. alert_on=('failed',), not 'failed'"),
+        ({"alert_on": True}, "alert_on must be a tuple"),
+        ({"redact": "password"}, "redact must be a tuple of names, e.g. redact=('password',), not 'password'"),
+        ({"redact": None}, "redact must be a tuple of names"),
+        ({"redact": ("password", 7)}, "redact must hold names (non-empty strings), not 7"),
+        ({"notify_recovered": "yes"}, "notify_recovered must be True or False"),
+        ({"on_store_error": None}, "on_store_error must be 'retry' or 'run', not None"),
+    ],
+)
+def test_install_refuses_malformed_lists(stub_broker: StubBroker, options: dict[str, Any], says: str) -> None:
+    before = stub_state(stub_broker)
+    with pytest.raises(dr.ConfigurationError) as info:
+        dr.install(stub_broker, dr.MemoryStore(), **options)
+    assert says in one_line(str(info.value))
+    assert stub_state(stub_broker) == before
+
+
 @pytest.mark.parametrize(
     ("options", "says"),
     [
@@ -423,7 +565,18 @@ def test_bad_install_options_change_nothing(stub_broker: StubBroker) -> None:
         ({"idempotency_key": "invoice:{order_id"}, "malformed idempotency_key"),
         ({"track": ("customer",)}, "customer"),
         ({"stuck_after": -5}, "stuck_after"),
+        ({"stuck_after": float("nan")}, "stuck_after must be a positive number of seconds, not nan"),
+        ({"stuck_after": float("inf")}, "stuck_after must be a positive number of seconds, not inf"),
+        ({"stuck_after": True}, "stuck_after must be a positive number of seconds, not True"),
+        ({"idempotency_key": "k:{order_id}", "idempotency_ttl": True}, "idempotency_ttl must be a positive number"),
+        ({"idempotency_key": "k:{order_id}", "idempotency_ttl": float("nan")}, "idempotency_ttl must be a positive"),
+        ({"idempotency_key": "k:{order_id}", "idempotency_ttl": 0}, "idempotency_ttl must be a positive number"),
+        ({"alert_on": "failed"}, "alert_on must be a tuple of alert kinds"),
+        ({"alert_on": ("faild",)}, "faild"),
+        ({"track": "order_id"}, "track must be a tuple of argument names, e.g. track=('order_id',)"),
+        ({"track": (7,)}, "track must hold names"),
         ({"unique": "yes"}, "unique"),
+        ({"unique": 1}, "unique must be True or False, not 1"),
     ],
 )
 def test_bad_actor_options_fail_at_declaration(stub_broker: StubBroker, options: dict[str, Any], says: str) -> None:

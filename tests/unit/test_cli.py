@@ -19,10 +19,10 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def store_url(redis_store) -> str:
     # A store with three jobs, written through the real ops
     now = 1_763_700_000_000
-    creation = {"actor": "invoice", "queue": "default", "maxr": 3, "enq": now, "args": '{"order_id":4711}'}
+    creation = {"actor": "invoice", "queue": "default", "maxr": 3, "enq_ms": now, "args": '{"order_id":4711}'}
     redis_store.apply(
         {
-            "now": now,
+            "now_ms": now,
             "ops": [
                 {
                     "k": "start",

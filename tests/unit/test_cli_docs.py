@@ -35,7 +35,7 @@ def sections() -> dict[str, str]:
     text = DOC.read_text()
     headings = [m.start() for m in re.finditer(r"^#{1,3} ", text, re.MULTILINE)] + [len(text)]
     out = {}
-    for match in re.finditer(r"^### `dramatiq-reliable ([a-z ]+)`$", text, re.MULTILINE):
+    for match in re.finditer(r"^### `dramatiq-reliable ([a-z -]+)`$", text, re.MULTILINE):
         end = next(h for h in headings if h > match.start())
         out[match.group(1)] = text[match.end() : end]
     return out

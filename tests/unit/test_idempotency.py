@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
 import dramatiq_reliable as dr
-from dramatiq_reliable.errors import ArgumentsError, ConfigurationError, DuplicateJob
+from dramatiq_reliable.errors import ArgumentsError, ConfigurationError, DuplicateJob, StoreUnavailable
+from dramatiq_reliable.middleware import idempotency
+from dramatiq_reliable.middleware.idempotency import REDELIVERED_OPTION
 
 
 @pytest.fixture
@@ -40,8 +44,9 @@ def test_a_redelivered_completed_message_is_skipped_and_keeps_done(broker, store
 
     message = work.send(1)
     drain(broker, stub_worker)
-    # When the same message (same id) is delivered again, as after a crash before the ack
-    broker.enqueue(message)
+    # When the same message (same id) is delivered again, as after a crash before the ack, marked
+    # as a redelivery (RabbitMQ's redelivered flag; the Watchdog's mark on Redis)
+    broker.enqueue(message.copy(options={REDELIVERED_OPTION: 1}))
     drain(broker, stub_worker)
 
     assert calls == [1]
@@ -148,7 +153,7 @@ def test_once_runs_a_step_once_across_attempts(broker, store, stub_worker) -> No
     assert charges == [9]
     assert emails == ["failed", "r9"]
     assert store.get_job(message.message_id).status is dr.Status.DONE
-    assert "invoice:inv:9" not in store.checkpoints  # dropped once the job completed its key
+    assert not store.client.exists(store.k("idem", "once", "invoice:inv:9"))  # dropped once the job completed its key
 
 
 def test_once_rejects_a_non_json_result_and_misuse(broker, store, stub_worker) -> None:
@@ -219,8 +224,8 @@ def test_the_record_is_the_marker_only_when_job_state_keeps_it_long_enough(stub_
 
     message = short.send(1)
     drain(stub_broker, stub_worker)
-    assert store.sget("done", f"msg:{message.message_id}") == message.message_id
-    stub_broker.enqueue(message)
+    assert store.client.get(store.k("idem", "done", f"msg:{message.message_id}")) == message.message_id.encode()
+    stub_broker.enqueue(message.copy(options={REDELIVERED_OPTION: 1}))
     drain(stub_broker, stub_worker)
     assert calls == [1]
 
@@ -233,7 +238,7 @@ def test_no_marker_is_written_when_the_record_serves(broker, store, stub_worker)
     message = plain.send(1)
     drain(broker, stub_worker)
     assert store.get_job(message.message_id).status is dr.Status.DONE
-    assert store.sget("done", f"msg:{message.message_id}") is None
+    assert store.client.get(store.k("idem", "done", f"msg:{message.message_id}")) is None
 
 
 def test_keys_are_scoped_per_actor(broker, store, stub_worker) -> None:
@@ -259,7 +264,7 @@ def test_keys_are_scoped_per_actor(broker, store, stub_worker) -> None:
     assert sorted(calls) == [("invoice", 7), ("ship", 7)]
     assert store.get_job(shipped.message_id).status is dr.Status.DONE
     assert store.get_job(again.message_id).duplicate_of == first.message_id
-    assert store.sget("done", "ship:7") == shipped.message_id
+    assert store.client.get(store.k("idem", "done", "ship:7")) == shipped.message_id.encode()
 
 
 def test_a_unique_job_without_a_key_runs_again_once_finished(broker, store, stub_worker) -> None:
@@ -345,7 +350,7 @@ def test_once_steps_are_shared_by_every_message_with_the_key(broker, store, stub
     # Then the charge is not repeated, the email is sent, and the steps are dropped
     assert charges == [3] and emails == ["r3"]
     assert store.get_job(second.message_id).status is dr.Status.DONE
-    assert "order:order:3" not in store.checkpoints
+    assert not store.client.exists(store.k("idem", "once", "order:order:3"))
 
 
 def test_once_steps_without_a_key_belong_to_the_job(broker, store, stub_worker) -> None:
@@ -360,3 +365,61 @@ def test_once_steps_without_a_key_belong_to_the_job(broker, store, stub_worker) 
     order.send(4)
     drain(broker, stub_worker)
     assert charges == [4, 4]  # two jobs, nothing says they are the same
+
+
+class FlakyStore(dr.MemoryStore):
+    """A MemoryStore that can be made unreachable."""
+
+    down = False
+
+    def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.down:
+            raise StoreUnavailable("store memory:// unreachable: test outage")
+        return super().apply(batch)
+
+    def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("store memory:// unreachable: test outage")
+
+
+def test_while_the_store_is_down_first_deliveries_without_a_key_run_and_the_rest_wait(
+    stub_broker: StubBroker, stub_worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(idempotency, "STORE_ERROR_DELAY", 0.2)
+    caplog.set_level(logging.INFO, logger="dramatiq_reliable")
+    store = FlakyStore()
+    dr.install(stub_broker, store, lease=2)
+    calls = []
+
+    @dramatiq.actor
+    def plain(n):
+        calls.append(n)
+
+    @dramatiq.actor(idempotency_key="k:{n}")
+    def keyed(n):
+        calls.append(("keyed", n))
+
+    # Given a store that cannot be reached
+    store.down = True
+    # When a job without a key, one with a key, and a possible redelivery are delivered
+    first = plain.send(1)
+    held = [keyed.send(2), stub_broker.enqueue(plain.message(3).copy(options={REDELIVERED_OPTION: 1}))]
+    # Then only the first delivery without a key runs; the other two are put back, again and again
+    wait_for(
+        lambda: all(f"Message {m.message_id!r} put back" in caplog.text for m in held) and calls == [1],
+        what="the first job done, the two others put back",
+    )
+    assert calls == [1] and not stub_broker.dead_letters
+    # And once the store answers, the buffered record is written and the two others run
+    store.down = False
+    wait_for(lambda: len(calls) == 3, what="the two others run")
+    assert sorted(map(str, calls)) == sorted(map(str, [1, ("keyed", 2), 3]))
+    wait_for(lambda: store.get_job(first.message_id) is not None, what="the buffered record")
+    assert store.get_job(first.message_id).status is dr.Status.DONE
+
+
+def wait_for(check, *, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -153,7 +153,7 @@ def test_gauges_from_the_store() -> None:
     now = metrics_now()
     store.apply(
         {
-            "now": now,
+            "now_ms": now,
             "ops": [
                 {"k": "enqueue", "id": "a", "job": {"actor": "x", "queue": "q"}},
                 {"k": "enqueue", "id": "b", "job": {"actor": "x", "queue": "q"}},
@@ -275,7 +275,8 @@ def test_worker_boot_declares_the_counters_at_zero(tmp_path: Path) -> None:
     assert values[("dramatiq_reliable_abandoned_jobs_total", frozenset({("actor", "charge")}))] == 0
     assert values[("dramatiq_reliable_notifier_errors_total", frozenset({("notifier", "log")}))] == 0
     assert values[("dramatiq_reliable_alerts_dropped_total", frozenset({("notifier", "log")}))] == 0
-    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    for rank in ("final", "record", "noise"):
+        assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset({("rank", rank)}))] == 0
     assert values[("dramatiq_reliable_idempotency_leases_lost_total", frozenset())] == 0
     assert values[("dramatiq_reliable_job_run_seconds_count", actor)] == 0
 
@@ -286,7 +287,7 @@ def test_declared_counters_reach_a_registry_enabled_later() -> None:
         from prometheus_client import CollectorRegistry, generate_latest
         from dramatiq_reliable import metrics
         metrics.declare_actor("send", "default")
-        metrics.declare("store_writes_dropped_total")
+        metrics.declare("store_writes_dropped_total", rank="final")
         reg = CollectorRegistry()
         metrics.enable_metrics(registry=reg)
         print(generate_latest(reg).decode())
@@ -295,7 +296,7 @@ def test_declared_counters_reach_a_registry_enabled_later() -> None:
     values = samples(out)
     actor = frozenset({("actor", "send"), ("queue", "default")})
     assert values[("dramatiq_reliable_dead_letters_total", actor)] == 0
-    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset())] == 0
+    assert values[("dramatiq_reliable_store_writes_dropped_total", frozenset({("rank", "final")}))] == 0
     assert values[("dramatiq_reliable_job_wait_seconds_count", actor)] == 0
 
 

@@ -397,3 +397,9 @@ def test_a_scheduler_that_fell_behind_coalesces_queued_ticks(
     # Then only the latest is enqueued with coalesce, each one without
     fires = [m.options[FIRE_OPTION] for m in sent(broker)]
     assert fires == ([T0 + 2000] if coalesce else [T0, T0 + 1000, T0 + 2000])
+
+
+def test_every_tick_is_checked_as_a_possible_redelivery() -> None:
+    from dramatiq_reliable.middleware._redelivery import CRON_FIRE_OPTION
+
+    assert CRON_FIRE_OPTION == FIRE_OPTION

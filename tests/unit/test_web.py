@@ -6,6 +6,7 @@ The same page in a real browser on real brokers is in tests/integration/test_web
 from __future__ import annotations
 
 import html
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -505,8 +506,8 @@ def test_activity_page_charts_what_ended(shop) -> None:
 
 def test_activity_page_escapes_names_from_the_store(shop) -> None:
     name = "<script>alert(3)</script>"
-    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "w": 5}}
-    shop.store.apply({"now": dr_now(), "ops": [op]})
+    op = {"k": "finish", "id": "x", "job": {"outcome": "done"}, "st": {"a": name, "q": name, "o": "done", "wait_ms": 5}}
+    shop.store.apply({"now_ms": dr_now(), "ops": [op]})
     text = client(shop).get("/activity").text
     assert "<script>alert" not in text and "&lt;script&gt;alert(3)&lt;/script&gt;" in text
 
@@ -656,3 +657,26 @@ def test_one_client_is_locked_out_others_are_not(shop) -> None:
     assert shop.store.get_dead_letter(shop.bad) is not None
     other = TestClient(http.app, client=("10.0.0.8", 1))
     assert other.post("/act/replay", data={**fields, "token": TOKEN}).status_code == 200
+
+
+def test_corrupt_records_are_marked_and_the_pages_keep_working(shop: SimpleNamespace) -> None:
+    # Given a job record and a dead letter whose fields something else overwrote
+    for key, field, value in (
+        (shop.store.k("job", shop.ok), "att", "many"),
+        (shop.store.k("dead", shop.bad), "dead", 1e300),
+    ):
+        stored = json.loads(shop.store.client.get(key))
+        shop.store.client.set(key, json.dumps({**stored, field: value}), keepttl=True)
+    web = client(shop)
+    # Then the search lists the readable jobs and marks the corrupt one
+    page = web.get("/")
+    assert page.status_code == 200 and f"/jobs/{shop.bad}" in page.text
+    assert f'corrupt record <a href="/jobs/{shop.ok}">{shop.ok}</a>' in page.text
+    # And its own page says what is wrong with it
+    page = web.get(f"/jobs/{shop.ok}")
+    assert page.status_code == 422 and "attempts &#39;many&#39; is not a number" in page.text
+    # And the dead letters page marks the corrupt dead letter; its page says why
+    page = web.get("/dead")
+    assert page.status_code == 200 and f'corrupt record <a href="/dead/{shop.bad}">{shop.bad}</a>' in page.text
+    page = web.get(f"/dead/{shop.bad}")
+    assert page.status_code == 422 and "is out of range" in page.text

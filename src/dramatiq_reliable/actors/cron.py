@@ -35,7 +35,7 @@ A = TypeVar("A", bound="dramatiq.Actor[Any, Any]")
 CRON_NAMESPACE = uuid.UUID("6f1c0a52-3c8e-5d6b-9a57-2b1e8f0c4d11")
 #: Message options carried by a tick's message: the schedule's name and the fire time (ms).
 SCHEDULE_OPTION = "dr_cron"
-FIRE_OPTION = "dr_cron_fire"
+FIRE_OPTION = "dr_cron_fire"  # checked as a possible redelivery: middleware/_redelivery.py
 #: The longest schedule name accepted (characters).
 MAX_NAME = 200
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import ArgumentsError, ConfigurationError, StoreUnavailable
+from ..middleware._control import stop_point
 from .context import current_run
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ class Checkpoints(NamedTuple):
     scope: str
     #: Milliseconds the results are kept after the last step stored one (the key's ``ttl``).
     ttl_ms: int
-
-
-#: Where a running job's :class:`Checkpoints` are in its run data.
-CHECKPOINTS = "once"
 
 
 def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
@@ -77,10 +74,11 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     run = current_run()
     if run is None:
         raise ConfigurationError(f"dr.once({name!r}) called outside a job")
-    where: Checkpoints | None = run.data.get(CHECKPOINTS)
+    where: Checkpoints | None = run.checkpoints
     if where is None:
         raise ConfigurationError(f"dr.once({name!r}) needs the Idempotency middleware on the broker")
     store, scope, ttl_ms = where
+    stop_point()  # a cancelled job stops here
     stored = store.once_get(scope, name)
     if stored is not None:
         return json.loads(stored)

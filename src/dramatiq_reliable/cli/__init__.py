@@ -21,6 +21,7 @@ import click
 
 from .._context import CliState, run_command
 from ..errors import ConfigurationError
+from .control import cancel, pause, paused, resume, retry_now
 from .cron import cron_group, scheduler_command
 from .dead import dead
 from .demo import demo
@@ -28,6 +29,7 @@ from .jobs import jobs
 from .metrics import metrics
 from .queues import queues
 from .web import web
+from .workers import workers_command
 
 #: Exit codes.
 RET_OK = 0
@@ -66,6 +68,12 @@ def cli(ctx: click.Context, store_url: str | None, broker_url: str | None) -> No
 
 
 cli.add_command(jobs)
+jobs.add_command(cancel)
+jobs.add_command(retry_now)
+cli.add_command(pause)
+cli.add_command(resume)
+cli.add_command(paused)
+cli.add_command(workers_command)
 cli.add_command(demo)
 cli.add_command(cron_group)
 cli.add_command(scheduler_command)

@@ -91,7 +91,7 @@ def _row(store: Store, schedule: Schedule, tick: CronTick | None) -> dict[str, A
     next_ms = schedule.next_fire_after(now_ms())
     last_job = None
     if tick is not None:
-        if tick.state in ("missed", "skipped"):
+        if tick.state in ("missed", "skipped", "paused"):
             status = tick.state
         else:
             record = store.get_job(tick.job_id)
@@ -115,6 +115,73 @@ def _at(text: str | None) -> str:
         return "-"
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return f"{moment.isoformat()} ({ago(moment.timestamp() * 1000)})"
+
+
+@cron_group.command("run")
+@click.argument("app")
+@click.argument("name")
+@path_option()
+@click.pass_obj
+@run_command
+def run(state: CliState, app: str, name: str, paths: tuple[str, ...]) -> int:
+    """Fire one tick of schedule NAME of APP now (even if paused); claimed like any tick, so never twice."""
+    from ..scheduler import run_now
+
+    broker, store, _ = _schedules(state, app, paths)
+    outcome, job_id = run_now(broker, store, name)
+    if outcome == "enqueued":
+        click.echo(f"{name}: tick enqueued as job {job_id}")
+        return 0
+    if outcome == "taken":
+        click.echo(f"{name}: this second's tick was already claimed (job {job_id}); nothing more was enqueued")
+        return 1
+    click.echo(f"error: {name}: tick {outcome} (job {job_id}); see the log above", err=True)
+    return 3 if outcome == "deferred" else 1
+
+
+def _switch(state: CliState, app: str, name: str, paths: tuple[str, ...], on: bool, by: str | None) -> int:
+    from ..control import operator, pause_cron, resume_cron
+
+    _broker, store, schedules = _schedules(state, app, paths)
+    if name not in {s.name for s in schedules}:
+        known = ", ".join(sorted(s.name for s in schedules)) or "none"
+        click.echo(f"error: no cron schedule {name!r} in {app} (known: {known})", err=True)
+        return 1
+    result = (pause_cron if on else resume_cron)(store, name, by=by or operator())
+    when = result.since.isoformat() if result.since else "?"
+    if on:
+        click.echo(
+            f"{name}: paused (since {when})"
+            if result.changed
+            else f"{name}: already paused since {when}; nothing changed"
+        )
+    else:
+        click.echo(f"{name}: resumed" if result.changed else f"{name}: not paused; nothing changed")
+    return 0
+
+
+@cron_group.command("pause")
+@click.argument("app")
+@click.argument("name")
+@path_option()
+@click.option("--by", metavar="NAME", help="Who pauses, for the records. [default: user@host]")
+@click.pass_obj
+@run_command
+def pause(state: CliState, app: str, name: str, paths: tuple[str, ...], by: str | None) -> int:
+    """Pause schedule NAME of APP: schedulers record its ticks as paused and enqueue nothing."""
+    return _switch(state, app, name, paths, True, by)
+
+
+@cron_group.command("resume")
+@click.argument("app")
+@click.argument("name")
+@path_option()
+@click.option("--by", metavar="NAME", help="Who resumes, for the records. [default: user@host]")
+@click.pass_obj
+@run_command
+def resume(state: CliState, app: str, name: str, paths: tuple[str, ...], by: str | None) -> int:
+    """Resume a paused schedule: its next tick is enqueued as usual."""
+    return _switch(state, app, name, paths, False, by)
 
 
 @click.command("scheduler")

@@ -13,6 +13,7 @@ from .._context import CliState, echo_json, run_command
 from ..errors import ConfigurationError
 from ..records import DeadResult
 from . import dead_render as render
+from .render import corrupt_note
 
 #: Dead letters read per page when collecting ``--all``.
 PAGE = 1_000
@@ -59,7 +60,6 @@ def list_(
 ) -> int:
     """List dead letters, newest first, with the error that killed each."""
     since_at = time_ago("--since", since)
-    _store_only_note(state)
     page = api.find(
         state.store(),
         _broker(state, required=False),
@@ -70,6 +70,9 @@ def list_(
         limit=limit,
         cursor=cursor,
     )
+    _store_only_note(state)
+    if page.corrupt:
+        click.echo(corrupt_note(page.corrupt, "dead show"), err=True)
     if as_json:
         echo_json([render.shown_json(letter) for letter in page])
         return 0
@@ -105,22 +108,32 @@ def _select(
     queue: str | None,
     actor: str | None,
     before: datetime | None = None,
+    since: datetime | None = None,
+    error: str | None = None,
 ) -> list[str]:
-    """The ids given, or with ``--all`` every dead letter matching the filters."""
-    if ids and select_all:
-        raise ConfigurationError("give dead letter ids or --all, not both")
-    if not ids and not select_all:
-        raise ConfigurationError("give the ids of dead letters, or --all (see --help)")
+    """The ids given, or every dead letter matching the filters (``--all``, ``--error``, ``--since``
+    or ``--older-than`` select in bulk; ``--queue`` and ``--actor`` narrow a bulk selection)."""
+    bulk = select_all or error is not None or since is not None or before is not None
+    if ids and bulk:
+        raise ConfigurationError(
+            "give ids, or --all, --error, --since or --older-than, not both: those select in bulk (as with --all)"
+        )
+    if not ids and not bulk:
+        raise ConfigurationError("give the ids of dead letters, or --all or --error TEXT (see --help)")
+    if error is not None and not error.strip():
+        raise ConfigurationError("--error needs a text to look for in the errors")
     if ids:
-        if queue or actor or before:
-            raise ConfigurationError("--queue, --actor and --older-than select dead letters with --all")
+        if queue or actor:
+            raise ConfigurationError("--queue and --actor narrow --all, --error, --since or --older-than")
         return list(ids)
     store, broker = state.store(), state.broker()
     api.sync(store, broker, queues=[queue] if queue else None)
     out: list[str] = []
     cursor = None
     while True:
-        page = store.dead_letters(queue=queue, actor=actor, before=before, limit=PAGE, cursor=cursor)
+        page = store.dead_letters(
+            queue=queue, actor=actor, before=before, since=since, error=error, limit=PAGE, cursor=cursor
+        )
         out += [letter.id for letter in page]
         cursor = page.cursor
         if cursor is None:
@@ -148,9 +161,12 @@ def _report(results: list[DeadResult], as_json: bool) -> int:
 
 @dead.command("replay")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by --queue/--actor).")
-@click.option("--queue", metavar="NAME", help="With --all: only those of this queue.")
-@click.option("--actor", metavar="NAME", help="With --all: only those of this actor.")
+@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below).")
+@click.option("--error", "error", metavar="TEXT", help="Those whose error (type: message) contains TEXT.")
+@click.option("--since", metavar="DURATION", help="Those dead-lettered in the last DURATION (30m, 2h, 7d).")
+@click.option("--older-than", metavar="DURATION", help="Those dead for longer than DURATION (e.g. 7d).")
+@click.option("--queue", metavar="NAME", help="With a bulk selection: only those of this queue.")
+@click.option("--actor", metavar="NAME", help="With a bulk selection: only those of this actor.")
 @click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
@@ -160,6 +176,9 @@ def replay(
     state: CliState,
     ids: tuple[str, ...],
     select_all: bool,
+    error: str | None,
+    since: str | None,
+    older_than: str | None,
     queue: str | None,
     actor: str | None,
     dry_run: bool,
@@ -169,21 +188,37 @@ def replay(
     """Put dead letters back on their queues, with their job ids (attempts start again).
 
     \b
+    By id, or in bulk: --all, or --error TEXT (e.g. once the cause of that error is fixed),
+    --since / --older-than, narrowed by --queue and --actor.
+
+    \b
     Exit codes: 0 all replayed, 1 some were not (not found, gone, malformed, …),
     3 the broker or the store could not be reached (those stay dead letters).
     """
-    selected = _select(state, ids, select_all, queue=queue, actor=actor)
-    _confirm("Replay", selected, select_all, yes, dry_run)
-    results = api.replay(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    selected = _select(
+        state,
+        ids,
+        select_all,
+        queue=queue,
+        actor=actor,
+        before=time_ago("--older-than", older_than),
+        since=time_ago("--since", since),
+        error=error,
+    )
+    _confirm("Replay", selected, not ids, yes, dry_run)
+    # Not pinged: each id's line says what an unreachable broker prevented.
+    results = api.replay(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
     return _report(results, as_json)
 
 
 @dead.command("purge")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below).")
-@click.option("--older-than", metavar="DURATION", help="With --all: only those dead for longer (e.g. 7d).")
-@click.option("--queue", metavar="NAME", help="With --all: only those of this queue.")
-@click.option("--actor", metavar="NAME", help="With --all: only those of this actor.")
+@click.option("--error", "error", metavar="TEXT", help="Those whose error (type: message) contains TEXT.")
+@click.option("--since", metavar="DURATION", help="Those dead-lettered in the last DURATION (30m, 2h, 7d).")
+@click.option("--older-than", metavar="DURATION", help="Those dead for longer than DURATION (e.g. 7d).")
+@click.option("--queue", metavar="NAME", help="With a bulk selection: only those of this queue.")
+@click.option("--actor", metavar="NAME", help="With a bulk selection: only those of this actor.")
 @click.option("--dry-run", is_flag=True, help="Say what would be purged; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
@@ -193,6 +228,8 @@ def purge(
     state: CliState,
     ids: tuple[str, ...],
     select_all: bool,
+    error: str | None,
+    since: str | None,
     older_than: str | None,
     queue: str | None,
     actor: str | None,
@@ -200,11 +237,23 @@ def purge(
     yes: bool,
     as_json: bool,
 ) -> int:
-    """Delete dead letters for good. Live and in-flight messages are never touched."""
-    before = time_ago("--older-than", older_than)
-    selected = _select(state, ids, select_all, queue=queue, actor=actor, before=before)
-    _confirm("Purge", selected, select_all, yes, dry_run)
-    results = api.purge(state.store(), state.broker(), selected, dry_run=dry_run) if selected else []
+    """Delete dead letters for good. Live and in-flight messages are never touched.
+
+    \b
+    By id, or in bulk: --all, --error TEXT, --since / --older-than, narrowed by --queue and --actor.
+    """
+    selected = _select(
+        state,
+        ids,
+        select_all,
+        queue=queue,
+        actor=actor,
+        before=time_ago("--older-than", older_than),
+        since=time_ago("--since", since),
+        error=error,
+    )
+    _confirm("Purge", selected, not ids, yes, dry_run)
+    results = api.purge(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
     return _report(results, as_json)
 
 
@@ -214,8 +263,8 @@ def purge(
 @run_command
 def stats(state: CliState, as_json: bool) -> int:
     """Count dead letters by actor and error type, and per queue."""
-    _store_only_note(state)
     result = api.stats(state.store(), _broker(state, required=False))
+    _store_only_note(state)
     if as_json:
         echo_json(result.to_json())
     else:

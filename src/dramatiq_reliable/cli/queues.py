@@ -10,6 +10,7 @@ from .._clock import format_duration, parse_duration
 from .._context import CliState, echo_json, run_command
 from ..backlog import QueueStats, discover_queues, queue_stats
 from ..errors import ConfigurationError
+from .control import paused_lines
 
 
 @click.command("queues")
@@ -65,6 +66,10 @@ def queues(
     if check and age_limit is None and max_depth is None:
         raise ConfigurationError("--check needs --max-age and/or --max-depth")
     broker, declared = _broker(state, app, namespace)
+    if state.broker_url:
+        from ..brokers import ping_broker
+
+        ping_broker(broker)  # after the usage checks: an unreachable broker is one line naming its URL
     # An app's check covers the app's queues: another app's queue on the same server is not its business.
     wanted = list(dict.fromkeys(names)) or declared or _all_queues(broker)
     stats = queue_stats(broker, wanted, known=declared) if wanted else []
@@ -79,6 +84,8 @@ def queues(
         click.echo("No queues found.")
     else:
         click.echo(_table(stats, problems))
+        for line in paused_lines(state, queues={s.queue for s in stats}, actors=None):
+            click.echo(line)
     failed = any(problems.values())
     if check and failed and not as_json:
         for queue, found in problems.items():

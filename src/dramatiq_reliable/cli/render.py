@@ -122,3 +122,10 @@ def job_table(records: Sequence[JobRecord]) -> str:
         cells[2] = status_word(row[2]) + " " * (widths[2] - len(row[2]))
         out.append("  ".join(cells) + "  " + row[-1])
     return "\n".join(out)
+
+
+def corrupt_note(ids: Sequence[str], show: str) -> str:
+    """The one line that says a listing skipped records it cannot decode (``show``: the command that says why)."""
+    n = len(ids)
+    named = ", ".join(ids[:5]) + (f", … ({n - 5} more)" if n > 5 else "")
+    return f"warning: skipped {n} corrupt record{'s' if n != 1 else ''} ({show} ID says why): {named}"

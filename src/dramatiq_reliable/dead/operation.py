@@ -136,8 +136,8 @@ class Operation:
         for letter in letters:
             self._result(letter.id, "gone", detail, letter.queue)
         if letters and not self.dry_run:
-            forget, job = {"before": now_ms() + 1}, {"detail": detail}
-            _rec.apply(self.store, [{"k": "dead_forget", "id": x.id, "dl": forget, "job": job} for x in letters])
+            forget, job = {"older_than_ms": 0}, {"detail": detail}
+            _rec.apply(self.store, [{"k": "dead_forget", "id": x.id, "dead": forget, "job": job} for x in letters])
 
     def batch(self, session: Session, chunk: list[DeadLetter], found: dict[str, list[XEntry]]) -> None:
         """Act on up to :data:`BATCH` dead letters of one queue (``found``: their broker entries)."""

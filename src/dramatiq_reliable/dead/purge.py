@@ -35,7 +35,7 @@ class _Purge(Operation):
         done = [x for x in chunk if all(id(e) in removed for e in found.get(x.id, []))]
         done_ids = {x.id for x in done}
         job = {"detail": f"purged from the dead-letter queue by {self.who}", "hist": 50}
-        _rec.apply(self.store, [{"k": "dead_purge", "id": x.id, "dl": {}, "job": job} for x in done])
+        _rec.apply(self.store, [{"k": "dead_purge", "id": x.id, "dead": {}, "job": job} for x in done])
         for letter in chunk:
             if letter.id in done_ids:
                 where = "" if found.get(letter.id) else "only the stored copy: it was no longer in the broker"

@@ -71,7 +71,7 @@ def apply(store: Store, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply ops directly (a tool waits for its writes), in calls of :data:`OPS_PER_CALL`."""
     results: list[dict[str, Any]] = []
     for i in range(0, len(ops), OPS_PER_CALL):
-        results += store.apply({"now": now_ms(), "ops": ops[i : i + OPS_PER_CALL]})
+        results += store.apply({"ops": ops[i : i + OPS_PER_CALL]})
     return results
 
 
@@ -85,7 +85,7 @@ def queue_lock(store: Store, queue: str, *, wait: float = LOCK_WAIT) -> Iterator
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait
     while True:
-        op = {"k": "dead_lock", "id": "-", "dl": {"queue": queue, "token": token, "ttl": LOCK_TTL_MS}}
+        op = {"k": "dead_lock", "id": "-", "dead": {"queue": queue, "token": token, "ttl_ms": LOCK_TTL_MS}}
         if apply(store, [op])[0].get("ok"):
             break
         if time.monotonic() >= deadline:
@@ -94,7 +94,7 @@ def queue_lock(store: Store, queue: str, *, wait: float = LOCK_WAIT) -> Iterator
     try:
         yield
     finally:
-        apply(store, [{"k": "dead_unlock", "id": "-", "dl": {"queue": queue, "token": token}}])
+        apply(store, [{"k": "dead_unlock", "id": "-", "dead": {"queue": queue, "token": token}}])
 
 
 def queues_of(store: Store, dq: DeadQueue) -> list[str]:
@@ -155,13 +155,13 @@ def reconcile(store: Store, dq: DeadQueue, queue: str, *, retention: float) -> t
         gone = [i for i in missing if ids[i] < now - GRACE_MS]
         ops = [import_op(e, retention, now) for e in imports]
         detail = "no longer in the dead-letter queue (expired, or removed outside dramatiq-reliable)"
-        forget = {"before": now - GRACE_MS}
-        ops += [{"k": "dead_forget", "id": i, "dl": forget, "job": {"detail": detail}} for i in gone]
+        forget = {"older_than_ms": GRACE_MS}
+        ops += [{"k": "dead_forget", "id": i, "dead": forget, "job": {"detail": detail}} for i in gone]
         results = apply(store, ops)
         forgotten = sum(1 for r in results[len(imports) :] if r.get("removed"))
         held = len(ids) + created - forgotten
         offset = len(entries) + (len(missing) - len(gone)) - held
-        apply(store, [{"k": "dead_sync", "id": "-", "dl": {"queue": queue, "offset": offset}}])
+        apply(store, [{"k": "dead_sync", "id": "-", "dead": {"queue": queue, "offset": offset}}])
     return created, forgotten
 
 
@@ -170,8 +170,8 @@ def import_op(entry: XEntry, retention: float, now: int) -> dict[str, Any]:
     raw = entry.raw or b""
     section: dict[str, Any] = {
         "queue": entry.queue,
-        "dead": entry.dead_at or now,
-        "ret": int(retention * 1000),
+        "dead_ms": entry.dead_at or now,
+        "retention_ms": int(retention * 1000),
         "xid": entry.ref if entry.stable else None,
     }
     message = entry.message
@@ -192,7 +192,7 @@ def import_op(entry: XEntry, retention: float, now: int) -> dict[str, Any]:
     except UnicodeDecodeError:
         section.update(msg=base64.b64encode(raw).decode("ascii"), enc="b64")
     job = {"detail": "found in the dead-letter queue; its failure was not recorded", "hist": 50}
-    return {"k": "dead_import", "id": entry.key, "dl": compact(section), "job": job}
+    return {"k": "dead_import", "id": entry.key, "dead": compact(section), "job": job}
 
 
 def error_from_traceback(text: Any, attempt: int) -> dict[str, str] | None:

@@ -30,7 +30,7 @@ from dramatiq.middleware import MiddlewareError
 
 from .._clock import now_ms
 from ..errors import BrokerUnavailable, NotFound, StoreUnavailable
-from ..middleware.idempotency import PUT_BACK_OPTION, REPLAY_OPTION
+from ..middleware._redelivery import PUT_BACK_OPTION, REDELIVERED_OPTION, REPLAY_OPTION
 from ..records import DeadLetter, DeadResult
 from ..store.base import Store
 from . import reconcile as _rec
@@ -38,7 +38,15 @@ from .operation import Operation
 from .xq import PartialMove, Session, XEntry
 
 #: Options a replay resets.
-RESET_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta", "redis_message_id", PUT_BACK_OPTION)
+RESET_OPTIONS = (
+    "retries",
+    "traceback",
+    "requeue_timestamp",
+    "eta",
+    "redis_message_id",
+    PUT_BACK_OPTION,
+    REDELIVERED_OPTION,
+)
 
 
 def clean(message: Message[Any], now: int) -> Message[Any]:
@@ -121,7 +129,7 @@ class _Replay(Operation):
             if ok:
                 self.broker.emit_after("enqueue", message, None)
                 self._result(letter.id, "replayed", f"to queue {letter.queue!r}", letter.queue)
-                ops.append({"k": "replayed", "id": letter.id, "dl": {}})
+                ops.append({"k": "replayed", "id": letter.id, "dead": {}})
             elif letter.id not in self.results:
                 self._gone([letter])
         return ops

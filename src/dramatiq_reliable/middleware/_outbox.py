@@ -1,7 +1,9 @@
 """The sender of alerts: one bounded queue and one daemon thread per notifier and process.
 
 A job thread only offers an alert to each queue (``put_nowait``): it never waits for a
-notifier. A full queue drops the alert and counts it (``alerts_dropped_total``); a notifier
+notifier. A full queue drops the alert and counts it (``alerts_dropped_total``), and the log
+says so: the first drop at once, then one line per :data:`DROP_LOG_INTERVAL` with how many
+were dropped since, and one when the queue takes alerts again; a notifier
 that raises is logged and counted (``notifier_errors_total``); one that hangs holds up only
 its own queue. Threads start on first use in each process, so the outbox is safe to build
 before Dramatiq forks its workers.
@@ -23,7 +25,7 @@ from ..notifiers import Notifier, notifier_name
 logger = logging.getLogger("dramatiq_reliable.alerts")
 
 #: Seconds between two "queue full" warnings of one notifier.
-DROP_LOG_INTERVAL = 60.0
+DROP_LOG_INTERVAL = 10.0
 
 
 class _Lane(threading.Thread):
@@ -35,24 +37,38 @@ class _Lane(threading.Thread):
         super().__init__(name=f"dramatiq-reliable-alerts-{self.label}", daemon=True)
         self.queue: queue.Queue[Alert] = queue.Queue(maxsize=size)
         self._last_drop_log = 0.0
+        #: Alerts dropped since the queue was last full and not yet logged; and in this episode.
+        self._unlogged = 0
+        self._dropped = 0
 
     def offer(self, alert: Alert) -> bool:
         try:
             self.queue.put_nowait(alert)
-            return True
         except queue.Full:
             metrics.inc("alerts_dropped_total", notifier=self.label)
+            self._dropped += 1
+            self._unlogged += 1
             now = time.monotonic()
-            if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-                self._last_drop_log = now
+            if self._dropped == 1 or now - self._last_drop_log >= DROP_LOG_INTERVAL:
                 logger.warning(
-                    "Alert queue of notifier %s is full (%d); dropping alerts (job %s: %s).",
+                    "Alert queue of notifier %s is full (%d); %d alert(s) dropped since the last line, "
+                    "the latest about job %s: %s.",
                     self.label,
                     self.queue.maxsize,
+                    self._unlogged,
                     alert.job_id,
                     alert.title,
                 )
+                self._last_drop_log, self._unlogged = now, 0
             return False
+        if self._dropped:
+            logger.warning(
+                "Alert queue of notifier %s takes alerts again; %d were dropped while it was full.",
+                self.label,
+                self._dropped,
+            )
+            self._dropped = self._unlogged = 0
+        return True
 
     def run(self) -> None:
         while True:

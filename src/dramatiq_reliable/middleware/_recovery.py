@@ -18,6 +18,10 @@ for a queue only when:
   queue is one the store also proved dead. A live process, however slow, is never robbed.
 
 A queue that is not safe now is tried again at the next sweep.
+
+Before they are put back, the messages get the option
+:data:`~._redelivery.REDELIVERED_OPTION`: a worker then knows that an earlier delivery may
+have done the work, and asks the store before running them (see :mod:`._redelivery`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._clock import now_ms
+from ._redelivery import REDELIVERED_OPTION
 
 logger = logging.getLogger("dramatiq_reliable.middleware.Watchdog")
 
@@ -34,6 +39,8 @@ logger = logging.getLogger("dramatiq_reliable.middleware.Watchdog")
 GUARD_MS = 1_000
 #: ``maintenance_chance`` that makes every dispatch run maintenance (Dramatiq's scale).
 ALWAYS = 1_000_000
+#: Replace a message's data only if it is still there (it was not acked meanwhile).
+_REPLACE = "if redis.call('hexists', KEYS[1], ARGV[1]) == 1 then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end"
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,7 @@ class RedisRecovery:
             return False
         if not count:
             return True
+        self._mark(item.bid, queue)
         tool = self._tool_broker()
         tool.heartbeat_timeout = max(int(now_ms() - last), 1)
         tool.do_qsize(queue)
@@ -149,6 +157,28 @@ class RedisRecovery:
             queue,
         )
         return True
+
+    def _mark(self, bid: str, queue: str) -> None:
+        """Add :data:`REDELIVERED_OPTION` to the unacked messages of ``bid`` in ``queue``."""
+        from dramatiq import Message
+        from dramatiq.errors import DecodeError
+
+        client = self.broker.client
+        ids = sorted(client.smembers(f"{self.namespace}:__acks__.{bid}.{queue}"))
+        if not ids:
+            return
+        data_key = f"{self.namespace}:{queue}.msgs"
+        stamp = now_ms()
+        pipe = client.pipeline(transaction=False)
+        for redis_id, data in zip(ids, client.hmget(data_key, ids), strict=True):
+            if data is None:
+                continue
+            try:
+                message = Message.decode(data)
+            except (DecodeError, TypeError):
+                continue  # put back as it is: a worker will reject it as Dramatiq does
+            pipe.eval(_REPLACE, 1, data_key, redis_id, message.copy(options={REDELIVERED_OPTION: stamp}).encode())
+        pipe.execute()
 
     def _tool_broker(self) -> Any:
         """A RedisBroker on the worker's client that always runs maintenance.

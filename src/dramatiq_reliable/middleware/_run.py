@@ -12,7 +12,7 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dramatiq import Message
 from dramatiq.broker import MessageProxy
@@ -23,6 +23,7 @@ from .._clock import now_ms
 from .._secrets import TextMask, secret_values
 
 if TYPE_CHECKING:
+    from ..actors.once import Checkpoints
     from ..store.journal import Journal, Slot
 
 _ATTR = "_dramatiq_reliable_run"
@@ -70,16 +71,36 @@ def one_line(err: dict[str, str] | None) -> str:
     return f"{err['type']}: {message[0]}" if message else err["type"]
 
 
+class Claim(NamedTuple):
+    """The lease Idempotency holds on a job's key while it runs."""
+
+    #: The key it claimed (``<actor>:<rendered>`` or ``msg:<id>``).
+    key: str
+    #: The owner token of the key's lease.
+    token: str
+    #: Milliseconds the key's completion is remembered.
+    ttl_ms: int
+    #: JobState's record marks the completion of this message id (no separate marker).
+    rec: bool
+
+
 class JobRun:
     """What the bundle knows about one message while a worker processes it."""
 
     __slots__ = (
         "actor",
+        "alert",
         "args",
         "attempt",
         "began",
         "bound",
-        "data",
+        "cancelled",
+        "checkpoints",
+        "claim",
+        "claim_slot",
+        "deferred",
+        "delivered_options",
+        "dup",
         "finished",
         "id",
         "keys",
@@ -88,13 +109,17 @@ class JobRun:
         "message",
         "msg",
         "outcome",
+        "proc",
         "queue",
+        "quiet",
         "requeued_eta",
+        "reserved",
         "results",
         "skip_recorded",
         "skipped",
         "started",
         "started_ms",
+        "throws",
         "txns",
         "worker",
     )
@@ -128,8 +153,29 @@ class JobRun:
         self.outcome: tuple[str, dict[str, str] | None, str] | None = None
         #: Masks the job's secret values in text; JobState sets it, knowing the actor's parameters.
         self.mask: Callable[[str], str] | None = None
-        #: Middleware-specific values (Idempotency's key and lease token, …).
-        self.data: dict[str, Any] = {}
+        #: Why it was put back before it ran (Idempotency: key busy, store down; a paused actor).
+        self.deferred: str | None = None
+        #: Put back again while its actor or queue is paused: no new event.
+        self.quiet = False
+        #: Why an operator's cancel stopped it.
+        self.cancelled: str | None = None
+        #: Whether its exception is one of the actor's ``throws`` (not retried), once known.
+        self.throws: bool | None = None
+        #: Idempotency's lease on the job's key, while it runs; the unwaited claim that takes it.
+        self.claim: Claim | None = None
+        self.claim_slot: Slot | None = None
+        #: The key a ``unique`` job reserved at send, freed when it ends.
+        self.reserved: str | None = None
+        #: The job that completed its key (itself, for a redelivery): it is skipped.
+        self.dup: str | None = None
+        #: Where ``dr.once`` keeps its steps: ``(store, scope, ttl_ms)``.
+        self.checkpoints: Checkpoints | None = None
+        #: The Watchdog's id of the process running it.
+        self.proc: str | None = None
+        #: The options the message was delivered with (Retries changes them in place).
+        self.delivered_options: dict[str, Any] | None = None
+        #: The Alerts notification to deliver once the message is acked or nacked.
+        self.alert: Any = None
         #: journal -> staged op
         self.txns: dict[Journal, dict[str, Any]] = {}
         #: journal -> result of the last committed op
@@ -151,11 +197,16 @@ class JobRun:
         """Add ``section`` to this message's ``kind`` op for ``journal``."""
         op = self.txns.get(journal)
         if op is not None and op["k"] != kind:
-            journal.submit(op, wait=False)
-            op = None
+            if kind == "finish" and op["k"] == "start" and self.deferred is not None:
+                # Put back before it ran: there is no start to record, only the fields that
+                # create its record if it has none yet.
+                op = self.txns[journal] = _unstarted(op)
+            else:
+                journal.submit(op, wait=False)
+                op = None
         if op is None:
             op = self.txns[journal] = {"k": kind, "id": self.id}
-        op[section] = value
+        op[section] = {**op[section], **value} if section in op else value
 
     def commit(self, journal: Journal, *, wait: bool, retry: bool = True) -> Slot | None:
         """Submit the staged op for ``journal``; with ``wait``, return once applied.
@@ -203,14 +254,16 @@ class JobRun:
         mask = None if exc is None else self.mask if self.mask is not None else fallback_mask(self.msg)
         err = error_of(exc, mask)
         n = self.attempt
-        if "deferred" in self.data and not nacked:
-            self.outcome = ("deferred", None, f"put back: {self.data['deferred']}")
+        if self.cancelled is not None and not nacked and (self.skipped or exc is not None):
+            self.outcome = ("cancelled", None, self.cancelled)
+        elif self.deferred is not None and not nacked:
+            self.outcome = ("deferred", None, f"put back: {self.deferred}")
         elif nacked:
             if isinstance(exc, SkipMessage):
                 detail = f"dead-lettered by a middleware: {one_line(err) or 'skipped and failed'}"
             elif err is None:
                 detail = "dead-lettered"
-            elif self.data.get("throws"):
+            elif self.throws:
                 detail = f"dead-lettered: {one_line(err)} (a 'throws' error, not retried)"
             else:
                 detail = f"dead-lettered after {n} attempt{'s' if n > 1 else ''}: {one_line(err)}"
@@ -230,6 +283,19 @@ class JobRun:
 def fallback_mask(msg: Message[Any]) -> Callable[[str], str]:
     """Without JobState: mask the values of secret keyword arguments and URL credentials."""
     return TextMask(secret_values({"*args": list(msg.args or ()), **(msg.kwargs or {})}))
+
+
+#: Fields of a start's ``job`` section that create the record.
+_CREATION = ("actor", "queue", "maxr", "enq", "args", "keys", "hist")
+
+
+def _unstarted(start: dict[str, Any]) -> dict[str, Any]:
+    """The finish op of a message put back before it ran, with what its staged start would create."""
+    op: dict[str, Any] = {"k": "finish", "id": start["id"]}
+    job = start.get("job")
+    if isinstance(job, dict):
+        op["job"] = {f: job[f] for f in _CREATION if f in job}
+    return op
 
 
 def message_of(message: Message[Any] | MessageProxy) -> Message[Any]:

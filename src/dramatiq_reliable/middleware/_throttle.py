@@ -1,6 +1,6 @@
 """What Alerts sends to the store and makes of its answers; the in-process fallback throttle.
 
-The throttle itself lives in the store (``store/lua/50_alerts.lua`` and its Python twin): an
+The throttle itself lives in the store (``store/lua/50_alerts.lua``): an
 ``al`` section rides in a job's finish op, or in an ``alert`` op for an event, and the store
 answers ``{"notify": 0|1, "sup": n, "since": ms}``. When the store cannot be reached, the
 decision falls back to :class:`LocalThrottle`, per process.
@@ -41,8 +41,8 @@ def section(alert: Alert, window_ms: int, quiet: bool) -> dict[str, Any]:
             "queue": alert.queue,
             "msg": alert.error_message,
             "keys": alert.keys or None,
-            "win": window_ms,
-            "at": now_ms(),
+            "window_ms": window_ms,
+            "at_ms": now_ms(),
             "quiet": True if quiet else None,
         }
     )

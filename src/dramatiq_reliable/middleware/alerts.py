@@ -12,7 +12,7 @@ import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 
-from .. import events, metrics
+from .. import _validate, events, metrics
 from .._clock import from_ms, now_ms
 from ..actors.context import current_run
 from ..alert import Alert
@@ -43,14 +43,10 @@ RECENT = 1024
 
 
 def kinds_of(value: Any, where: str) -> frozenset[str]:
-    """Validate an ``alert_on`` value: a kind, or an iterable of kinds (empty: none)."""
-    if value is None or value is False:
+    """Validate an ``alert_on`` value: a tuple of kinds (empty or ``None``: none; a bare string is refused)."""
+    if value is None:
         return frozenset()
-    items = [value] if isinstance(value, str) else value
-    try:
-        kinds = frozenset(items)
-    except TypeError:
-        raise ConfigurationError(f"{where}: alert_on must be kinds such as ('failed',), not {value!r}") from None
+    kinds = frozenset(_validate.names("alert_on", value, where=where, example="'failed'", of="alert kinds"))
     unknown = sorted(str(k) for k in kinds - set(KINDS))
     if unknown:
         raise ConfigurationError(f"{where}: unknown alert kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
@@ -115,10 +111,9 @@ class Alerts(ReliableMiddleware):
         queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         super().__init__(store)
-        if not isinstance(window, (int, float)) or isinstance(window, bool) or not 0 < window < 10 * 86_400:
-            raise ConfigurationError(f"window must be a positive number of seconds (under 10 days), not {window!r}")
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-            raise ConfigurationError(f"queue_size must be a positive integer, not {queue_size!r}")
+        window = _validate.seconds("window", window, below=10 * 86_400)
+        queue_size = _validate.count("queue_size", queue_size)
+        notify_recovered = _validate.flag("notify_recovered", notify_recovered)
         chosen = [LogNotifier()] if notifiers is None else list(notifiers)
         for notifier in chosen:
             if not callable(notifier):
@@ -190,7 +185,7 @@ class Alerts(ReliableMiddleware):
             detail=detail,
             window=self.window,
         )
-        run.data["alert"] = alert
+        run.alert = alert
         run.stage(self.journal, "finish", "al", _throttle.section(alert, self.window_ms, self.notify_recovered))
 
     def after_ack(self, broker: Broker, message: MessageProxy) -> None:
@@ -201,7 +196,9 @@ class Alerts(ReliableMiddleware):
 
     def _deliver(self, message: MessageProxy) -> None:
         run = JobRun.of(message, create=False)
-        alert = run.data.pop("alert", None) if run is not None else None
+        alert = run.alert if run is not None else None
+        if run is not None:
+            run.alert = None
         if run is None or alert is None:
             return
         result = run.results.get(self.journal) or {}

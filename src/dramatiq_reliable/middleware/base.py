@@ -1,10 +1,10 @@
 """The base of the bundle's middlewares: one start op and one finish op per message.
 
 Every middleware of the bundle stages its part of a message's transition on the shared
-:class:`~._run.JobRun`; the last of them in the broker's list (among those sharing a store)
-commits it: at the start without waiting (unless a middleware needs an answer, as
-Idempotency does, and commits itself), at the end waiting, in ``before_ack``/``before_nack``,
-so a message is acked only once its final state is written (or buffered, if the store is down).
+:class:`~._run.JobRun`; the broker's :class:`~._commit.Committer` writes it once every
+middleware on that store has staged its part: the start without waiting, the end waiting, in
+``before_ack``/``before_nack``, so a message is acked only once its final state is written (or
+buffered, if the store is down).
 
 Deciding the outcome in ``before_ack``/``before_nack`` rather than ``after_process_message``
 means the bundle sees Retries' verdict wherever it sits in the middleware list.
@@ -13,6 +13,7 @@ means the bundle sees Retries' verdict wherever it sits in the middleware list.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -22,6 +23,9 @@ from dramatiq.middleware import Retries
 from .. import metrics, sentry
 from .._clock import now_ms
 from ..actors.context import set_current
+from ..store._buffer import RANKS
+from ._commit import committer_for
+from ._control import Controls, controls_for
 from ._run import JobRun
 
 if TYPE_CHECKING:
@@ -43,7 +47,7 @@ class ReliableMiddleware(dramatiq.Middleware):
             raise TypeError(f"{type(self).__name__} needs a store (dr.RedisStore or dr.MemoryStore), not {store!r}")
         self.store = store
         self.logger = logging.getLogger(f"dramatiq_reliable.middleware.{type(self).__name__}")
-        self._last_cache: tuple[int, int, bool] = (0, -1, False)
+        self._controls: tuple[int, Controls | None] = (0, None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={self.store.url}>"
@@ -56,15 +60,8 @@ class ReliableMiddleware(dramatiq.Middleware):
     # -- ordering -------------------------------------------------------------------------------
 
     def is_last(self, broker: Broker) -> bool:
-        """True if this is the last middleware of the bundle on this store in ``broker``'s list."""
-        middleware = broker.middleware
-        key, size, last = self._last_cache
-        if key == id(middleware) and size == len(middleware):
-            return last
-        ours = [m for m in middleware if isinstance(m, ReliableMiddleware) and m.store is self.store]
-        last = bool(ours) and ours[-1] is self
-        self._last_cache = (id(middleware), len(middleware), last)
-        return last
+        """True if this middleware's hooks complete a phase for its store (see :mod:`._commit`)."""
+        return committer_for(broker).closes(self)
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -79,6 +76,19 @@ class ReliableMiddleware(dramatiq.Middleware):
         self.declare_metrics(broker)
         if self.is_last(broker):
             check_server(self.store, self.logger)
+            # Read paused actors and cancelled jobs before the first job.
+            self.controls(broker, worker)
+
+    def controls(self, broker: Broker, worker: dramatiq.Worker | None = None) -> Controls:
+        """This process's operator controls (paused, cancelled), read from the store once at boot."""
+        pid, controls = self._controls
+        if controls is None or pid != os.getpid() or worker is not None:
+            controls = controls_for(self.store)
+            # The Watchdog's beat interval, so that both ride in one store call per beat.
+            beat = [getattr(m, "interval", None) for m in broker.middleware if hasattr(m, "heartbeat_interval")]
+            controls.boot(broker, worker, next((b for b in beat if b), None))
+            self._controls = (os.getpid(), controls)
+        return controls
 
     def declare_metrics(self, broker: Broker) -> None:
         """Make the counters this middleware increments exist at 0, before the first job.
@@ -89,20 +99,24 @@ class ReliableMiddleware(dramatiq.Middleware):
         for actor in list(broker.actors.values()):
             metrics.declare_actor(actor.actor_name, actor.queue_name)
         metrics.declare("store_writes_buffered_total")
-        metrics.declare("store_writes_dropped_total")
+        metrics.declare("store_writes_collapsed_total")
         metrics.declare("store_replica_wait_timeouts_total")
+        for rank in RANKS:
+            metrics.declare("store_writes_dropped_total", rank=rank)
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
         assert run is not None
-        run.began = True
+        if not run.began:  # the first of the bundle: paused? cancelled? (in memory, no store call)
+            run.began = True
+            self.controls(broker).check(broker, message, run)
         set_current(run)
         last = self.is_last(broker)
         if last:  # after the others' on_start (JobState's computes the business keys)
             sentry.tag_job(run)
         self.on_start(broker, message, run)
         if last:
-            run.commit(self.journal, wait=False)
+            committer_for(broker).started(self, run)
 
     def after_process_message(
         self,
@@ -112,19 +126,27 @@ class ReliableMiddleware(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if exception is None:
-            return
         run = JobRun.of(message)
         assert run is not None
-        if "throws" not in run.data:
+        if self.is_last(broker):
+            self.controls(broker).done(run)
+        if exception is None:
+            return
+        if run.throws is None:
             actor = broker.actors.get(run.actor)
             throws = run.msg.options.get("throws") or (actor.options.get("throws") if actor else None)
-            run.data["throws"] = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
+            run.throws = bool(throws) and isinstance(exception, throws)  # type: ignore[arg-type]
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         run = JobRun.of(message)
         assert run is not None
         run.skipped = True
+        if self.is_last(broker):
+            self.controls(broker).done(run)
+
+    def before_delay_message(self, broker: Broker, message: MessageProxy) -> None:
+        if self.is_last(broker):
+            self.controls(broker).delay_message(message)
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
         self._finish(broker, message, nacked=False)
@@ -149,7 +171,7 @@ class ReliableMiddleware(dramatiq.Middleware):
         finally:
             if self.is_last(broker):
                 try:
-                    run.commit(self.journal, wait=True)
+                    committer_for(broker).finished(self, run)
                 finally:
                     run.finished = True
                     set_current(None)

@@ -10,7 +10,7 @@ from typing import Any
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 
-from ..errors import ConfigurationError
+from .. import _validate
 from ..store.base import Store
 from ..store.ops import compact
 from ._run import JobRun, one_line
@@ -54,8 +54,7 @@ class DeadLetters(ReliableMiddleware):
 
     def __init__(self, store: Store, *, retention: float = DEFAULT_RETENTION) -> None:
         super().__init__(store)
-        if not isinstance(retention, (int, float)) or retention <= 0:
-            raise ConfigurationError(f"retention must be a positive number of seconds, not {retention!r}")
+        retention = _validate.seconds("retention", retention)
         self.retention = retention
         self._queues: set[str] = set()
         self._queues_lock = threading.Lock()
@@ -66,12 +65,12 @@ class DeadLetters(ReliableMiddleware):
             if queue in self._queues:
                 return
             self._queues.add(queue)
-        self.journal.submit({"k": "dead_queue", "id": "-", "dl": {"queues": [queue]}}, wait=False)
+        self.journal.submit({"k": "dead_queue", "id": "-", "dead": {"queues": [queue]}}, wait=False)
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         # Retries changes the options in place (retries, traceback) before the nack; the
         # broker keeps the message as it was delivered, and so does the store.
-        run.data["dl_options"] = dict(message.options)
+        run.delivered_options = dict(message.options)
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         status, err, _detail = outcome
@@ -81,8 +80,8 @@ class DeadLetters(ReliableMiddleware):
         retries = retries_of(broker)
         queue = q_name(message.queue_name)
         delivered = message._message
-        if "dl_options" in run.data:
-            delivered = dataclasses.replace(delivered, options=run.data["dl_options"])
+        if run.delivered_options is not None:
+            delivered = dataclasses.replace(delivered, options=run.delivered_options)
         encoded = delivered.encode()
         try:
             text, enc = encoded.decode("utf-8"), None
@@ -97,9 +96,9 @@ class DeadLetters(ReliableMiddleware):
             "msg": text,
             "enc": enc,
             "xid": message.options.get("redis_message_id"),
-            "ret": int(self.retention * 1000),
+            "retention_ms": int(self.retention * 1000),
         }
-        run.stage(self.journal, "finish", "dl", compact(section))
+        run.stage(self.journal, "finish", "dead", compact(section))
         # dead_letters_total is counted once per failed job by metrics.observe_job.
         self.logger.info(
             "Message %r (%s) dead-lettered to %s.XQ after %d attempt(s): %s",

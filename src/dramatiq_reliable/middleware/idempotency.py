@@ -6,21 +6,22 @@ import itertools
 import os
 import random
 import threading
-from typing import Any, NamedTuple
+from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import SkipMessage
 
-from .. import metrics
+from .. import _validate, metrics
 from .._snapshot import signature
 from ..actors.context import current_run
-from ..actors.once import CHECKPOINTS, Checkpoints
+from ..actors.once import Checkpoints
 from ..errors import ConfigurationError, DuplicateJob, DuplicateSkip, StoreUnavailable
 from ..store.base import Store
 from ._heartbeat import heartbeat_for
 from ._keys import KeyTemplate, actor_key, arguments_key, message_key
-from ._run import JobRun
+from ._redelivery import PUT_BACK_OPTION, REDELIVERED_OPTION, REPLAY_OPTION, may_be_redelivery
+from ._run import Claim, JobRun
 from .base import Outcome, ReliableMiddleware
 
 #: Seconds a completed key is remembered: 24 hours.
@@ -31,31 +32,10 @@ DEFAULT_LEASE = 60
 STORE_ERROR_DELAY = 10
 #: Milliseconds a ``unique`` key stays reserved before its enqueue is confirmed.
 UNIQUE_PENDING_MS = 60_000
-#: Option counting how many times a message was put back because its key was busy.
-PUT_BACK_OPTION = "dr_put_back"
-#: Option a replayed dead letter carries: when it was replayed (ms). A replay is checked like any
-#: other delivery: if its job (or key) already completed, it is skipped, so a replay delivered
-#: twice, or the replay of a copy whose job was done by another copy, does the work once.
-REPLAY_OPTION = "dr_replayed_at"
+
+__all__ = ["PUT_BACK_OPTION", "REDELIVERED_OPTION", "REPLAY_OPTION", "Claim", "Idempotency"]
 
 _tokens = itertools.count(1)
-
-
-class Claim(NamedTuple):
-    """What a delivery holds while it runs (in its run data under ``"idem"``)."""
-
-    #: The key it claimed (``<actor>:<rendered>`` or ``msg:<id>``).
-    key: str
-    #: The owner token of the key's lease.
-    token: str
-    #: Milliseconds the key's completion is remembered.
-    ttl_ms: int
-    #: JobState's record marks the completion of this message id (no separate marker).
-    rec: bool
-
-
-#: Where a ``unique`` job's reserved key is in its run data, to free it when the job ends.
-RESERVED = "idem_unique"
 
 
 class Idempotency(ReliableMiddleware):
@@ -107,11 +87,9 @@ class Idempotency(ReliableMiddleware):
         on_store_error: str = "retry",
     ) -> None:
         super().__init__(store)
-        for name, value in (("ttl", ttl), ("lease", lease)):
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-        if on_store_error not in ("retry", "run"):
-            raise ConfigurationError(f"on_store_error must be 'retry' or 'run', not {on_store_error!r}")
+        ttl = _validate.seconds("ttl", ttl)
+        lease = _validate.seconds("lease", lease)
+        on_store_error = _validate.choice("on_store_error", on_store_error, ("retry", "run"))
         self.ttl = ttl
         self.lease = lease
         self.on_store_error = on_store_error
@@ -137,12 +115,9 @@ class Idempotency(ReliableMiddleware):
         name = actor.actor_name
         template = options.get("idempotency_key")
         self._templates[name] = KeyTemplate(name, actor.fn, template) if template is not None else None
-        unique = options.get("unique", False)
-        if not isinstance(unique, bool):
-            raise ConfigurationError(f"actor {name!r}: unique must be True or False, not {unique!r}")
-        ttl = options.get("idempotency_ttl")
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
-            raise ConfigurationError(f"actor {name!r}: idempotency_ttl must be a positive number of seconds")
+        _validate.flag("unique", options.get("unique", False), where=f"actor {name!r}")
+        if options.get("idempotency_ttl") is not None:
+            _validate.seconds("idempotency_ttl", options["idempotency_ttl"], where=f"actor {name!r}")
 
     def declare_metrics(self, broker: Broker) -> None:
         super().declare_metrics(broker)
@@ -160,7 +135,7 @@ class Idempotency(ReliableMiddleware):
         if not actor.options.get("unique"):
             return
         key = self.unique_key_of(actor, message)
-        op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl": UNIQUE_PENDING_MS}}
+        op = {"k": "reserve", "id": message.message_id, "idem": {"key": key, "ttl_ms": UNIQUE_PENDING_MS}}
         slot = self.journal.submit(op, wait=True, retry=False)
         result = slot.result or {}
         if slot.error is not None or "error" in result:
@@ -179,7 +154,7 @@ class Idempotency(ReliableMiddleware):
         op = {
             "k": "confirm",
             "id": message.message_id,
-            "idem": {"key": self.unique_key_of(actor, message), "ttl": self._ttl_ms(actor)},
+            "idem": {"key": self.unique_key_of(actor, message), "ttl_ms": self._ttl_ms(actor)},
         }
         self.journal.submit(op, wait=False, retry=True)
 
@@ -204,20 +179,28 @@ class Idempotency(ReliableMiddleware):
             key = self.key_of(actor, msg)
             if actor.options.get("unique"):
                 # Freed when this job ends, however it ends (a skipped duplicate included).
-                run.data[RESERVED] = self.unique_key_of(actor, msg)
+                run.reserved = self.unique_key_of(actor, msg)
         except ConfigurationError as exc:
             self.logger.error("Message %r: %s; it is dead-lettered.", run.id, exc)
             message.fail()
             raise SkipMessage(str(exc)) from None
-        run.data[CHECKPOINTS] = Checkpoints(self.store, key, ttl_ms)
+        run.checkpoints = Checkpoints(self.store, key, ttl_ms)
         token = f"{run.id}|{run.worker}|{next(_tokens)}"
-        section: dict[str, Any] = {"key": key, "token": token, "lease": self._lease_ms}
+        section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
             section["rec"] = 1
-        slot = journal.submit({"k": "claim", "id": run.id, "idem": section}, wait=True, retry=False)
-        self._act_on(broker, message, run, key, slot)
-        run.data["idem"] = Claim(key, token, ttl_ms, rec)
+        op = {"k": "claim", "id": run.id, "idem": section}
+        if actor.options.get("unique") or self._templates.get(actor.actor_name) is not None:
+            self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))
+        elif (why := may_be_redelivery(message)) is not None:
+            self.logger.debug("Message %r may have run before (%s); checked before it runs.", run.id, why)
+            self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))
+        else:
+            # A first delivery of a job without a key: nothing the store says can change what
+            # runs, so it starts now; its lease is taken in the next group-committed write.
+            run.claim_slot = journal.submit(op, wait=False, retry=False)
+        run.claim = Claim(key, token, ttl_ms, rec)
         with self._held_lock:
             self._held[key] = token
         if self._beating != os.getpid():
@@ -239,7 +222,7 @@ class Idempotency(ReliableMiddleware):
             run.discard(self.store.journal, "start")  # staged by a middleware before this one
         if outcome == "duplicate":
             dup = str(result.get("dup"))
-            run.data["dup"] = dup
+            run.dup = dup
             metrics.inc("idempotent_skips_total", actor=run.actor)
             if dup == run.id:
                 self.logger.info("Message %r already completed; skipped.", run.id)
@@ -254,8 +237,14 @@ class Idempotency(ReliableMiddleware):
             self._put_back(broker, message, run, delay, f"key {key!r} is held by a running delivery of job {owner}")
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
-        claim: Claim | None = run.data.get("idem")
-        reserved: str | None = run.data.get(RESERVED)
+        claim, reserved = run.claim, run.reserved
+        slot = run.claim_slot
+        if slot is not None and slot.done and (slot.result or {}).get("outcome") == "duplicate":
+            self.logger.warning(
+                "Message %r ran although its job had completed (%s): a redelivery the broker did not mark.",
+                run.id,
+                slot.result.get("dup") if slot.result else "?",
+            )
         if claim is None and reserved is None:
             return
         section: dict[str, Any] = {"outcome": outcome[0]}
@@ -263,7 +252,7 @@ class Idempotency(ReliableMiddleware):
             with self._held_lock:
                 if self._held.get(claim.key) == claim.token:
                     del self._held[claim.key]
-            section.update(key=claim.key, token=claim.token, ttl=claim.ttl_ms)
+            section.update(key=claim.key, token=claim.token, ttl_ms=claim.ttl_ms)
             if claim.rec:
                 section["rec"] = 1
         if reserved is not None:
@@ -290,7 +279,7 @@ class Idempotency(ReliableMiddleware):
 
     def _put_back(self, broker: Broker, message: MessageProxy, run: JobRun, delay_ms: int, reason: str) -> None:
         """Enqueue the message again with a delay, then skip (ack) this delivery."""
-        run.data["deferred"] = reason
+        run.deferred = reason
         again = message._message.copy(options={PUT_BACK_OPTION: int(message.options.get(PUT_BACK_OPTION) or 0) + 1})
         try:
             broker.enqueue(again, delay=delay_ms)
@@ -314,7 +303,7 @@ class Idempotency(ReliableMiddleware):
             held = dict(self._held)
         if not held:
             return []
-        return [{"k": "renew", "id": "-", "idem": {"leases": held, "lease": int(self.lease * 1000)}}]
+        return [{"k": "renew", "id": "-", "idem": {"leases": held, "lease_ms": int(self.lease * 1000)}}]
 
     def beat_results(self, results: list[dict[str, Any]] | None, error: BaseException | None) -> None:
         if error is not None:

@@ -10,6 +10,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.common import q_name
 from dramatiq.worker import ConsumerThread
 
+from .. import _validate
 from .._clock import from_ms, iso
 from .._secrets import TextMask
 from .._snapshot import DEFAULT_REDACT, Snapshotter, check_track
@@ -57,6 +58,9 @@ class JobState(ReliableMiddleware):
 
     Actor options:
       track(tuple[str]): argument names recorded as searchable business keys.
+      cancellable(str): how a cancel stops this actor's running jobs: ``"step"`` (the default:
+        at the next ``dr.once`` step) or ``"interrupt"`` (an exception raised in its thread at
+        once, as Dramatiq's ``TimeLimit`` does; the job must be safe to stop anywhere).
 
     Example::
 
@@ -76,10 +80,8 @@ class JobState(ReliableMiddleware):
         history: int = DEFAULT_HISTORY,
     ) -> None:
         super().__init__(store)
-        if not isinstance(retention, (int, float)) or retention <= 0:
-            raise ConfigurationError(f"retention must be a positive number of seconds, not {retention!r}")
-        if not isinstance(history, int) or history < 1:
-            raise ConfigurationError(f"history must be a positive integer, not {history!r}")
+        retention = _validate.seconds("retention", retention)
+        history = _validate.count("history", history)
         self.retention = retention
         self.history = history
         self.snapshots = Snapshotter(redact, max_args_bytes)
@@ -90,12 +92,17 @@ class JobState(ReliableMiddleware):
 
     @property
     def actor_options(self) -> set[str]:
-        return {"track"}
+        return {"track", "cancellable"}
 
     # -- declaration ----------------------------------------------------------------------------
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         super().before_declare_actor(broker, actor)
+        if actor.options.get("cancellable", "step") not in ("step", "interrupt"):
+            raise ConfigurationError(
+                f"actor {actor.actor_name!r}: cancellable must be 'step' or 'interrupt', "
+                f"not {actor.options['cancellable']!r}"
+            )
         if "track" in actor.options:
             track = check_track(actor.actor_name, actor.fn, actor.options["track"])
             for name in track:
@@ -131,7 +138,7 @@ class JobState(ReliableMiddleware):
         self._enqueue.current = None
         eta = message.options.get("eta")
         if eta:
-            fields["due"] = eta
+            fields["due_ms"] = eta
         fields["detail"] = f"enqueued, due at {iso(from_ms(eta))}" if eta else "enqueued"
         self._configure().submit({"k": "enqueue", "id": message.message_id, "job": fields}, wait=True)
 
@@ -147,7 +154,7 @@ class JobState(ReliableMiddleware):
         journal = self._configure()
         msg = run.msg
         if RECORDED_OPTION in msg.options:
-            fields = {"actor": run.actor, "queue": run.queue, "enq": msg.message_timestamp}
+            fields = {"actor": run.actor, "queue": run.queue, "enq_ms": msg.message_timestamp}
             info = self._info(broker, run.actor)
             if info[2]:  # track=, for dr.current_job().keys
                 run.keys = self.snapshots.keys(info[2], self.snapshots.bind(info[1], msg.args, msg.kwargs))
@@ -163,8 +170,10 @@ class JobState(ReliableMiddleware):
         status, err, detail = outcome
         if status == "skipped" and run.skip_recorded:
             return
-        if status == "skipped" and run.data.get("dup"):
-            dup = run.data["dup"]
+        if status == "deferred" and run.quiet:
+            return  # held again while its actor or queue is paused: its record already says so
+        if status == "skipped" and run.dup:
+            dup = run.dup
             detail = (
                 "skipped: a redelivery of this completed job"
                 if dup == run.id
@@ -176,15 +185,16 @@ class JobState(ReliableMiddleware):
         fields["detail"] = detail
         if err is not None:
             fields["err"] = err
-        if "dup" in run.data:
-            fields["dup"] = run.data["dup"]
+        if run.dup is not None:
+            fields["dup"] = run.dup
         if status == "retrying" and run.requeued_eta:
-            fields["next"] = run.requeued_eta
+            fields["next_ms"] = run.requeued_eta
             fields["detail"] = f"{detail}; next attempt at {iso(from_ms(run.requeued_eta))}"
         if self.history != DEFAULT_HISTORY:
             fields["hist"] = self.history
         run.stage(journal, "finish", "job", fields)
-        run.stage(journal, "finish", "st", _stats_section(run, status))
+        if status != "deferred":  # a put-back counts nothing in the charts
+            run.stage(journal, "finish", "st", _stats_section(run, status))
 
     def after_worker_shutdown(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self.journal.flush()
@@ -247,7 +257,7 @@ class JobState(ReliableMiddleware):
         fields = {
             "actor": message.actor_name,
             "queue": q_name(message.queue_name),
-            "enq": message.message_timestamp,
+            "enq_ms": message.message_timestamp,
             "args": args,
             "keys": keys,
         }
@@ -277,9 +287,9 @@ class JobState(ReliableMiddleware):
         if journal is not self._configured:
             retention_ms = int(self.retention * 1000)
             keep_ms = retention_ms + 86_400_000
-            cleanup = journal.header.setdefault("cleanup", {})
-            ttl = journal.header.setdefault("ttl", {})
-            for status in ("done", "skipped", "failed"):
+            cleanup = journal.header.setdefault("retention_ms", {})
+            ttl = journal.header.setdefault("ttl_ms", {})
+            for status in ("done", "skipped", "failed", "cancelled"):
                 cleanup[status] = max(cleanup.get(status, 0), retention_ms)
                 ttl[status] = max(ttl.get(status, 0), keep_ms)
             for status in ("queued", "running", "retrying", "stuck", "abandoned"):
@@ -301,4 +311,4 @@ def _stats_section(run: JobRun, outcome: str) -> dict[str, Any]:
     """The per-minute counters' part of the final write (``lua/70_stats.lua``)."""
     options = run.msg.options
     ready = options.get(READY_OPTION) or options.get("eta") or run.msg.message_timestamp
-    return {"a": run.actor, "q": run.queue, "o": outcome, "w": max(0, run.started_ms - int(ready))}
+    return {"a": run.actor, "q": run.queue, "o": outcome, "wait_ms": max(0, run.started_ms - int(ready))}

@@ -14,8 +14,9 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import TimeLimit
 from dramatiq.worker import ConsumerThread
 
+from .. import _validate
 from .._backlog_rabbitmq import stamp_publish_time
-from .._clock import format_duration, now_ms
+from .._clock import check_skew, format_duration, now_ms
 from .._identity import broker_identity, redis_url_locator
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
@@ -96,9 +97,9 @@ class Watchdog(ReliableMiddleware):
             ("sweep_interval", sweep_interval),
             ("consumer_timeout", consumer_timeout),
         ):
-            _check_seconds(name, value)
+            _validate.seconds(name, value)
         if stuck_after is not None:
-            _check_seconds("stuck_after", stuck_after)
+            _validate.seconds("stuck_after", stuck_after)
         if abandon_after < 2 * heartbeat_interval:
             raise ConfigurationError(
                 f"abandon_after ({abandon_after}s) must be at least twice heartbeat_interval "
@@ -123,21 +124,23 @@ class Watchdog(ReliableMiddleware):
         self._time_limit: float | None = None
         self._boot_lock = threading.Lock()
         self._beat_failed = False
+        #: The pid of the process whose beat registered it in the store (its starts then need not).
+        self._registered = 0
 
     @property
     def actor_options(self) -> set[str]:
         return {"stuck_after"}
 
     def before_declare_actor(self, broker: Broker, actor: dramatiq.Actor[Any, Any]) -> None:
-        value = actor.options.get("stuck_after")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ConfigurationError(f"actor {actor.actor_name!r}: stuck_after must be a positive number of seconds")
+        if actor.options.get("stuck_after") is not None:
+            _validate.seconds("stuck_after", actor.options["stuck_after"], where=f"actor {actor.actor_name!r}")
 
     # -- the process ----------------------------------------------------------------------------
 
     def after_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         self._boot(broker)
         self._workers.append(worker)
+        self._info["threads"] = sum(getattr(w, "worker_threads", 0) for w in self._workers)
         # Tell the fleet at once which queues this process consumes (before its first job).
         self.journal.submit(self._beat(sweep=False), wait=False)
         if self.rabbitmq:
@@ -157,7 +160,12 @@ class Watchdog(ReliableMiddleware):
             self._pid = os.getpid()
             self._workers = []
             self.proc_id = f"{_HOST}:{self._pid}:{secrets.token_hex(3)}"
-            self._info = {"host": _HOST, "pid": self._pid}
+            kind = type(broker).__name__
+            self._info = {
+                "host": _HOST,
+                "pid": self._pid,
+                "kind": {"RedisBroker": "redis", "RabbitmqBroker": "rabbitmq", "StubBroker": "stub"}.get(kind, kind),
+            }
             self.rabbitmq = type(broker).__name__ == "RabbitmqBroker"
             self.recovery = None
             identity = self._identity(broker)
@@ -219,12 +227,14 @@ class Watchdog(ReliableMiddleware):
 
     def on_start(self, broker: Broker, message: MessageProxy, run: JobRun) -> None:
         proc = self._boot(broker) if self._pid != os.getpid() or self.proc_id is None else self.proc_id
-        section = {"proc": proc, "ab": int(self.abandon_after * 1000), "a": run.actor, "q": run.queue}
-        lease = run.data.get("idem")  # Idempotency's (key, token, …), if it took a lease
-        if lease is not None:
-            section["lk"], section["lt"] = lease[0], lease[1]
+        section: dict[str, Any] = {"proc": proc, "a": run.actor, "q": run.queue}
+        if self._registered != os.getpid():  # until a beat registered the process, the start does
+            section["abandon_ms"] = int(self.abandon_after * 1000)
+        claim = run.claim  # Idempotency's lease, if it took one
+        if claim is not None:
+            section["lk"], section["lt"] = claim.key, claim.token
         run.stage(self.journal, "start", "wd", section)
-        run.data["wd_proc"] = proc
+        run.proc = proc
         watcher = self._watcher
         if watcher is not None:
             actor = broker.actors.get(message.actor_name)
@@ -248,7 +258,7 @@ class Watchdog(ReliableMiddleware):
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         self._untrack(message)
-        proc = run.data.get("wd_proc")
+        proc = run.proc
         if proc is not None:
             run.stage(self.journal, "finish", "wd", {"proc": proc})
 
@@ -278,15 +288,15 @@ class Watchdog(ReliableMiddleware):
         return [self._beat(sweep=True)]
 
     def _beat(self, *, sweep: bool) -> dict[str, Any]:
-        info = dict(self._info, queues=self._queues())
+        info = dict(self._info, queues=self._queues(), ab=int(self.abandon_after * 1000))
         section: dict[str, Any] = {
             "proc": self.proc_id,
-            "ab": int(self.abandon_after * 1000),
+            "abandon_ms": int(self.abandon_after * 1000),
             "info": info,
             "hist": self.history,
         }
         if sweep:
-            section.update(sweep=max(int(self.sweep_interval * 1000), 1), keep=DEAD_KEEP_MS)
+            section.update(sweep_ms=max(int(self.sweep_interval * 1000), 1), keep_ms=DEAD_KEEP_MS)
         return {"k": "beat", "id": "-", "wd": section}
 
     def _queues(self) -> list[str]:
@@ -312,7 +322,10 @@ class Watchdog(ReliableMiddleware):
         if self._beat_failed:
             self.logger.info("Heartbeat of %s works again.", self.proc_id)
             self._beat_failed = False
+        self._registered = os.getpid()
         result = (results or [{}])[0]
+        if isinstance(result.get("now_ms"), int):
+            check_skew(result["now_ms"], where=self.store.url)
         if result.get("revived"):
             self.logger.warning(
                 "Worker process %s had been taken for dead (no heartbeat for %s); %d job(s) back to running.%s",
@@ -326,8 +339,3 @@ class Watchdog(ReliableMiddleware):
         watcher = self._watcher
         if isinstance(result.get("sweep"), dict) and watcher is not None:
             watcher.post(result["sweep"])
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")

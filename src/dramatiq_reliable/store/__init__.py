@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .._urls import hide_password, safe_reason
 from ..errors import ConfigurationError
 from .base import Store
 from .memory import MemoryStore
@@ -21,10 +22,13 @@ def open_store(url: str, **options: object) -> Store:
     Raises:
       ConfigurationError: the URL is malformed or its scheme is not supported.
     """
-    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        query = parse_qsl(parts.query, keep_blank_values=True) if parts else []
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed store URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
+    scheme = parts.scheme if parts else ""
+    if parts is not None and scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         prefixes = [v for k, v in query if k == "prefix"]
         if prefixes:
             if not prefixes[-1]:
@@ -34,9 +38,8 @@ def open_store(url: str, **options: object) -> Store:
         return RedisStore(url, **options)  # type: ignore[arg-type]
     if scheme == "memory":
         return MemoryStore()
-    shown = url if isinstance(url, str) else repr(url)
     raise ConfigurationError(
-        f"unsupported store URL {shown!r} (use redis://, rediss://, redis+sentinel:// or memory://)"
+        f"unsupported store URL {hide_password(url)!r} (use redis://, rediss://, redis+sentinel:// or memory://)"
     )
 
 

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 
+from .._urls import hide_password, safe_reason
 from ..errors import ConfigurationError
 
 #: Schemes of one server.
@@ -31,6 +32,8 @@ SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
 #: Default Sentinel port, when a host of a Sentinel URL has none.
 SENTINEL_PORT = 26379
+#: The store's own query options of a URL (besides ``prefix``), removed before the Redis client reads it.
+OWN_OPTIONS = ("wait", "wait_timeout_ms", "sentinel_password")
 #: Milliseconds a store call waits for its replicas by default (``WAIT``).
 DEFAULT_WAIT_TIMEOUT_MS = 200
 
@@ -47,23 +50,6 @@ class Connection:
     #: Replicas each store call waits for (0: none), and for how long at most (ms).
     wait_replicas: int = 0
     wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
-
-
-def hide_password(url: str) -> str:
-    """``redis://:secret@host/1`` → ``redis://:***@host/1`` (and ``sentinel_password=***``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        creds, host = netloc.rsplit("@", 1)
-        user = creds.split(":", 1)[0] if ":" in creds else ""
-        netloc = f"{user}:***@{host}" if ":" in creds else f"{creds}@{host}"
-    if "sentinel_password=" in tail:
-        path, q, query = tail.partition("?")
-        pairs = [(k, "***" if k == "sentinel_password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        tail = f"{path}{q}{urlencode(pairs, safe='*')}"
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
 
 
 def connect(url: str, *, socket_timeout: float, socket_connect_timeout: float) -> Connection:
@@ -93,7 +79,7 @@ def connect(url: str, *, socket_timeout: float, socket_connect_timeout: float) -
             health_check_interval=30,
         )
     except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis URL {shown!r}: {exc}") from None
+        raise ConfigurationError(f"malformed Redis URL {shown!r}: {safe_reason(exc, url)}") from None
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigurationError(f"malformed Redis URL {shown!r}: no host")
     return Connection(client, shown, "server", options.get("wait", 0), options["wait_timeout_ms"])
@@ -107,7 +93,7 @@ def _take_options(url: str, shown: str) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {"wait_timeout_ms": DEFAULT_WAIT_TIMEOUT_MS}
     kept = []
     for key, value in pairs:
-        if key in ("wait", "wait_timeout_ms"):
+        if key in OWN_OPTIONS[:2]:
             if not value.isdigit() or (key == "wait_timeout_ms" and int(value) == 0):
                 raise ConfigurationError(f"malformed store URL {shown!r}: {key} must be a whole number, not {value!r}")
             options[key] = int(value)

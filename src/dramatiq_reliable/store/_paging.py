@@ -6,18 +6,20 @@ strictly after it. Filters that the chosen index does not cover are applied to t
 records. When the store can tell index membership cheaply (``member``), a filter that another
 index covers (the status of ``--actor A --status S``) is checked against that index first, so
 only the records that will be shown are loaded. A page that needs more than ``SCAN_BUDGET``
-loaded records, or ``EXAMINE_BUDGET`` index entries, returns early with a cursor.
+loaded records, or ``EXAMINE_BUDGET`` index entries, returns early with a cursor. A record
+that cannot be decoded is skipped and its id named in ``Page.corrupt``: one damaged key never
+breaks a listing.
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._snapshot import key_text
-from ..errors import ConfigurationError
+from .._stored import Corrupt, decode_object, shown
+from ..errors import ConfigurationError, CorruptRecord
 from ..records import JobRecord, Page
 from ..status import Status
 
@@ -35,7 +37,8 @@ MAX_LIMIT = 1_000
 Entry = tuple[float, str]
 #: ``fetch(index, after, count)`` → up to ``count`` entries of one index strictly after ``after``.
 Fetch = Callable[[str, "Entry | None", int], list[Entry]]
-Load = Callable[[Sequence[str]], list["dict[str, Any] | None"]]
+#: ``load(ids)`` → the stored record of each id: ``None`` where missing, ``Corrupt`` where undecodable.
+Load = Callable[[Sequence[str]], list["dict[str, Any] | Corrupt | None"]]
 #: ``member(index, ids)`` → for each id, whether the index holds it.
 Member = Callable[[str, Sequence[str]], list[bool]]
 #: ``intersect(index, others, most)`` → the entries of ``index`` (its scores, newest first) that
@@ -110,13 +113,23 @@ def find(
     cursor: str | None,
     member: Member | None = None,
     intersect: Intersect | None = None,
+    queue: str | None = None,
+    since_ms: float | None = None,
 ) -> Page:
-    """Run a ``find_jobs`` query over the indexes ``fetch`` reads."""
+    """Run a ``find_jobs`` query over the indexes ``fetch`` reads.
+
+    ``queue`` is checked on the loaded records; ``since_ms`` (jobs enqueued at or after it) also
+    ends the walk early: every index scores a job at or after its enqueue time.
+    """
     position = decode_cursor(cursor)
     indexes, checks = _plan(status, actor, key, checked=member is not None)
 
     def keep(data: dict[str, Any]) -> bool:
         if status is not None and data.get("status") != status:
+            return False
+        if queue is not None and data.get("queue") != queue:
+            return False
+        if since_ms is not None and float(data.get("enq") or 0) < since_ms:
             return False
         if actor is not None and data.get("actor") != actor:
             return False
@@ -128,22 +141,29 @@ def find(
 
     if checks and intersect is not None:
         matches = intersect(indexes[0], checks, INTERSECT_MAX)
+        if matches is not None and since_ms is not None:
+            matches = [m for m in matches if m[0] >= since_ms]
         if matches is not None:
             return _page_of(matches, position, load, keep, limit)
 
     items: list[JobRecord] = []
+    corrupt: list[str] = []
     loaded = examined = 0
     chunk = max(limit, CHECKED_CHUNK if checks else 50)
     while loaded < SCAN_BUDGET and examined < EXAMINE_BUDGET:
         candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
+        ended = False
+        if since_ms is not None:
+            kept = [c for c in candidates if c[0] >= since_ms]
+            ended, candidates = len(kept) < len(candidates), kept
         if not candidates:
-            return Page(items, None)
+            return Page(items, None, tuple(corrupt))
         examined += len(candidates)
         wanted = [c[1] for c in candidates]
         for index in checks:
             if wanted and member is not None:
                 wanted = [job_id for job_id, ok in zip(wanted, member(index, wanted), strict=True) if ok]
-        records: dict[str, dict[str, Any] | None] = {}
+        records: dict[str, dict[str, Any] | Corrupt | None] = {}
         next_load = 0  # wanted[next_load:] are not loaded yet
         pending = set(wanted)
         for score, job_id in candidates:
@@ -156,14 +176,32 @@ def find(
                 next_load += len(batch)
                 loaded += len(batch)
                 records.update(zip(batch, load(batch), strict=True))
-            data = records.get(job_id)
-            if data is not None and keep(data):
-                items.append(JobRecord.from_stored(data, job_id))
+            record = _record(records.get(job_id), job_id, keep, corrupt)
+            if record is not None:
+                items.append(record)
                 if len(items) == limit:
-                    return Page(items, encode_cursor(position))
-        if len(candidates) < chunk:
-            return Page(items, None)
-    return Page(items, encode_cursor(position) if position else None)
+                    return Page(items, encode_cursor(position), tuple(corrupt))
+        if len(candidates) < chunk or ended:
+            return Page(items, None, tuple(corrupt))
+    return Page(items, encode_cursor(position) if position else None, tuple(corrupt))
+
+
+def _record(
+    data: dict[str, Any] | Corrupt | None, job_id: str, keep: Callable[[dict[str, Any]], bool], corrupt: list[str]
+) -> JobRecord | None:
+    """The record to show, or ``None`` (missing, filtered out, or corrupt: then its id joins ``corrupt``)."""
+    if data is None:
+        return None
+    if isinstance(data, Corrupt):
+        corrupt.append(job_id)
+        return None
+    if not keep(data):
+        return None
+    try:
+        return JobRecord.from_stored(data, job_id)
+    except CorruptRecord:
+        corrupt.append(job_id)
+        return None
 
 
 def _plan(
@@ -193,16 +231,18 @@ def _page_of(
     """One page of an index intersection already computed (newest first)."""
     rest = [entry for entry in matches if after(entry, position)]
     items: list[JobRecord] = []
+    corrupt: list[str] = []
     done = 0
     while done < len(rest):
         batch = rest[done : done + limit - len(items) + 8]
         for entry, data in zip(batch, load([e[1] for e in batch]), strict=True):
             done += 1
-            if data is not None and keep(data):
-                items.append(JobRecord.from_stored(data, entry[1]))
+            record = _record(data, entry[1], keep, corrupt)
+            if record is not None:
+                items.append(record)
                 if len(items) == limit:
-                    return Page(items, encode_cursor(entry) if done < len(rest) else None)
-    return Page(items, None)
+                    return Page(items, encode_cursor(entry) if done < len(rest) else None, tuple(corrupt))
+    return Page(items, None, tuple(corrupt))
 
 
 def _merge(lists: list[list[Entry]], count: int) -> list[Entry]:
@@ -224,17 +264,12 @@ class _neg(str):
         return str.__gt__(self, other)
 
 
-def decode_object(raw: bytes | str | None, *required: str) -> dict[str, Any] | None:
-    """A stored JSON object holding every ``required`` field; ``None`` if missing or malformed."""
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and all(name in data for name in required) else None
+def decode_record(raw: bytes | str | None) -> dict[str, Any] | Corrupt | None:
+    """A stored job record (it has a known ``status``); ``None`` if missing, else ``Corrupt``."""
+    data = decode_object(raw, "status")
+    if isinstance(data, dict) and data["status"] not in _STATUSES:
+        return Corrupt(f"status {shown(data['status'])} is not a status")
+    return data
 
 
-def decode_record(raw: bytes | str | None) -> dict[str, Any] | None:
-    """A stored job record (it has a ``status``)."""
-    return decode_object(raw, "status")
+_STATUSES = frozenset(s.value for s in Status)

@@ -1,9 +1,9 @@
 """The store contract.
 
 A store keeps job records, idempotency keys, dead letters and throttles, shared by every
-worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` keeps everything in
-the process for tests, the demo and ``StubBroker``. Both pass the same test suite
-(``tests/contract``).
+worker process and host. ``RedisStore`` is the real one; ``MemoryStore`` is ``RedisStore``
+over an in-process Redis running the same Lua library, for tests, the demo and ``StubBroker``.
+Both pass the same test suite (``tests/contract``).
 
 Writes go through :meth:`Store.apply`: a batch of operations ("ops"), each the transition of
 one job, applied atomically per op and in order. The :class:`~.journal.Journal` groups the ops
@@ -17,9 +17,11 @@ import abc
 import os
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._clock import now_ms
+from .._stored import Corrupt
 from . import _dead, _paging
 
 if TYPE_CHECKING:
@@ -63,9 +65,9 @@ class Store(abc.ABC):
         """Apply a batch of ops (see :mod:`.ops`).
 
         Parameters:
-          batch(dict): ``{"now": ms, "ops": [op, ...]}`` plus optional ``cleanup``
-            (status → retention in milliseconds), ``limit`` (records to clean up at most) and
-            ``ttl`` (status → milliseconds a record in that status is kept at most).
+          batch(dict): ``{"ops": [op, ...]}`` plus optional ``retention_ms`` (status →
+            retention), ``limit`` (records to clean up at most), ``ttl_ms`` (status → how long
+            a record in that status is kept at most) and ``sent_ms`` (see :class:`.ops.Batch`).
 
         Returns:
           list[dict]: one result per op, in order (``{"error": ...}`` for an op that failed).
@@ -86,7 +88,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None:
-        """The record of one job, or ``None`` if there is none (never recorded, or expired)."""
+        """The record of one job, or ``None`` if there is none (never recorded, or expired).
+
+        Raises:
+          CorruptRecord: the stored record cannot be decoded (listings skip it: ``Page.corrupt``).
+        """
 
     def find_jobs(
         self,
@@ -96,6 +102,8 @@ class Store(abc.ABC):
         key: tuple[str, Any] | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        queue: str | None = None,
+        since: datetime | None = None,
     ) -> Page:
         """Jobs matching every filter given, newest first, one page at a time.
 
@@ -105,6 +113,8 @@ class Store(abc.ABC):
           key: only jobs with this business key ``(name, value)``. Keys are recorded as
             strings; any other value is turned into one the same way (``("order_id", 4711)``
             finds what ``order_id=4711`` recorded as ``"4711"``).
+          queue: only jobs of this queue (checked on the records the other filters find).
+          since: only jobs enqueued at or after this time (aware datetime).
           limit: at most this many records (1-1000).
           cursor: the ``cursor`` of the previous page.
 
@@ -127,6 +137,8 @@ class Store(abc.ABC):
             cursor=cursor,
             member=self._member,
             intersect=self._intersect,
+            queue=queue,
+            since_ms=since.timestamp() * 1000 if since is not None else None,
         )
 
     # The indexes of job records, read by ``find_jobs`` (see ``_paging`` for the contracts).
@@ -136,8 +148,8 @@ class Store(abc.ABC):
         """Up to ``count`` entries of ``jobs:<index>`` strictly after ``position``, newest first."""
 
     @abc.abstractmethod
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        """The stored job records of ``ids``, ``None`` where missing or undecodable."""
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | Corrupt | None]:
+        """The stored job records of ``ids``: ``None`` where missing, ``Corrupt`` where undecodable."""
 
     @abc.abstractmethod
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
@@ -161,16 +173,17 @@ class Store(abc.ABC):
         """Store the JSON result of step ``name`` in ``scope``; the scope's steps are kept ``ttl_ms`` ms."""
 
     # -- cron ---------------------------------------------------------------------------------
-    # Claims of cron ticks (``store/lua/60_cron.lua``, ``store/_memory_cron.py``), used by the
-    # scheduler. A tick is ``(schedule name, fire time in ms)``; every method takes ``now``
-    # (milliseconds since the epoch) so the caller's clock decides. Each is one store call.
+    # Claims of cron ticks (``store/lua/60_cron.lua``), used by the scheduler. A tick is
+    # ``(schedule name, fire time in ms)``. Leases follow the store's clock; ``now`` (ms since
+    # the epoch) runs the call at another time, for tests that drive time. Each is one store call.
 
     def _cron(self, kind: str, section: dict[str, Any], now: int | None, op_id: str = "-") -> dict[str, Any]:
-        from .._clock import now_ms
         from ..errors import StoreError
 
-        at = now_ms() if now is None else int(now)
-        results = self.apply({"now": at, "ops": [{"k": kind, "id": op_id, "cron": section}]})
+        batch: dict[str, Any] = {"ops": [{"k": kind, "id": op_id, "cron": section}]}
+        if now is not None:
+            batch["now_ms"] = int(now)
+        results = self.apply(batch)
         result = results[0] if results else {}
         if "error" in result:
             raise StoreError(f"store {self.url} refused {kind}: {result['error']}")
@@ -198,8 +211,8 @@ class Store(abc.ABC):
           StoreUnavailable: the store cannot be reached; nothing was claimed.
         """
         keep = int(grace_ms) + int(lease_ms) + 60_000
-        section = {"name": name, "fire": int(fire_ms), "job": job_id, "by": owner}
-        section.update(lease=int(lease_ms), grace=int(grace_ms), keep=keep)
+        section = {"name": name, "fire_ms": int(fire_ms), "job": job_id, "by": owner}
+        section.update(lease_ms=int(lease_ms), grace_ms=int(grace_ms), keep_ms=keep)
         result = self._cron("cron_claim", section, now, job_id)
         return (str(result.get("outcome")), str(result.get("by") or owner))
 
@@ -212,7 +225,7 @@ class Store(abc.ABC):
           tuple: ``("confirmed", owner)``; ``("late", holder)`` if the claim had been taken over
           meanwhile; ``("gone", "")`` if the claim expired.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "st": state}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "st": state}
         result = self._cron("cron_confirm", section, now)
         return (str(result.get("outcome")), str(result.get("by") or ""))
 
@@ -222,7 +235,7 @@ class Store(abc.ABC):
         Returns:
           bool: ``False`` if ``owner`` no longer held the claim.
         """
-        section = {"name": name, "fire": int(fire_ms), "by": owner, "retry": int(retry_ms)}
+        section = {"name": name, "fire_ms": int(fire_ms), "by": owner, "retry_ms": int(retry_ms)}
         return self._cron("cron_release", section, now).get("outcome") == "released"
 
     def cron_sweep(
@@ -237,7 +250,7 @@ class Store(abc.ABC):
           list[dict]: ``{"o": "retake" | "missed", "name", "fire" (ms), "job", "by" (the previous
           holder)}``, at most ``limit`` per schedule.
         """
-        section = {"names": list(names), "by": owner, "lease": int(lease_ms), "limit": int(limit)}
+        section = {"names": list(names), "by": owner, "lease_ms": int(lease_ms), "limit": int(limit)}
         ticks = self._cron("cron_sweep", section, now).get("ticks")
         return ticks if isinstance(ticks, list) else []  # Lua's cjson encodes an empty list as {}
 
@@ -317,8 +330,8 @@ class Store(abc.ABC):
         """Up to ``count`` entries of ``deads:<index>`` scored in ``[low, high)`` after ``position``."""
 
     @abc.abstractmethod
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """``(dead-letter record, job record)`` per id, ``None`` where missing."""
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
+        """``(dead-letter record, job record)`` per id: ``None`` where missing, ``Corrupt`` where undecodable."""
 
     def _now_ms(self) -> int:
         """The time expiry is judged by (``MemoryStore`` has its own clock)."""

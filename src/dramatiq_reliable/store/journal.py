@@ -8,9 +8,12 @@ meanwhile queue up, and the next leader takes them all. Writes that need no answ
 flushes them after ``linger`` seconds.
 
 When the store cannot be reached, the journal degrades: waiting threads are released at once
-with :class:`StoreUnavailable`, writes marked ``retry`` are buffered (up to ``max_backlog``,
-oldest dropped first) and replayed in order when the store answers again; the rest fail fast.
-Nothing here ever blocks a job for longer than one store timeout.
+with :class:`StoreUnavailable`, writes marked ``retry`` are buffered and replayed in order when
+the store answers again; the rest fail fast. A buffered write carries the time it was made
+(``at``, ms), so the events it records keep the time they happened, not the time of the replay.
+The buffer holds ``max_backlog`` writes; a job's final write is the last thing it drops, and
+what it collapses or drops is counted and logged (see :mod:`._buffer`). Nothing here ever
+blocks a job for longer than one store timeout.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from .._clock import now_ms
 from ..errors import StoreUnavailable
+from ._buffer import RANKS, WriteBuffer
+from ._buffer import rank as rank_of
 
 if TYPE_CHECKING:
     from .base import Store
@@ -35,7 +39,7 @@ logger = logging.getLogger("dramatiq_reliable.store.journal")
 
 #: Seconds a write that nobody waits for may sit before the background thread flushes it.
 DEFAULT_LINGER = 0.02
-#: Writes kept while the store is unreachable; beyond this the oldest are dropped (and counted).
+#: Writes kept while the store is unreachable; beyond this the least needed are dropped (and counted).
 DEFAULT_MAX_BACKLOG = 10_000
 #: Seconds between reconnection attempts while degraded.
 DEFAULT_RETRY_INTERVAL = 1.0
@@ -48,11 +52,13 @@ CLEANUP_INTERVAL = 0.25
 class Slot:
     """One submitted op and, once ``done``, its ``result`` or ``error``."""
 
-    __slots__ = ("done", "error", "lead", "op", "result", "retry", "wake")
+    __slots__ = ("at", "done", "error", "lead", "op", "result", "retry", "wake")
 
     def __init__(self, op: dict[str, Any], retry: bool) -> None:
         self.op = op
         self.retry = retry
+        #: When the write was made (ms): the time of its events if it has to be buffered.
+        self.at = now_ms()
         self.done = False
         #: Set when the previous leader hands this waiting slot's thread the next flush.
         self.lead = False
@@ -86,7 +92,7 @@ class Journal:
     ) -> None:
         self.store = store
         self.linger = linger
-        self.max_backlog = max_backlog
+        self._max_backlog = max_backlog
         self.retry_interval = retry_interval
         #: Merged into every batch (JobState puts its retention here).
         self.header: dict[str, Any] = {}
@@ -103,7 +109,7 @@ class Journal:
         #: Writes that wait up to ``linger`` for their job's next write (``submit(linger=True)``).
         self._lingering: dict[Slot, float] = {}
         self._cleaned = 0.0
-        self._backlog: deque[Slot] = deque()
+        self._backlog = WriteBuffer(self._max_backlog)
         self._flushing = False
         self._armed = False
         self._degraded: StoreUnavailable | None = None
@@ -119,6 +125,15 @@ class Journal:
     def backlog(self) -> int:
         """How many writes are buffered, waiting for the store to come back."""
         return len(self._backlog)
+
+    @property
+    def max_backlog(self) -> int:
+        """Writes buffered at most while the store is unreachable."""
+        return self._max_backlog
+
+    @max_backlog.setter
+    def max_backlog(self, size: int) -> None:
+        self._max_backlog = self._backlog.size = size
 
     def submit(
         self,
@@ -223,8 +238,15 @@ class Journal:
         with self._lock:
             self._closed = True
             self._cond.notify_all()
-        if self._backlog:
-            logger.warning("Closing with %d buffered store writes that could not be applied.", len(self._backlog))
+            left = len(self._backlog)
+            collapsed, dropped = self._backlog.episode()
+        if left:
+            logger.warning(
+                "Closing with %d buffered store writes that could not be applied (%d more collapsed, %d dropped).",
+                left,
+                collapsed,
+                sum(dropped.values()),
+            )
 
     # -- machinery (lock held where noted) ------------------------------------------------------
 
@@ -241,15 +263,17 @@ class Journal:
         return batch
 
     def _batch(self, slots: list[Slot]) -> dict[str, Any]:
-        batch = {"now": now_ms(), "ops": [s.op for s in slots]}
+        # ``sent_ms`` is this process's clock, only ever compared with its own times (an alert's
+        # ``at_ms``); the store judges leases, liveness and retention by its own clock.
+        batch = {"sent_ms": now_ms(), "ops": [s.op for s in slots]}
         header = self.header
         if header:
             clock = time.monotonic()
             if clock - self._cleaned >= CLEANUP_INTERVAL:
                 self._cleaned = clock
                 batch.update(header)
-            elif "ttl" in header:
-                batch["ttl"] = header["ttl"]
+            elif "ttl_ms" in header:
+                batch["ttl_ms"] = header["ttl_ms"]
         return batch
 
     def _lead(self, batch: list[Slot]) -> None:
@@ -264,7 +288,8 @@ class Journal:
         except Exception as exc:
             logger.exception("The store rejected a batch of %d writes; they are dropped.", len(batch))
             metrics.inc("store_errors_total", op="apply")
-            metrics.inc("store_writes_dropped_total", len(batch))
+            for slot in batch:
+                metrics.inc("store_writes_dropped_total", rank=RANKS[rank_of(slot.op)])
             with self._lock:
                 for slot in batch:
                     slot.error = exc
@@ -297,8 +322,9 @@ class Journal:
         """(lock held) The store is unreachable: buffer or fail everything in flight."""
         if self._degraded is None:
             logger.error(
-                "Store unreachable (%s). Jobs keep running; their records are buffered "
-                "(up to %d writes) and written when it answers again.",
+                "Store unreachable (%s). Jobs without idempotency_key or unique keep running; their "
+                "records are buffered (up to %d writes) and written when it answers again. Jobs with "
+                "one, and deliveries that may have run before, are put back until then.",
                 exc,
                 self.max_backlog,
             )
@@ -316,13 +342,9 @@ class Journal:
         if slot.wake is not None:
             slot.wake.release()
         if slot.retry:
-            if len(self._backlog) >= self.max_backlog:
-                self._backlog.popleft()
-                metrics.inc("store_writes_dropped_total")
-                if len(self._backlog) % 1000 == 0:
-                    logger.error("Store write buffer full (%d); dropping the oldest writes.", self.max_backlog)
-            self._backlog.append(slot)
+            slot.op.setdefault("at_ms", slot.at)
             metrics.inc("store_writes_buffered_total")
+            self._backlog.add(slot)
 
     def _recover(self) -> None:
         """(background thread) Try the store; when it answers, replay the backlog in order."""
@@ -335,11 +357,21 @@ class Journal:
             with self._lock:
                 if self._flushing:
                     return
-                chunk = [self._backlog.popleft() for _ in range(min(BATCH_MAX, len(self._backlog)))]
+                chunk = self._backlog.take(BATCH_MAX)
                 if not chunk:
                     self._degraded = None
                     self._cond.notify_all()
-                    logger.warning("Store reachable again; %d buffered writes applied.", replayed)
+                    collapsed, dropped = self._backlog.episode()
+                    logger.warning(
+                        "Store reachable again; %d buffered writes applied, %d collapsed into them, "
+                        "%d dropped (%d final, %d record, %d noise).",
+                        replayed,
+                        collapsed,
+                        sum(dropped.values()),
+                        dropped["final"],
+                        dropped["record"],
+                        dropped["noise"],
+                    )
                     return
                 self._flushing = True
             try:
@@ -347,12 +379,13 @@ class Journal:
                 replayed += len(chunk)
             except StoreUnavailable:
                 with self._lock:
-                    self._backlog.extendleft(reversed(chunk))
+                    self._backlog.restore(chunk)
                     self._flushing = False
                 return
             except Exception:
                 logger.exception("The store rejected %d buffered writes; they are dropped.", len(chunk))
-                metrics.inc("store_writes_dropped_total", len(chunk))
+                for slot in chunk:
+                    metrics.inc("store_writes_dropped_total", rank=RANKS[rank_of(slot.op)])
             with self._lock:
                 self._flushing = False
 

@@ -1,78 +1,434 @@
-"""The op schema: what a batch passed to :meth:`Store.apply` holds.
+"""The op schema: what a batch passed to :meth:`Store.apply` holds, typed.
 
-An op is the transition of one job: ``{"k": kind, "id": job id, <section>: {...}, ...}``.
-Each middleware contributes its own section to the op of a message (``job`` for JobState,
-``idem`` for Idempotency, …); the store runs, for each op, the handlers of its kind in a fixed
-priority order, and a handler runs only when the op carries its section. Handlers of one op
-share an outcome (``duplicate``, ``busy``, ``refused``) so that, for instance, JobState records
-``skipped`` when Idempotency found a duplicate in the same op.
+An op is the transition of one job: ``{"k": kind, "id": job id, <section>: {...}, ...}``
+(``id`` is ``"-"`` for the per-process kinds). An op the journal buffered while the store was
+unreachable also carries ``at_ms``, when it was made (by its sender's clock: it dates events
+for people and decides nothing): the ``job`` and ``st`` handlers date it then, and place its
+events in the history in time order. Each middleware contributes its own section to
+the op of a message (``job`` for JobState, ``idem`` for Idempotency, ``wd`` for the Watchdog,
+``dead`` for DeadLetters, ``al`` for Alerts, ``st`` for the counters, ``cron`` for the
+scheduler, ``ctl`` for operator controls). The library (``store/lua``) registers a handler per (kind, section), with a
+priority and the section's fields; :data:`KINDS` below is the same table, and
+``tests/contract/test_op_schema.py`` holds it against what the loaded library registered.
 
-Kinds and sections (priority in brackets):
+Atomicity: the library checks every section of an op against its fields (names, types, none
+missing, none unknown) before it applies any; a refused op changes nothing and its result is
+``{"error": why, "section": name}``. Handlers then run in priority order (lowest first) and
+share an outcome, so that, for instance, JobState records ``skipped`` when Idempotency found a
+duplicate in the same op.
 
-``enqueue``   ``job`` [20]: create the record as ``queued`` (fields below), or fill the missing
-              fields of an existing one without changing its status.
-``reserve``   ``idem`` [10]: ``unique=True``: reserve the key, or answer ``refused`` + ``holder``.
-``unreserve`` ``idem`` [10]: release a reservation whose enqueue failed.
-``claim``     ``idem`` [10]: before a delivery runs: answer ``duplicate`` (+ ``dup``, the job that
-              completed the key), ``busy`` (+ ``retry_in`` ms, ``owner``) or ``run`` (lease taken).
-``start``     ``job`` [20]: ``running`` (a "redelivered" event if it was running already).
-``finish``    ``idem`` [10]: complete the key (dropping its checkpoints), release the lease
-              and, unless retrying or deferred, the unique key;
-              ``job`` [20]: ``done``/``retrying``/``failed``/``skipped``, or ``deferred`` (put
-              back without running: an event, the status stays).
-``due``       ``job`` [20]: a retry's delay is over: ``retrying`` → ``queued``.
-
-Watchdog kinds (section ``wd`` [30]; ``id`` is ``"-"`` for the per-process ones):
-
-``beat``      the process's deadline, what it is (``info``), and the fleet's sweep if it wins
-              the lock: answers ``sweep`` {``abandoned``, ``dead``, ``pending``, ``bids``},
-              ``revived`` (+ ``back``, ``recovered``) for a process found dead earlier.
-``start``     (with the job's other sections) the process runs the job; ``finish``: no more.
-``stuck``     the job runs past its ``stuck_after``: ``stuck`` with its thread's ``stack``.
-``bye``       the process stops; jobs it still runs are ``abandoned``.
-``recovered`` the broker messages of these dead processes were put back.
-
-``wd`` section fields: ``proc`` (``host:pid:token``), ``ab`` (abandon_after, ms), ``a``/``q``
-(actor, queue), ``info``, ``sweep`` (lock ms), ``keep`` (ms dead processes are kept), ``att``,
-``stack``, ``detail``, ``hist``, ``procs``.
-Dead letters (``lua/40_dead.lua``; ``finish`` also carries ``dl`` [40]: keep the dead letter):
-
-``dead_queue``    ``dl`` [40]: remember queue names (``queues``).
-``dead_import``   ``job`` [20]: a non-terminal record → ``failed``; ``dl`` [40]: keep an entry
-                  found in the broker (or add a broker id to a known one; ``known`` in result).
-``replay``        ``job`` [20]: ``failed`` → ``queued``, attempts reset (``requeued`` in result).
-``replayed``      ``dl`` [40]: the broker moved it: drop the dead letter.
-``replay_failed`` ``job`` [20]: the broker did not move it: ``queued`` → ``failed``.
-``dead_purge``    ``job`` [20]: a "purged" event; ``dl`` [40]: drop it (``removed``).
-``dead_forget``   ``dl`` [15]: drop it if dead before ``before`` ms; ``job`` [20]: event.
-``dead_sync``     ``dl`` [40]: store a queue's reconciliation ``offset``.
-``dead_lock``     ``dl`` [40]: take a queue's lock (``ok``, ``holder``); ``dead_unlock``: free it.
-
-``dl`` section fields: ``actor queue att maxr err msg enc xid ret`` (ms kept), ``dead`` (ms,
-imports), ``bad`` (why malformed), ``queues``, ``before``, ``offset``, ``token``, ``ttl``.
-
-Counters (``lua/70_stats.lua``; ``finish`` also carries ``st`` [70]: count the job's end in
-its minute, for the support page's charts): ``a`` (actor), ``q`` (queue), ``o`` (outcome),
-``w`` (ms the message waited in its queue), ``ret`` (ms the minute is kept, default 25 h).
-
-``job`` section fields: ``actor queue maxr enq args keys`` (creation fields, used when the
-record does not exist yet), ``att`` (attempt, 1-based), ``worker``, ``due``/``next`` (ms),
-``outcome``, ``err`` (``{type, message, traceback}``), ``dup``, ``detail`` (event text),
-``hist`` (events kept).
-
-``idem`` section fields: ``key`` (the claimed key: ``<actor>:<rendered>`` or ``msg:<id>``),
-``token`` (lease owner), ``lease`` / ``ttl`` (ms), ``ukey`` (the key a ``unique`` job reserved),
-``outcome``.
-
-Values are never ``None``: absent fields are left out (Lua's cjson turns ``null`` into a
-truthy sentinel).
+Units are in the names: ``*_ms`` fields are milliseconds, durations or (``enq_ms``,
+``due_ms``, ``next_ms``, ``dead_ms``, ``fire_ms``, ``at_ms``) times since the epoch. Times
+that decide leases, liveness and retention are the store's (``TIME``), never the sender's;
+``at_ms`` (an alert's occurrence, the sender's clock) is only compared with the batch's
+``sent_ms`` (the same clock). Values are never ``None``: absent fields are left out (Lua's
+cjson turns ``null`` into a truthy sentinel, and the check refuses it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 Op = dict[str, Any]
+
+
+class Batch(TypedDict, total=False):
+    """What :meth:`Store.apply` takes."""
+
+    ops: list[Op]
+    #: status -> retention (ms): records that entered a terminal status longer ago are removed.
+    retention_ms: dict[str, int]
+    #: records removed by that cleanup at most.
+    limit: int
+    #: status -> ms a record in that status is kept at most (the key's expiry).
+    ttl_ms: dict[str, int]
+    #: the sender's clock when it sent the batch (compared with ``at_ms`` only).
+    sent_ms: int
+    #: run the batch at this time instead of the store's clock (tests and tools that drive time).
+    now_ms: int
+
+
+# -- job (JobState) ----------------------------------------------------------------------------
+
+
+class JobEvent(TypedDict, total=False):
+    """An event only: ``due``, ``dead_import``, ``replay_failed``, ``dead_purge``, ``dead_forget``."""
+
+    detail: str
+    #: events kept in the record's history.
+    hist: int
+
+
+class JobCreation(JobEvent, total=False):
+    """The record's creation fields (used when it does not exist yet)."""
+
+    actor: str
+    queue: str
+    maxr: int
+    enq_ms: int
+    #: the redacted arguments, as JSON text.
+    args: str
+    keys: dict[str, str]
+
+
+class EnqueueJob(JobCreation, total=False):
+    due_ms: int
+
+
+class _StartJob(TypedDict):
+    att: int
+
+
+class StartJob(_StartJob, JobCreation, total=False):
+    worker: str
+
+
+class _BeganJob(TypedDict):
+    att: int
+
+
+class BeganJob(_BeganJob, total=False):
+    """The start of an attempt, carried by its end when the journal collapsed the two."""
+
+    worker: str
+    at_ms: int
+
+
+class _FinishJob(TypedDict):
+    #: done, retrying, failed, skipped or deferred.
+    outcome: str
+
+
+class FinishJob(_FinishJob, JobCreation, total=False):
+    att: int
+    err: dict[str, str]
+    dup: str
+    next_ms: int
+    began: BeganJob
+
+
+class _ReplayJob(TypedDict):
+    detail: str
+
+
+class ReplayJob(_ReplayJob, total=False):
+    hist: int
+
+
+# -- idem (Idempotency) ------------------------------------------------------------------------
+
+
+class _ClaimIdem(TypedDict):
+    #: ``<actor>:<rendered>`` or ``msg:<id>``.
+    key: str
+    token: str
+    lease_ms: int
+
+
+class ClaimIdem(_ClaimIdem, total=False):
+    #: 1: JobState's ``done`` index marks the message id (no separate marker).
+    rec: int
+
+
+class _FinishIdem(TypedDict):
+    outcome: str
+
+
+class FinishIdem(_FinishIdem, total=False):
+    key: str
+    token: str
+    ttl_ms: int
+    rec: int
+    #: the key a ``unique`` job reserved.
+    ukey: str
+
+
+class UnreserveIdem(TypedDict):
+    key: str
+
+
+class ReserveIdem(UnreserveIdem):
+    ttl_ms: int
+
+
+class RenewIdem(TypedDict):
+    #: key -> lease token
+    leases: dict[str, str]
+    lease_ms: int
+
+
+# -- wd (Watchdog) -----------------------------------------------------------------------------
+
+
+class ProcWd(TypedDict):
+    #: ``host:pid:token``
+    proc: str
+
+
+class _BeatWd(ProcWd):
+    abandon_ms: int
+
+
+class BeatWd(_BeatWd, total=False):
+    info: dict[str, Any]
+    #: the sweep lock's duration; present when the process may sweep.
+    sweep_ms: int
+    #: how long dead processes are kept.
+    keep_ms: int
+    hist: int
+
+
+class StartWd(ProcWd, total=False):
+    #: only until the process's first beat registered it.
+    abandon_ms: int
+    a: str
+    q: str
+    #: the lease key and token the job holds.
+    lk: str
+    lt: str
+
+
+class StuckWd(ProcWd, total=False):
+    att: int
+    stack: list[dict[str, Any]]
+    detail: str
+    hist: int
+
+
+class ByeWd(ProcWd, total=False):
+    hist: int
+
+
+class RecoveredWd(TypedDict):
+    procs: list[str]
+
+
+# -- dead (DeadLetters) ------------------------------------------------------------------------
+
+
+class _FinishDead(TypedDict):
+    actor: str
+    queue: str
+    retention_ms: int
+
+
+class FinishDead(_FinishDead, total=False):
+    att: int
+    maxr: int
+    err: dict[str, str]
+    msg: str
+    #: ``b64`` when ``msg`` is base64.
+    enc: str
+    #: the Redis broker's message id.
+    xid: str
+
+
+class _ImportDead(FinishDead):
+    dead_ms: int
+
+
+class ImportDead(_ImportDead, total=False):
+    #: why the entry cannot be decoded.
+    bad: str
+
+
+class QueuesDead(TypedDict):
+    queues: list[str]
+
+
+class NoDead(TypedDict):
+    """No fields: ``replayed``, ``dead_purge``."""
+
+
+class ForgetDead(TypedDict):
+    older_than_ms: int
+
+
+class SyncDead(TypedDict):
+    queue: str
+    offset: int
+
+
+class UnlockDead(TypedDict):
+    queue: str
+    token: str
+
+
+class LockDead(UnlockDead):
+    ttl_ms: int
+
+
+# -- al (Alerts), st (counters) ----------------------------------------------------------------
+
+
+class _AlertAl(TypedDict):
+    kind: str
+    actor: str
+    window_ms: int
+
+
+class AlertAl(_AlertAl, total=False):
+    etype: str
+    queue: str
+    msg: str
+    keys: dict[str, str]
+    at_ms: int
+    quiet: bool
+
+
+class DueAl(TypedDict, total=False):
+    limit: int
+
+
+class _FinishSt(TypedDict):
+    #: actor and outcome
+    a: str
+    o: str
+
+
+class FinishSt(_FinishSt, total=False):
+    q: str
+    wait_ms: int
+    retention_ms: int
+
+
+# -- cron (the scheduler) ----------------------------------------------------------------------
+
+
+class _Tick(TypedDict):
+    name: str
+    fire_ms: int
+    by: str
+
+
+class ClaimCron(_Tick):
+    job: str
+    lease_ms: int
+    grace_ms: int
+    keep_ms: int
+
+
+class ConfirmCron(_Tick):
+    #: sent or skipped
+    st: str
+
+
+class ReleaseCron(_Tick):
+    retry_ms: int
+
+
+class ReadCron(TypedDict):
+    names: list[str]
+
+
+class SweepCron(ReadCron):
+    by: str
+    lease_ms: int
+    limit: int
+
+
+# -- ctl (operator controls) -------------------------------------------------------------------
+
+
+class _BeatCtl(TypedDict):
+    #: the last log sequence number this process read.
+    after: int
+
+
+class BeatCtl(_BeatCtl, total=False):
+    max: int
+
+
+class _PauseCtl(TypedDict):
+    #: ``actor:<name>`` or ``queue:<name>``
+    target: str
+    on: bool
+
+
+class PauseCtl(_PauseCtl, total=False):
+    by: str
+
+
+class NoCtl(TypedDict):
+    """No fields: ``paused``."""
+
+
+class ByCtl(TypedDict, total=False):
+    """``cancel``, ``retry_now``: who asked."""
+
+    by: str
+    hist: int
+
+
+class WorkersCtl(TypedDict, total=False):
+    #: jobs listed per process at most.
+    max: int
+
+
+#: kind -> section -> (priority, fields): every handler the library registers. A kind whose
+#: section has more than one handler (operator controls read ``start``'s and ``finish``'s ``job``
+#: at priorities 10 and 25 too) lists the one that declares the fields.
+KINDS: dict[str, dict[str, tuple[int, type]]] = {
+    # A send: the record as ``queued`` (or the missing fields of an existing one).
+    "enqueue": {"job": (20, EnqueueJob)},
+    # ``unique=True``: reserve the key (``reserved``), or ``refused`` + ``holder``.
+    "reserve": {"idem": (10, ReserveIdem)},
+    # The reserving send failed: release the key.
+    "unreserve": {"idem": (10, UnreserveIdem)},
+    # The reserving send happened: hold the key until the job ends.
+    "confirm": {"idem": (10, ReserveIdem)},
+    # Before a delivery runs: ``duplicate`` (+ ``dup``), ``busy`` (+ ``retry_in`` ms, ``owner``) or ``run``.
+    "claim": {"idem": (10, ClaimIdem)},
+    # ``running``; the process runs it.
+    "start": {"job": (20, StartJob), "wd": (30, StartWd)},
+    # The end of an attempt: complete the key, the record's status, the process no longer runs
+    # it, keep the dead letter, throttle the alert, count it in its minute.
+    "finish": {
+        "idem": (10, FinishIdem),
+        "job": (20, FinishJob),
+        "wd": (30, ProcWd),
+        "dead": (40, FinishDead),
+        "al": (50, AlertAl),
+        "st": (70, FinishSt),
+    },
+    # A retry's delay is over: ``retrying`` -> ``queued``.
+    "due": {"job": (20, JobEvent)},
+    # The heartbeat: extend leases (``lost``), the process's deadline (result ``now_ms``: the
+    # store's clock), the fleet's sweep if it wins the lock (``sweep``), ``revived``.
+    "renew": {"idem": (10, RenewIdem)},
+    "beat": {"wd": (30, BeatWd)},
+    "stuck": {"wd": (30, StuckWd)},
+    "bye": {"wd": (30, ByeWd)},
+    "recovered": {"wd": (30, RecoveredWd)},
+    # Dead letters (``lua/40_dead.lua``).
+    "dead_queue": {"dead": (40, QueuesDead)},
+    "dead_import": {"job": (20, JobEvent), "dead": (40, ImportDead)},
+    "replay": {"job": (20, ReplayJob)},
+    "replayed": {"dead": (40, NoDead)},
+    "replay_failed": {"job": (20, JobEvent)},
+    "dead_purge": {"job": (20, JobEvent), "dead": (40, NoDead)},
+    "dead_forget": {"dead": (15, ForgetDead), "job": (20, JobEvent)},
+    "dead_sync": {"dead": (40, SyncDead)},
+    "dead_lock": {"dead": (40, LockDead)},
+    "dead_unlock": {"dead": (40, UnlockDead)},
+    # Alerts: an occurrence outside a job's final write; the summaries due.
+    "alert": {"al": (50, AlertAl)},
+    "alerts_due": {"al": (50, DueAl)},
+    # Cron ticks (``lua/60_cron.lua``).
+    "cron_claim": {"cron": (10, ClaimCron)},
+    "cron_confirm": {"cron": (10, ConfirmCron)},
+    "cron_release": {"cron": (10, ReleaseCron)},
+    "cron_sweep": {"cron": (10, SweepCron)},
+    "cron_read": {"cron": (10, ReadCron)},
+    # Operator controls (``lua/80_control.lua``): a worker's view of them in its heartbeat, pause
+    # and resume, cancel, retry now, and the fleet (``result now_ms``: the store's clock).
+    "ctl_beat": {"ctl": (80, BeatCtl)},
+    "pause": {"ctl": (80, PauseCtl)},
+    "paused": {"ctl": (80, NoCtl)},
+    "cancel": {"ctl": (80, ByCtl)},
+    "retry_now": {"ctl": (80, ByCtl)},
+    "workers": {"ctl": (80, WorkersCtl)},
+}
 
 
 def compact(section: dict[str, Any]) -> dict[str, Any]:

@@ -32,10 +32,13 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:wd:pending               set     dead processes whose unacked broker messages are still
                                         to be put back (Redis brokers)
     dr:wd:lock                  string  ``<expiry ms>|<process>`` of the last sweep; PX
-                                        ``sweep_interval``
+                                        ``sweep_interval`` (the sweep also drops expired
+                                        dead letters)
     dr:dead:<id>                string  a dead letter (DeadLetters): the message as delivered,
                                         the final error, attempts, actor, queue, time; kept
-                                        ``retention`` (removed by the Lua cleanup, no PX)
+                                        ``retention``: removed with its index entries by the
+                                        fleet's sweep or the next dead-letter op, and PX
+                                        ``retention`` + 1 day as a backstop
     dr:deads:time               zset    job id -> when it was dead-lettered
     dr:deads:queue:<queue>      zset    job id -> when it was dead-lettered
     dr:deads:actor:<actor>      zset    job id -> when it was dead-lettered
@@ -68,11 +71,14 @@ start fin next due worker keys args(JSON text) err{type,message,traceback} dup s
 ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
 time of the last update. ``wp`` is the Watchdog's process running the job.
 
-Every transition is one op of a batch applied by one Lua script (``store/lua/*.lua``,
-assembled in name order), which keeps the indexes in step with the records: a job is in
-exactly one status index, and records past their retention are removed together with their
-index entries. The script touches keys it derives from its arguments, so ``RedisStore`` needs
-a single Redis server (or a primary, named directly or through Sentinel), not a Redis Cluster.
+Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
+loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see
+``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
+one status index, and records past their retention are removed together with their index
+entries. Times in keys and records are the store's clock (``TIME``). The library builds every
+key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
+needs a single Redis server (or a primary, named directly or through Sentinel), not a Redis
+Cluster; it needs Redis >= 7.0 or Valkey >= 7.2 (Redis Functions).
 """
 
 from __future__ import annotations
@@ -80,22 +86,22 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
-from importlib import resources
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._clock import now_ms
-from ..errors import ConfigurationError, StoreError, StoreUnavailable
+from .. import _stored
+from .._urls import check_redis_query, hide_password, safe_reason
+from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
-from . import _connect, _dead, _durability, _paging
+from . import _connect, _dead, _durability, _library, _paging
 from .base import Store, statuses_to_count
 
 T = TypeVar("T")
@@ -103,15 +109,6 @@ T = TypeVar("T")
 #: Seconds to wait for a connection, and for an answer, before the store counts as unreachable.
 DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
-
-
-def _script_source() -> str:
-    folder = resources.files(__package__).joinpath("lua")
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".lua"))
-    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in names)
-
-
-hide_password = _connect.hide_password
 
 
 class RedisStore(Store):
@@ -144,25 +141,50 @@ class RedisStore(Store):
         socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__()
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
         prefixes = [v for k, v in query if k == "prefix"]
         if prefixes:
             prefix = prefixes[-1]
             if not prefix:
                 raise ConfigurationError(f"empty prefix in store URL {hide_password(url)!r}")
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
+        if parts.scheme not in (*_connect.SERVER_SCHEMES, _connect.SENTINEL_SCHEME, _connect.CLUSTER_SCHEME):
+            raise ConfigurationError(
+                f"not a Redis URL: {hide_password(url)!r} (expected redis://, rediss://, unix:// or redis+sentinel://)"
+            )
+        check_redis_query([k for k, _ in query], ("prefix", *_connect.OWN_OPTIONS), url, "store")
         conn = _connect.connect(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
         self.client: redis.Redis = conn.client
-        self._conn = conn
-        self.url = conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}")
-        self._replicas = _durability.ReplicaWait(conn.wait_replicas, conn.wait_timeout_ms, self.url)
+        self._setup(
+            conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}"),
+            prefix,
+            replicas=(conn.wait_replicas, conn.wait_timeout_ms),
+        )
+
+    def _setup(
+        self,
+        url: str,
+        prefix: str,
+        clock: Callable[[], int] | None = None,
+        replicas: tuple[int, int] = (0, _connect.DEFAULT_WAIT_TIMEOUT_MS),
+    ) -> None:
+        self.url = url
+        #: The embedded server (``MemoryStore``): no replicas, no topology to check.
+        self._embedded = url == "memory://"
+        self._replicas = _durability.ReplicaWait(replicas[0], replicas[1], url)
         #: Why writes are refused (a replica, a Cluster node), once seen; cleared when no longer so.
         self._refusal: str | None = None
         #: The process that found the server fit for writes (see ``_check_topology``).
         self._checked_pid = 0
         self.prefix = prefix + ":"
-        self._script = self.client.register_script(_script_source())
+        #: When set (``MemoryStore(clock=...)``), every batch runs at this clock's time, not the server's.
+        self._clock = clock
+        self._loader = _library.Loader(url, embedded=url == "memory://")
+        self._loaded_pid = 0
         self._serial_lock = threading.Lock()
         self._serial: Any = None
         self._serial_pid = 0
@@ -175,6 +197,9 @@ class RedisStore(Store):
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
         except RedisError as exc:
+            if "DB index is out of range" in str(exc):
+                # The URL names a database the server does not have: the store cannot be used.
+                raise StoreUnavailable(f"store {self.url} unusable: the server has no such database ({exc})") from exc
             if _connect.is_readonly(exc):
                 raise self._refused_readonly() from exc
             if _connect.is_cluster_refusal(exc):
@@ -184,6 +209,7 @@ class RedisStore(Store):
     def _refused_readonly(self) -> StoreUnavailable:
         """A write went to a replica: unavailable for writes, with one clear line (not the raw error)."""
         self._checked_pid = 0
+        self._loaded_pid = 0
         try:
             info = self.client.info("replication")
             self._refusal = _connect.readonly_reason(info, self.url)
@@ -193,13 +219,14 @@ class RedisStore(Store):
         return StoreUnavailable(self._refusal)
 
     def _check_topology(self) -> None:
-        """Before a process's first write: refuse a replica or a Cluster node in one line.
+        """Before a process's first write (the library load is one): refuse a replica or a
+        Cluster node in one line.
 
         A Cluster node runs a store call until its first key of another node's slot, so the
         call would leave half its writes behind; a replica refuses every write. One ``INFO``
         per process, repeated while the server is unfit (a replica may be promoted).
         """
-        if self._checked_pid == os.getpid():
+        if self._embedded or self._checked_pid == os.getpid():
             return
         info = self._call("a check", self.client.execute_command, "INFO", "replication", "cluster")
         self._refusal = _connect.topology_error(info, self.url)
@@ -209,6 +236,8 @@ class RedisStore(Store):
 
     def check_server(self) -> list[str]:
         """Warnings about the store's server (its eviction policy); see :meth:`Store.check_server`."""
+        if self._embedded:
+            return []
         info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory", "cluster")
         error, warnings = _connect.server_problems(info, self.url)
         self._refusal = error
@@ -220,25 +249,57 @@ class RedisStore(Store):
         """A key under this store's prefix: ``k("job", id)`` → ``dr:job:<id>``."""
         return self.prefix + ":".join(parts)
 
+    def _ensure_library(self) -> None:
+        """Load the library once per process (see :mod:`._library`), on a server fit for writes."""
+        self._check_topology()
+        if self._loaded_pid != os.getpid():
+            self._call("the library load", self._loader.ensure, self.client)
+            self._loaded_pid = os.getpid()
+
+    def _payload(self, batch: dict[str, Any]) -> str:
+        if self._clock is not None:
+            batch = {**batch, "now_ms": int(self._clock())}
+        return json.dumps(batch, separators=(",", ":"))
+
     # -- writes ---------------------------------------------------------------------------------
 
     def apply(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         if not batch.get("ops"):
             return []
-        payload = json.dumps(batch, separators=(",", ":"))
-        self._check_topology()
-        wait = self._replicas.command()
-        if wait is None:
-            raw = self._call("a batch", self._script, args=[self.prefix, payload])
-        else:
-            raw = self._call("a batch", self._apply_waiting, payload, wait)
+        payload = self._payload(batch)
+        self._ensure_library()
+        try:
+            raw = self._apply_pooled(payload)
+        except StoreError as exc:
+            if not _library.missing(exc.__cause__ or exc):
+                raise
+            self._loaded_pid = 0  # the server lost it (restart, FLUSHALL): load it again, once
+            self._ensure_library()
+            raw = self._apply_pooled(payload)
         return self._results(raw)
 
-    def _results(self, raw: Any) -> list[dict[str, Any]]:
-        results = json.loads(raw)
-        if not isinstance(results, list):
-            return []
-        errors = [Exception(r.get("error") or "") for r in results if isinstance(r, dict) and r.get("error")]
+    def _apply_pooled(self, payload: str) -> Any:
+        """The ``FCALL`` over the pool, and the replicas' ``WAIT`` in the same round trip."""
+        wait = self._replicas.command()
+        if wait is None:
+            return self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
+        return self._call("a batch", self._apply_waiting, payload, wait)
+
+    def _apply_waiting(self, payload: str, wait: tuple[str, int, int]) -> Any:
+        """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.fcall(_library.APPLY, 0, self.prefix, payload)
+        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
+        raw, acked = pipe.execute(raise_on_error=False)
+        if not isinstance(acked, BaseException):
+            self._replicas.acked(int(acked))
+        if isinstance(raw, BaseException):
+            raise raw
+        return raw
+
+    def _results(self, raw: bytes | str) -> list[dict[str, Any]]:
+        results = _results(raw)
+        errors = [Exception(r.get("error") or "") for r in results if r.get("error")]
         if any(_connect.is_readonly(e) for e in errors):
             raise self._refused_readonly()  # on a replica, no op of the batch was written
         if any(_connect.is_cluster_refusal(e) for e in errors):
@@ -249,8 +310,8 @@ class RedisStore(Store):
         """``apply`` over a connection of this process's own, without the pool's per-call cost."""
         if not batch.get("ops"):
             return []
-        payload = json.dumps(batch, separators=(",", ":"))
-        self._check_topology()
+        payload = self._payload(batch)
+        self._ensure_library()
         with self._serial_lock:
             if self._serial_pid != os.getpid():
                 self._serial = self.client.connection_pool.make_connection()
@@ -260,10 +321,14 @@ class RedisStore(Store):
                 # connect() first: a Sentinel connection finds the primary there, whereas sending
                 # on a closed one would connect it to its default address (localhost:6379).
                 conn.connect()
-                raw = self._evalsha(conn, payload)
-            except NoScriptError:
-                self._call("a script load", self.client.script_load, self._script.script)
-                raw = self._evalsha(conn, payload)
+                try:
+                    raw = self._fcall(conn, payload)
+                except ResponseError as exc:
+                    if not _library.missing(exc):
+                        raise
+                    self._loaded_pid = 0
+                    self._ensure_library()
+                    raw = self._fcall(conn, payload)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 conn.disconnect()
                 raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
@@ -277,13 +342,14 @@ class RedisStore(Store):
                 raise StoreError(f"store {self.url} refused a batch: {exc}") from exc
         return self._results(raw)
 
-    def _evalsha(self, conn: Any, payload: str) -> Any:
+    def _fcall(self, conn: Any, payload: str) -> Any:
+        call = ("FCALL", _library.APPLY, 0, self.prefix, payload)
         wait = self._replicas.command()
         if wait is None:
-            conn.send_packed_command(conn.pack_command("EVALSHA", self._script.sha, 0, self.prefix, payload))
+            conn.send_packed_command(conn.pack_command(*call))
             return conn.read_response()
         # The WAIT rides in the same round trip; its answer is read even when the call failed.
-        conn.send_packed_command(conn.pack_commands([("EVALSHA", self._script.sha, 0, self.prefix, payload), wait]))
+        conn.send_packed_command(conn.pack_commands([call, wait]))
         try:
             raw = conn.read_response()
         except ResponseError:
@@ -292,19 +358,28 @@ class RedisStore(Store):
         self._replicas.acked(int(conn.read_response()))
         return raw
 
-    def _apply_waiting(self, payload: str, wait: tuple[str, int, int]) -> Any:
-        """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
-        pipe = self.client.pipeline(transaction=False)
-        self._script(args=[self.prefix, payload], client=pipe)
-        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
-        raw, acked = pipe.execute()
-        self._replicas.acked(int(acked))
-        return raw
+    def kinds(self) -> dict[str, Any]:
+        """The op kinds and sections the loaded library registered, with their fields (see ``ops``)."""
+        self._ensure_library()
+        found = json.loads(self._call("a read", self.client.fcall, _library.KINDS, 0))
+        return found if isinstance(found, dict) else {}
+
+    def _now_ms(self) -> int:
+        return self.store_time_ms()
+
+    def store_time_ms(self) -> int:
+        """The store's clock (``TIME``), in milliseconds since the epoch."""
+        if self._clock is not None:
+            return int(self._clock())
+        seconds, micros = self._call("a read", self.client.time)
+        return int(seconds) * 1000 + int(micros) // 1000
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord | None:
         data = _paging.decode_record(self._call("a read", self.client.get, self.k("job", job_id)))
+        if isinstance(data, _stored.Corrupt):
+            raise CorruptRecord(f"the record of job {job_id!r} is corrupt: {data.reason}", job_id)
         return JobRecord.from_stored(data, job_id) if data else None
 
     def _intersect(self, index: str, others: Sequence[str], most: int) -> list[_paging.Entry] | None:
@@ -358,7 +433,7 @@ class RedisStore(Store):
             offset += len(rows)
         return out[:count]
 
-    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | _stored.Corrupt | None]:
         if not ids:
             return []
         raws = self._call("a read", self.client.mget, [self.k("job", i) for i in ids])
@@ -412,23 +487,24 @@ class RedisStore(Store):
         bottom: float | str = "-inf" if low == float("-inf") else low
         return self._zpage(self.prefix + "deads:" + index, top, bottom, position, count)
 
-    def _load_dead(self, ids: Sequence[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         if not ids:
             return []
         keys = [self.k("dead", i) for i in ids] + [self.k("job", i) for i in ids]
         raws = self._call("a read", self.client.mget, keys)
         n = len(ids)
-        return [(_dead.decode(raws[i]), _paging.decode_object(raws[n + i])) for i in range(n)]
+        return [(_dead.decode(raws[i]), _stored.decode_object(raws[n + i])) for i in range(n)]
 
     def get_dead_letter(self, job_id: str) -> DeadLetter | None:
         return self.get_dead_letters([job_id])[0]
 
     def get_dead_letters(self, job_ids: list[str]) -> list[DeadLetter | None]:
         out: list[DeadLetter | None] = []
-        now = now_ms()
+        now = self._now_ms()
         for i in range(0, len(job_ids), 500):
-            for d, job in self._load_dead(job_ids[i : i + 500]):
-                out.append(_dead.build(d, job) if d is not None and int(d.get("exp") or 0) > now else None)
+            chunk = job_ids[i : i + 500]
+            for job_id, (d, job) in zip(chunk, self._load_dead(chunk), strict=True):
+                out.append(_dead.view(job_id, d, job, now))
         return out
 
     def dead_letter_stats(self) -> DeadStats:
@@ -493,6 +569,14 @@ class RedisStore(Store):
                 self._serial.disconnect()
             self._serial = None
         self.client.close()
+
+
+def _results(raw: bytes | str) -> list[dict[str, Any]]:
+    """The library's results; an empty result is ``{}`` (a Lua table may encode as ``[]``)."""
+    results = json.loads(raw)
+    if not isinstance(results, list):
+        return []
+    return [r if isinstance(r, dict) else {} for r in results]
 
 
 def _text(value: bytes | str) -> str:

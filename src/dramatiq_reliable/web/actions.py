@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import dead as dead_api
-from ..records import DeadResult
+from . import control_actions
 from .app import Site
 from .security import ACTIONS
 
@@ -37,9 +38,9 @@ WRONG_TOKEN_DELAY = 1.0
 
 def _check_ids(ids: list[str]) -> str | None:
     if not ids:
-        return "no dead letter ids were given"
+        return "no ids were given"
     if len(ids) > MAX_IDS:
-        return f"at most {MAX_IDS} dead letters at once"
+        return f"at most {MAX_IDS} at once"
     if any(not i or len(i) > MAX_ID for i in ids):
         return "an id is empty or too long"
     return None
@@ -57,6 +58,8 @@ def confirm(site: Site, request: Request) -> Response:
     problem = _check_ids(ids)
     if problem:
         return site.error(request, 400, "Nothing to do", problem)
+    if action in control_actions.CONTROLS:
+        return control_actions.confirm(site, request, action, ids, site.guard.sign(action, ids))
     letters = site.store.get_dead_letters(ids)
     rows = list(zip(ids, letters, strict=True))
     form_signature = site.guard.sign(action, ids)
@@ -86,7 +89,7 @@ def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
         client = who(request)
 
         def refuse(status_code: int, reason: str, ids: list[str] | None = None) -> Response:
-            count = f"{len(ids)} dead letters" if ids is not None else "dead letters"
+            count = f"{len(ids)} {_noun(action)}" if ids is not None else _noun(action)
             logger.warning("refused %s of %s from %s: %s", action, count, client, reason)
             return site.error(request, status_code, "Refused", f"{reason}. Nothing was changed.")
 
@@ -117,16 +120,25 @@ def bind_post(site: Site) -> Callable[[Request], Awaitable[Response]]:
                 site.lockout.failed(key)
                 await anyio.sleep(WRONG_TOKEN_DELAY)
             return refuse(403, reason, ids)
-        logger.info("%s of %d dead letters asked by %s: %s", action, len(ids), client, " ".join(ids[:20]))
+        logger.info("%s of %d %s asked by %s: %s", action, len(ids), _noun(action), client, " ".join(ids[:20]))
         results = await run_in_threadpool(_run, site, action, ids, f"the support page ({client})")
         done = sum(1 for r in results if r.ok)
-        logger.info("%s of %d dead letters by %s: %d done", action, len(ids), client, done)
-        return site.page(request, "results.html", action=action, results=results, done=done)
+        logger.info("%s of %d %s by %s: %d done", action, len(ids), _noun(action), client, done)
+        back = ("/dead", "dead letters") if action in ("replay", "purge") else ("/workers", "workers")
+        return site.page(request, "results.html", action=action, results=results, done=done, back=back)
 
     return act
 
 
-def _run(site: Site, action: str, ids: list[str], by: str) -> list[DeadResult]:
+def _noun(action: str) -> str:
+    if action in ("replay", "purge"):
+        return "dead letters"
+    return "jobs" if action in ("cancel", "retry-now") else "actors or queues"
+
+
+def _run(site: Site, action: str, ids: list[str], by: str) -> list[Any]:
+    if action in control_actions.CONTROLS:
+        return control_actions.run(site, action, ids, by)
     assert site.broker is not None  # create_app refuses a token without a broker
     fn = dead_api.replay if action == "replay" else dead_api.purge
     with site.broker_lock:

@@ -29,7 +29,7 @@ FORM_SKEW = 60
 #: Shortest token accepted (characters).
 MIN_TOKEN = 12
 #: The actions a form can be signed for.
-ACTIONS = ("replay", "purge")
+ACTIONS = ("replay", "purge", "cancel", "retry-now", "pause", "resume")
 
 
 class Guard:

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from .. import dead as dead_api
 from .._clock import now_ms, time_ago
 from ..backlog import discover_queues, queue_stats
-from ..errors import ConfigurationError, NotFound
+from ..errors import ConfigurationError, CorruptRecord, NotFound
 from ..records import JobRecord
 from ..status import Status
 from .app import Site
@@ -67,29 +67,34 @@ def search(site: Site, request: Request) -> Response:
     try:
         if status is not None and status not in STATUSES:
             raise ConfigurationError(f"unknown status {status!r} (known: {', '.join(STATUSES)})")
-        records, next_cursor, note = _search(site, q, actor, status, cursor)
+        records, next_cursor, note, corrupt = _search(site, q, actor, status, cursor)
     except ConfigurationError as exc:
         return site.page(request, "search.html", 400, error=str(exc), jobs=[], **context)
+    except CorruptRecord as exc:
+        return site.error(request, 422, "Corrupt record", str(exc))
     if isinstance(records, JobRecord):
         return RedirectResponse(f"/jobs/{quote(records.id, safe='')}", status_code=303)
-    return site.page(request, "search.html", jobs=records, cursor=next_cursor, note=note, **context)
+    return site.page(request, "search.html", jobs=records, cursor=next_cursor, note=note, corrupt=corrupt, **context)
 
 
 def _search(
     site: Site, q: str | None, actor: str | None, status: str | None, cursor: str | None
-) -> tuple[JobRecord | list[JobRecord], str | None, str | None]:
-    """The records found, the next page's cursor, and a note for the reader."""
+) -> tuple[JobRecord | list[JobRecord], str | None, str | None, list[str]]:
+    """The records found, the next page's cursor, a note for the reader, the corrupt records skipped."""
     limit = site.page_size
     key = parse_key(q) if q is not None and "=" in q else None
     if q is None or key is not None:
         page = site.store.find_jobs(status=status, actor=actor, key=key, limit=limit, cursor=cursor)
-        return page.items, page.cursor, None
+        return page.items, page.cursor, None, list(page.corrupt)
     record = site.store.get_job(q)
     if record is not None and actor in (None, record.actor) and status in (None, record.status.value):
-        return record, None, None
+        return record, None, None, []
     found: dict[str, JobRecord] = {}
+    corrupt: list[str] = []
     for name in site.search_keys:
-        for item in site.store.find_jobs(status=status, actor=actor, key=(name, q), limit=limit):
+        page = site.store.find_jobs(status=status, actor=actor, key=(name, q), limit=limit)
+        corrupt += [i for i in page.corrupt if i not in corrupt]
+        for item in page:
             found.setdefault(item.id, item)
     records = sorted(found.values(), key=lambda r: r.enqueued_at or datetime.min.replace(tzinfo=timezone.utc))
     records.reverse()
@@ -98,14 +103,17 @@ def _search(
         note = f"No job has the id {q!r}; these jobs have it as one of their keys ({keys})."
     else:
         note = f"No job has the id {q!r}. To find jobs by a business key, type name=value, e.g. order_id={q}."
-    return records[:limit], None, note
+    return records[:limit], None, note, corrupt
 
 
 def job(site: Site, request: Request) -> Response:
     """One job: status and since when, attempts, worker, last error, keys, args, history."""
     job_id = request.path_params["job_id"]
-    record = site.store.get_job(job_id)
-    letter = site.store.get_dead_letter(job_id) if record is None or record.status is Status.FAILED else None
+    try:
+        record = site.store.get_job(job_id)
+        letter = site.store.get_dead_letter(job_id) if record is None or record.status is Status.FAILED else None
+    except CorruptRecord as exc:
+        return site.error(request, 422, "Corrupt record", str(exc))
     if record is None and letter is None:
         detail = f"No job {job_id!r}: never recorded, or its record expired."
         return site.error(request, 404, "Job not found", detail)
@@ -132,7 +140,9 @@ def dead_letters(site: Site, request: Request) -> Response:
     except ConfigurationError as exc:
         return site.page(request, "dead.html", 400, error=str(exc), form=form, letters=[], stats=None)
     stats = site.store.dead_letter_stats()
-    return site.page(request, "dead.html", form=form, letters=page.items, cursor=page.cursor, stats=stats)
+    return site.page(
+        request, "dead.html", form=form, letters=page.items, cursor=page.cursor, stats=stats, corrupt=page.corrupt
+    )
 
 
 def dead_letter(site: Site, request: Request) -> Response:
@@ -143,6 +153,8 @@ def dead_letter(site: Site, request: Request) -> Response:
             letter = dead_api.show(site.store, site.broker, job_id)
     except NotFound as exc:
         return site.error(request, 404, "Dead letter not found", str(exc))
+    except CorruptRecord as exc:
+        return site.error(request, 422, "Corrupt record", str(exc))
     message = None
     if letter.message is not None:
         # The options a replay keeps; the arguments only as the job's redacted snapshot.
@@ -164,7 +176,11 @@ def queues(site: Site, request: Request) -> Response:
     rows = [{"queue": s.queue, "stats": s, "held": held.get(s.queue, (0, 0))[0]} for s in stats]
     if site.broker is None:
         rows = [{"queue": q, "stats": None, "held": held.get(q, (0, 0))[0]} for q in sorted(names)]
-    return site.page(request, "queues.html", rows=rows)
+    from ..control import paused
+
+    return site.page(
+        request, "queues.html", rows=rows, paused={p.name: p for p in paused(site.store) if p.kind == "queue"}
+    )
 
 
 def cron(site: Site, request: Request) -> Response:
@@ -203,4 +219,7 @@ def activity(site: Site, request: Request) -> Response:
 
 def workers(site: Site, request: Request) -> Response:
     """The worker processes the Watchdog knows: alive ones (with their jobs) and those found dead."""
-    return site.page(request, "workers.html", processes=site.store.worker_processes())
+    from ..control import paused
+    from ..workers import workers as fleet
+
+    return site.page(request, "workers.html", processes=fleet(site.store), paused=paused(site.store))

@@ -1,11 +1,12 @@
 -- Idempotency: completed keys, leases, unique keys, step checkpoints. Section "idem".
 
-local function ikey(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
+local ikey = K.idem
 
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
-on('claim', 10, 'idem', function(ctx, s)
+on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?'},
+  function(ctx, s)
   -- ``rec``: JobState keeps this job's record at least ``ttl``; its done index is the marker.
-  if s.rec and redis.call('ZSCORE', P .. 'jobs:status:done', ctx.op.id) then
+  if s.rec and redis.call('ZSCORE', K.status('done'), ctx.op.id) then
     ctx.res.outcome = 'duplicate'
     ctx.res.dup = ctx.op.id
     return
@@ -17,7 +18,7 @@ on('claim', 10, 'idem', function(ctx, s)
     return
   end
   local lk = ikey('lease', s.key)
-  if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease) then
+  if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease_ms) then
     ctx.res.outcome = 'busy'
     ctx.res.retry_in = math.max(redis.call('PTTL', lk), 100)
     ctx.res.owner = redis.call('GET', lk) or ''
@@ -39,10 +40,12 @@ end
 -- claimed: ``done`` completes it, and its checkpoints are dropped (the completion now answers
 -- for every step). ``ukey`` is the key a ``unique`` job reserved at send: freed when the job
 -- has finished, whatever the outcome, but not while it waits for a retry or was put back.
-on('finish', 10, 'idem', function(ctx, s)
+on('finish', 10, 'idem',
+  {outcome = 'string', key = 'string?', token = 'string?', ttl_ms = 'number?', rec = 'number?', ukey = 'string?'},
+  function(ctx, s)
   local id = ctx.op.id
   if s.key and s.outcome == 'done' then
-    if not (s.rec and recorded_done(ctx)) then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl) end
+    if not (s.rec and recorded_done(ctx)) then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl_ms or DAY) end
     redis.call('DEL', ikey('once', s.key))
   end
   if s.key and s.token then
@@ -56,14 +59,14 @@ on('finish', 10, 'idem', function(ctx, s)
 end)
 
 -- unique=True: reserve the key for this job at enqueue, unless a pending job holds it.
-on('reserve', 10, 'idem', function(ctx, s)
+on('reserve', 10, 'idem', {key = 'string', ttl_ms = 'number'}, function(ctx, s)
   local id = ctx.op.id
   local uk = ikey('unique', s.key)
   local holder = redis.call('GET', uk)
   if holder and holder ~= id then
-    local raw = redis.call('GET', jkey(holder))
+    local rec = decode(redis.call('GET', K.job(holder)))
     local stale = false
-    if raw then stale = TERMINAL[cjson.decode(raw).status] or false end
+    if rec then stale = TERMINAL[rec.status] or false end
     if not stale then
       ctx.outcome = 'refused'
       ctx.res.outcome = 'refused'
@@ -71,29 +74,29 @@ on('reserve', 10, 'idem', function(ctx, s)
       return
     end
   end
-  redis.call('SET', uk, id, 'PX', s.ttl)
+  redis.call('SET', uk, id, 'PX', s.ttl_ms)
   ctx.res.outcome = 'reserved'
 end)
 
 -- Release a reservation whose enqueue did not happen.
-on('unreserve', 10, 'idem', function(ctx, s)
+on('unreserve', 10, 'idem', {key = 'string'}, function(ctx, s)
   local uk = ikey('unique', s.key)
   if redis.call('GET', uk) == ctx.op.id then redis.call('DEL', uk) end
 end)
 
 -- unique=True: the enqueue happened; hold the key until the job ends (or ``ttl``).
-on('confirm', 10, 'idem', function(ctx, s)
+on('confirm', 10, 'idem', {key = 'string', ttl_ms = 'number'}, function(ctx, s)
   local uk = ikey('unique', s.key)
-  if redis.call('GET', uk) == ctx.op.id then redis.call('PEXPIRE', uk, s.ttl) end
+  if redis.call('GET', uk) == ctx.op.id then redis.call('PEXPIRE', uk, s.ttl_ms) end
 end)
 
 -- The heartbeat: extend the leases this process holds; report the ones it lost.
-on('renew', 10, 'idem', function(ctx, s)
+on('renew', 10, 'idem', {leases = 'table', lease_ms = 'number'}, function(ctx, s)
   local lost = {}
   for key, token in pairs(s.leases) do
     local lk = ikey('lease', key)
     if redis.call('GET', lk) == token then
-      redis.call('PEXPIRE', lk, s.lease)
+      redis.call('PEXPIRE', lk, s.lease_ms)
     else
       table.insert(lost, key)
     end

@@ -6,20 +6,14 @@
 -- per sweep interval in the fleet): it takes the processes past their deadline and marks their
 -- running jobs abandoned. Its cost is O(jobs of dead processes), never O(all jobs).
 
-local WD = P .. 'wd:'
 -- Dead processes handled per sweep, and pending recoveries returned, at most.
 local WD_MAX = 100
 
-local function wd_run(proc) return WD .. 'run:' .. proc end
+local wd_run = K.wd_run
 
-local function wd_decode(raw)
-  if not raw then return {} end
-  local ok, value = pcall(cjson.decode, raw)
-  if ok and type(value) == 'table' then return value end
-  return {}
-end
+local function wd_decode(raw) return decode(raw) or {} end
 
-local function wd_info(proc) return wd_decode(redis.call('HGET', WD .. 'info', proc)) end
+local function wd_info(proc) return wd_decode(redis.call('HGET', K.wd('info'), proc)) end
 
 -- Mark the jobs a dead process was running abandoned, and release the leases it held.
 local function wd_abandon(proc, why, s, out)
@@ -48,31 +42,32 @@ end
 -- Forget a process entirely.
 local function wd_forget(proc)
   redis.call('DEL', wd_run(proc))
-  redis.call('HDEL', WD .. 'info', proc)
-  redis.call('ZREM', WD .. 'dead', proc)
-  redis.call('ZREM', WD .. 'procs', proc)
-  redis.call('SREM', WD .. 'pending', proc)
+  redis.call('HDEL', K.wd('info'), proc)
+  redis.call('ZREM', K.wd('dead'), proc)
+  redis.call('ZREM', K.wd('procs'), proc)
+  redis.call('SREM', K.wd('pending'), proc)
 end
 
 -- A process is dead: move it to wd:dead, queue the recovery of its broker messages, abandon its jobs.
 local function wd_bury(proc, why, s, out)
-  redis.call('ZREM', WD .. 'procs', proc)
-  redis.call('ZADD', WD .. 'dead', NOW, proc)
-  if wd_info(proc).bid then redis.call('SADD', WD .. 'pending', proc) end
+  redis.call('ZREM', K.wd('procs'), proc)
+  redis.call('ZADD', K.wd('dead'), NOW, proc)
+  if wd_info(proc).bid then redis.call('SADD', K.wd('pending'), proc) end
   wd_abandon(proc, why, s, out)
 end
 
 local function wd_sweep(s)
   local out = {abandoned = {}, dead = {}, pending = {}, bids = {}}
-  local dead = redis.call('ZRANGEBYSCORE', WD .. 'procs', '-inf', NOW, 'LIMIT', 0, WD_MAX)
+  for _, housekeeping in ipairs(SWEEPS) do housekeeping() end
+  local dead = redis.call('ZRANGEBYSCORE', K.wd('procs'), '-inf', NOW, 'LIMIT', 0, WD_MAX)
   for _, proc in ipairs(dead) do
     wd_bury(proc, 'abandoned: its worker ' .. proc .. ' stopped heartbeating; the broker will deliver it again',
       s, out.abandoned)
     table.insert(out.dead, proc)
   end
-  local old = redis.call('ZRANGEBYSCORE', WD .. 'dead', '-inf', NOW - s.keep, 'LIMIT', 0, WD_MAX)
+  local old = redis.call('ZRANGEBYSCORE', K.wd('dead'), '-inf', NOW - s.keep_ms, 'LIMIT', 0, WD_MAX)
   for _, proc in ipairs(old) do wd_forget(proc) end
-  local pending = redis.call('SRANDMEMBER', WD .. 'pending', WD_MAX)
+  local pending = redis.call('SRANDMEMBER', K.wd('pending'), WD_MAX)
   if #pending > 0 then
     for _, proc in ipairs(pending) do
       local info = wd_info(proc)
@@ -80,11 +75,11 @@ local function wd_sweep(s)
         table.insert(out.pending, {proc = proc, bid = info.bid, broker = info.broker, ns = info.ns,
           queues = info.queues})
       else
-        redis.call('SREM', WD .. 'pending', proc)
+        redis.call('SREM', K.wd('pending'), proc)
       end
     end
     -- Every broker id this store knows dead, so a recovery can tell them from live ones.
-    for _, proc in ipairs(redis.call('ZRANGE', WD .. 'dead', 0, 10 * WD_MAX)) do
+    for _, proc in ipairs(redis.call('ZRANGE', K.wd('dead'), 0, 10 * WD_MAX)) do
       local bid = wd_info(proc).bid
       if bid then table.insert(out.bids, bid) end
     end
@@ -93,13 +88,15 @@ local function wd_sweep(s)
 end
 
 -- The heartbeat of one process: push its deadline, record what it is, sweep if it wins the lock.
-on('beat', 30, 'wd', function(ctx, s)
+on('beat', 30, 'wd',
+  {proc = 'string', abandon_ms = 'number', info = 'table?', sweep_ms = 'number?', keep_ms = 'number?', hist = 'number?'},
+  function(ctx, s)
   local proc = s.proc
-  if redis.call('ZSCORE', WD .. 'dead', proc) then
+  if redis.call('ZSCORE', K.wd('dead'), proc) then
     -- Found dead earlier (frozen, or cut off from the store), yet it beats: it lives.
-    redis.call('ZREM', WD .. 'dead', proc)
+    redis.call('ZREM', K.wd('dead'), proc)
     ctx.res.revived = true
-    if redis.call('SREM', WD .. 'pending', proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
+    if redis.call('SREM', K.wd('pending'), proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
     local back = 0
     for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
       local e = load(id)
@@ -110,24 +107,27 @@ on('beat', 30, 'wd', function(ctx, s)
     end
     ctx.res.back = back
   end
-  redis.call('ZADD', WD .. 'procs', NOW + s.ab, proc)
-  if s.info then redis.call('HSET', WD .. 'info', proc, cjson.encode(s.info)) end
-  if s.sweep then
+  redis.call('ZADD', K.wd('procs'), NOW + s.abandon_ms, proc)
+  if s.info then redis.call('HSET', K.wd('info'), proc, cjson.encode(s.info)) end
+  ctx.res.now_ms = NOW
+  if s.sweep_ms then
     -- The lock holds "<expiry ms>|<proc>"; it is free once missing or expired by the batch clock.
-    local held = redis.call('GET', WD .. 'lock')
+    local held = redis.call('GET', K.wd('lock'))
     if not held or (tonumber(string.match(held, '^(%d+)|')) or 0) <= NOW then
-      redis.call('SET', WD .. 'lock', (NOW + s.sweep) .. '|' .. proc, 'PX', s.sweep)
+      redis.call('SET', K.wd('lock'), (NOW + s.sweep_ms) .. '|' .. proc, 'PX', s.sweep_ms)
       ctx.res.sweep = wd_sweep(s)
     end
   end
 end)
 
 -- A job starts: its process runs it (holding the lease lk/lt, when Idempotency took one).
-on('start', 30, 'wd', function(ctx, s)
+on('start', 30, 'wd', {proc = 'string', abandon_ms = 'number?', a = 'string?', q = 'string?', lk = 'string?', lt = 'string?'},
+  function(ctx, s)
   local id = ctx.op.id
   local meta = {a = s.a, q = s.q, lk = s.lk, lt = s.lt}
   redis.call('HSET', wd_run(s.proc), id, cjson.encode(meta))
-  redis.call('ZADD', WD .. 'procs', 'NX', NOW + s.ab, s.proc)
+  -- Until the process's first beat registers it (the beat sends no abandon_ms after that).
+  if s.abandon_ms then redis.call('ZADD', K.wd('procs'), 'NX', NOW + s.abandon_ms, s.proc) end
   local e = load(id)
   if e.rec and e.rec.status == 'running' then
     e.rec.wp = s.proc
@@ -135,12 +135,13 @@ on('start', 30, 'wd', function(ctx, s)
   end
 end)
 
-on('finish', 30, 'wd', function(ctx, s)
+on('finish', 30, 'wd', {proc = 'string'}, function(ctx, s)
   redis.call('HDEL', wd_run(s.proc), ctx.op.id)
 end)
 
 -- The process running a job found it past its stuck_after: record where its thread is.
-on('stuck', 30, 'wd', function(ctx, s)
+on('stuck', 30, 'wd', {proc = 'string', att = 'number?', stack = 'table?', detail = 'string?', hist = 'number?'},
+  function(ctx, s)
   local e = load(ctx.op.id)
   local rec = e.rec
   if not rec then
@@ -155,7 +156,7 @@ on('stuck', 30, 'wd', function(ctx, s)
 end)
 
 -- A process stops: forget it, or, if jobs are still running in it, abandon them.
-on('bye', 30, 'wd', function(ctx, s)
+on('bye', 30, 'wd', {proc = 'string', hist = 'number?'}, function(ctx, s)
   local proc = s.proc
   if redis.call('HLEN', wd_run(proc)) > 0 then
     local out = {}
@@ -168,6 +169,6 @@ on('bye', 30, 'wd', function(ctx, s)
 end)
 
 -- The broker messages of these dead processes were put back: nothing is pending for them.
-on('recovered', 30, 'wd', function(ctx, s)
-  for _, proc in ipairs(s.procs) do redis.call('SREM', WD .. 'pending', proc) end
+on('recovered', 30, 'wd', {procs = 'table'}, function(ctx, s)
+  for _, proc in ipairs(s.procs) do redis.call('SREM', K.wd('pending'), proc) end
 end)

@@ -1,5 +1,5 @@
 -- DeadLetters: the store's copy of dead-lettered messages, and the replay transitions of the
--- job record. Section "dl" (and "job" for ``replay``, ``replay_failed``, ``dead_purge``,
+-- job record. Section "dead" (and "job" for ``replay``, ``replay_failed``, ``dead_purge``,
 -- ``dead_forget``, ``dead_import``). Keys are listed in ``store/redis.py``.
 --
 -- A dead-letter record: {id, actor, queue, dead, exp, att, maxr, err, msg, enc, xids, src, bad}.
@@ -8,15 +8,14 @@
 -- deads:stats ("<actor>\t<error type>" -> count), deads:offset (queue -> broker count minus
 -- store count at the last reconciliation); zset deads:queues (queue -> last seen).
 
-local function dkey(id) return P .. 'dead:' .. id end
-local D_TIME = P .. 'deads:time'
-local D_EXP = P .. 'deads:exp'
-local D_STATS = P .. 'deads:stats'
-local D_QUEUES = P .. 'deads:queues'
-local D_OFFSET = P .. 'deads:offset'
-local function d_queue(q) return P .. 'deads:queue:' .. q end
-local function d_actor(a) return P .. 'deads:actor:' .. a end
-local function d_xids(q) return P .. 'deads:xids:' .. q end
+local dkey = K.dead
+local function d_queue(q) return K.deads_of('queue', q) end
+local function d_actor(a) return K.deads_of('actor', a) end
+local function d_xids(q) return K.deads_of('xids', q) end
+-- A dead letter's key expires this long after its retention ends: the cleanup (by the sweep of
+-- the Watchdog's heartbeat, or the next dead-letter op) removes it with its index entries first;
+-- the key's own expiry is the backstop when nothing runs them.
+local D_GRACE = DAY
 
 local function d_kind(d)
   local etype = '?'
@@ -30,12 +29,11 @@ end
 
 -- Remove a dead-letter record with its index entries; returns it (or nil).
 local function d_remove(id)
-  redis.call('ZREM', D_TIME, id)
-  redis.call('ZREM', D_EXP, id)
-  local raw = redis.call('GET', dkey(id))
-  if not raw then return nil end
-  local d = cjson.decode(raw)
+  redis.call('ZREM', K.deads('time'), id)
+  redis.call('ZREM', K.deads('exp'), id)
+  local d = decode(redis.call('GET', dkey(id)))
   redis.call('DEL', dkey(id))
+  if not d or type(d.queue) ~= 'string' then return nil end
   redis.call('ZREM', d_queue(d.queue), id)
   redis.call('ZREM', d_actor(d.actor or '?'), id)
   if type(d.xids) == 'table' then
@@ -44,31 +42,33 @@ local function d_remove(id)
     end
   end
   local kind = d_kind(d)
-  if redis.call('HINCRBY', D_STATS, kind, -1) <= 0 then redis.call('HDEL', D_STATS, kind) end
+  if redis.call('HINCRBY', K.deads('stats'), kind, -1) <= 0 then redis.call('HDEL', K.deads('stats'), kind) end
   return d
 end
 
 local function d_save(d)
-  redis.call('SET', dkey(d.id), cjson.encode(d))
-  redis.call('ZADD', D_TIME, d.dead, d.id)
-  redis.call('ZADD', D_EXP, d.exp, d.id)
+  redis.call('SET', dkey(d.id), cjson.encode(d), 'PX', math.max(d.exp - NOW, 1) + D_GRACE)
+  redis.call('ZADD', K.deads('time'), d.dead, d.id)
+  redis.call('ZADD', K.deads('exp'), d.exp, d.id)
   redis.call('ZADD', d_queue(d.queue), d.dead, d.id)
   redis.call('ZADD', d_actor(d.actor or '?'), d.dead, d.id)
-  redis.call('ZADD', D_QUEUES, NOW, d.queue)
+  redis.call('ZADD', K.deads('queues'), NOW, d.queue)
   if type(d.xids) == 'table' then
     for _, x in ipairs(d.xids) do redis.call('HSET', d_xids(d.queue), x, d.id) end
   end
-  redis.call('HINCRBY', D_STATS, d_kind(d), 1)
+  redis.call('HINCRBY', K.deads('stats'), d_kind(d), 1)
 end
 
 -- Drop records past their retention (at most ``limit`` per batch).
-local D_CLEANED = false
+local D_CLEANED
+RESET[#RESET + 1] = function() D_CLEANED = false end
 local function d_cleanup()
   if D_CLEANED then return end
   D_CLEANED = true
-  local ids = redis.call('ZRANGEBYSCORE', D_EXP, '-inf', NOW, 'LIMIT', 0, 100)
+  local ids = redis.call('ZRANGEBYSCORE', K.deads('exp'), '-inf', NOW, 'LIMIT', 0, 100)
   for _, id in ipairs(ids) do d_remove(id) end
 end
+SWEEPS[#SWEEPS + 1] = d_cleanup
 
 local function d_merge_xids(old, new)
   local out, seen = {}, {}
@@ -83,13 +83,16 @@ local function d_merge_xids(old, new)
 end
 
 -- Capture: the end of an attempt whose message is being dead-lettered.
-on('finish', 40, 'dl', function(ctx, s)
+on('finish', 40, 'dead',
+  {actor = 'string', queue = 'string', att = 'number?', maxr = 'number?', err = 'table?', msg = 'string?', enc = 'string?',
+    xid = 'string?', retention_ms = 'number'},
+  function(ctx, s)
   local id = ctx.op.id
   local old = d_remove(id)
   local xids = {}
   if s.xid then xids = {s.xid} end
   if old and old.queue == s.queue then xids = d_merge_xids(old.xids, xids) end
-  local d = {id = id, actor = s.actor, queue = s.queue, dead = NOW, exp = NOW + s.ret, att = s.att,
+  local d = {id = id, actor = s.actor, queue = s.queue, dead = NOW, exp = NOW + s.retention_ms, att = s.att,
     maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'mw'}
   if #xids > 0 then d.xids = xids end
   d_save(d)
@@ -98,14 +101,14 @@ end)
 
 -- The queues of an app (declared by its actors), so their dead-letter queues are looked at
 -- even before anything of theirs is dead-lettered.
-on('dead_queue', 40, 'dl', function(ctx, s)
-  for _, q in ipairs(s.queues) do redis.call('ZADD', D_QUEUES, NOW, q) end
+on('dead_queue', 40, 'dead', {queues = 'table'}, function(ctx, s)
+  for _, q in ipairs(s.queues) do redis.call('ZADD', K.deads('queues'), NOW, q) end
 end)
 
 -- An entry found in the broker's dead-letter queue that the store did not know (dead-lettered
 -- before DeadLetters was installed, or while the store was unreachable), or another broker copy
 -- of a known one (its broker id is added).
-on('dead_import', 20, 'job', function(ctx, s)
+on('dead_import', 20, 'job', {detail = 'string?', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and not TERMINAL[e.rec.status] then
     e.rec.fin = NOW
@@ -114,16 +117,18 @@ on('dead_import', 20, 'job', function(ctx, s)
   end
 end)
 
-on('dead_import', 40, 'dl', function(ctx, s)
+on('dead_import', 40, 'dead',
+  {actor = 'string', queue = 'string', att = 'number?', maxr = 'number?', err = 'table?', msg = 'string?', enc = 'string?',
+    xid = 'string?', retention_ms = 'number', dead_ms = 'number', bad = 'string?'},
+  function(ctx, s)
   local id = ctx.op.id
-  local raw = redis.call('GET', dkey(id))
-  if raw then
-    local d = cjson.decode(raw)
+  local d = decode(redis.call('GET', dkey(id)))
+  if d then
     if d.queue == s.queue and s.xid then
       local before = type(d.xids) == 'table' and #d.xids or 0
       d.xids = d_merge_xids(d.xids, {s.xid})
       if #d.xids > before then
-        redis.call('SET', dkey(id), cjson.encode(d))
+        redis.call('SET', dkey(id), cjson.encode(d), 'KEEPTTL')
         redis.call('HSET', d_xids(d.queue), s.xid, id)
       end
     end
@@ -131,7 +136,7 @@ on('dead_import', 40, 'dl', function(ctx, s)
     return
   end
   -- Kept ``ret`` from now: the broker still holds it, however old it is.
-  local d = {id = id, actor = s.actor, queue = s.queue, dead = s.dead, exp = NOW + s.ret, att = s.att,
+  d = {id = id, actor = s.actor, queue = s.queue, dead = s.dead_ms, exp = NOW + s.retention_ms, att = s.att,
     maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'broker', bad = s.bad}
   if s.xid then d.xids = {s.xid} end
   d_save(d)
@@ -141,7 +146,7 @@ end)
 -- Replay, step 1 (before the broker moves the message): failed -> queued, with a fresh attempt
 -- count (the replay gets the whole retry budget again); the history is kept. A record in
 -- another status is left as it is (a job recorded done is skipped by Idempotency).
-on('replay', 20, 'job', function(ctx, s)
+on('replay', 20, 'job', {detail = 'string', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if not e.rec then return end
   local rec = e.rec
@@ -160,14 +165,14 @@ on('replay', 20, 'job', function(ctx, s)
 end)
 
 -- Replay, step 2: the broker moved it; it is no longer a dead letter.
-on('replayed', 40, 'dl', function(ctx, s)
+on('replayed', 40, 'dead', {}, function(ctx, s)
   d_remove(ctx.op.id)
   d_cleanup()
 end)
 
 -- Replay, step 2 when the broker did not move it: back to failed (sent only for records that
 -- step 1 requeued; a worker cannot have taken it).
-on('replay_failed', 20, 'job', function(ctx, s)
+on('replay_failed', 20, 'job', {detail = 'string?', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'queued' then
     e.rec.fin = NOW
@@ -175,7 +180,7 @@ on('replay_failed', 20, 'job', function(ctx, s)
   end
 end)
 
-on('dead_purge', 20, 'job', function(ctx, s)
+on('dead_purge', 20, 'job', {detail = 'string?', hist = 'number?'}, function(ctx, s)
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'failed' then
     event(e.rec, 'failed', s.detail, s.hist)
@@ -183,25 +188,24 @@ on('dead_purge', 20, 'job', function(ctx, s)
   end
 end)
 
-on('dead_purge', 40, 'dl', function(ctx, s)
+on('dead_purge', 40, 'dead', {}, function(ctx, s)
   ctx.res.removed = d_remove(ctx.op.id) ~= nil
   d_cleanup()
 end)
 
 -- The broker no longer has it (expired, or removed by another tool): forget the copy, unless it
--- was captured less than ``before`` ago (its nack may not have reached the broker yet).
-on('dead_forget', 15, 'dl', function(ctx, s)
-  local raw = redis.call('GET', dkey(ctx.op.id))
-  if not raw then return end
-  local d = cjson.decode(raw)
-  if (tonumber(d.dead) or 0) < tonumber(s.before) then
+-- was captured less than ``older_than_ms`` ago (its nack may not have reached the broker yet).
+on('dead_forget', 15, 'dead', {older_than_ms = 'number'}, function(ctx, s)
+  local d = decode(redis.call('GET', dkey(ctx.op.id)))
+  if not d then return end
+  if (tonumber(d.dead) or 0) <= NOW - s.older_than_ms then
     d_remove(ctx.op.id)
     ctx.outcome = 'forgotten'
     ctx.res.removed = true
   end
 end)
 
-on('dead_forget', 20, 'job', function(ctx, s)
+on('dead_forget', 20, 'job', {detail = 'string?', hist = 'number?'}, function(ctx, s)
   if ctx.outcome ~= 'forgotten' then return end
   local e = load(ctx.op.id)
   if e.rec and e.rec.status == 'failed' then
@@ -211,16 +215,16 @@ on('dead_forget', 20, 'job', function(ctx, s)
 end)
 
 -- After a reconciliation: how many more entries the broker holds than the store for a queue.
-on('dead_sync', 40, 'dl', function(ctx, s)
-  redis.call('HSET', D_OFFSET, s.queue, s.offset)
-  redis.call('ZADD', D_QUEUES, NOW, s.queue)
+on('dead_sync', 40, 'dead', {queue = 'string', offset = 'number'}, function(ctx, s)
+  redis.call('HSET', K.deads('offset'), s.queue, s.offset)
+  redis.call('ZADD', K.deads('queues'), NOW, s.queue)
 end)
 
 -- A short lock per queue, held while a tool reads a RabbitMQ dead-letter queue (reading takes
 -- its messages out until the channel closes, so two readers would each miss the other's).
-on('dead_lock', 40, 'dl', function(ctx, s)
-  local k = P .. 'deads:lock:' .. s.queue
-  if redis.call('SET', k, s.token, 'NX', 'PX', s.ttl) then
+on('dead_lock', 40, 'dead', {queue = 'string', token = 'string', ttl_ms = 'number'}, function(ctx, s)
+  local k = K.deads_of('lock', s.queue)
+  if redis.call('SET', k, s.token, 'NX', 'PX', s.ttl_ms) then
     ctx.res.ok = true
   else
     ctx.res.ok = false
@@ -228,7 +232,7 @@ on('dead_lock', 40, 'dl', function(ctx, s)
   end
 end)
 
-on('dead_unlock', 40, 'dl', function(ctx, s)
-  local k = P .. 'deads:lock:' .. s.queue
+on('dead_unlock', 40, 'dead', {queue = 'string', token = 'string'}, function(ctx, s)
+  local k = K.deads_of('lock', s.queue)
   if redis.call('GET', k) == s.token then redis.call('DEL', k) end
 end)

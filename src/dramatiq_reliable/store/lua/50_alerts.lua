@@ -7,16 +7,14 @@
 -- comes, the periodic "alerts_due" op hands out one summary per key (claimed atomically, so
 -- one process sends it). With ``quiet`` set, a key quiet for a window is reported recovered.
 --
--- al section of "finish" / "alert": kind actor etype queue msg keys win(ms) at(ms) quiet
+-- al section of "finish" / "alert": kind actor etype queue msg keys window_ms at_ms quiet
+-- (``at_ms`` is the sender's clock: compared with the batch's ``sent_ms``, never with the store's)
 -- result: ctx.res.alert = {notify = 0|1, sup = n, since = ms}
 -- al section of "alerts_due": limit
 -- result: ctx.res.due = [{name kind actor etype q sup since seen jid msg keys(JSON) win summary|recovered}]
 
 local ALERT_LATE = 10000   -- applied this many ms after it happened: replayed after an outage
-local ALERT_DUE = P .. 'alerts:due'
-local ALERT_QUIET = P .. 'alerts:quiet'
-
-local function alert_key(name) return P .. 'alert:' .. name end
+local alert_key = K.alert
 
 local function alert_hash(key)
   local flat = redis.call('HGETALL', key)
@@ -29,12 +27,12 @@ end
 local function alert_occur(ctx, s)
   local name = s.kind .. ':' .. s.actor .. ':' .. (s.etype or '')
   local key = alert_key(name)
-  local win = tonumber(s.win)
+  local win = s.window_ms
   local old = redis.call('HMGET', key, 'last', 'sup', 'since')
   local last = tonumber(old[1])
   local sup = tonumber(old[2]) or 0
   local since = tonumber(old[3])
-  local late = s.at ~= nil and NOW - tonumber(s.at) > ALERT_LATE
+  local late = s.at_ms ~= nil and (tonumber(B.sent_ms) or NOW) - s.at_ms > ALERT_LATE
   local jid = ctx.op.id
   if jid == '-' then jid = '' end
   local keys = '{}'
@@ -45,21 +43,23 @@ local function alert_occur(ctx, s)
     ctx.res.alert = {notify = 1, sup = sup, since = since}
     redis.call('HSET', key, 'last', NOW, 'sup', 0)
     redis.call('HDEL', key, 'since')
-    redis.call('ZREM', ALERT_DUE, name)
+    redis.call('ZREM', K.alerts('due'), name)
   else
     -- Throttled (or too late to say anything now): counted, reported by the next notification
     -- or by the summary due when this window ends.
     sup = sup + 1
     ctx.res.alert = {notify = 0, sup = sup}
     redis.call('HSET', key, 'sup', sup, 'since', since or NOW)
-    redis.call('ZADD', ALERT_DUE, last and (last + win) or NOW, name)
+    redis.call('ZADD', K.alerts('due'), last and (last + win) or NOW, name)
   end
-  if s.quiet then redis.call('ZADD', ALERT_QUIET, NOW + win, name) end
+  if s.quiet then redis.call('ZADD', K.alerts('quiet'), NOW + win, name) end
   redis.call('PEXPIRE', key, 2 * win + 60000)
 end
 
-on('finish', 50, 'al', alert_occur)
-on('alert', 50, 'al', alert_occur)
+local ALERT_FIELDS = {kind = 'string', actor = 'string', etype = 'string?', queue = 'string?', msg = 'string?',
+  keys = 'table?', window_ms = 'number', at_ms = 'number?', quiet = 'boolean?'}
+on('finish', 50, 'al', ALERT_FIELDS, alert_occur)
+on('alert', 50, 'al', ALERT_FIELDS, alert_occur)
 
 local function alert_entry(name, h)
   return {name = name, kind = h.kind, actor = h.actor, etype = h.etype, q = h.q, sup = tonumber(h.sup) or 0,
@@ -69,11 +69,11 @@ end
 
 -- The heartbeat's question: which summaries and recovered notices are due? Each is handed to
 -- exactly one caller (the ZREM and the reset happen in this call).
-on('alerts_due', 50, 'al', function(ctx, s)
+on('alerts_due', 50, 'al', {limit = 'number?'}, function(ctx, s)
   local limit = tonumber(s.limit) or 100
   local out = {}
-  for _, name in ipairs(redis.call('ZRANGEBYSCORE', ALERT_DUE, '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', ALERT_DUE, name)
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', K.alerts('due'), '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', K.alerts('due'), name)
     local key = alert_key(name)
     local h = alert_hash(key)
     if h and (tonumber(h.sup) or 0) > 0 then
@@ -84,15 +84,15 @@ on('alerts_due', 50, 'al', function(ctx, s)
       redis.call('HDEL', key, 'since')
     end
   end
-  for _, name in ipairs(redis.call('ZRANGEBYSCORE', ALERT_QUIET, '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', ALERT_QUIET, name)
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', K.alerts('quiet'), '-inf', NOW, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', K.alerts('quiet'), name)
     local key = alert_key(name)
     local h = alert_hash(key)
     if h then
       local e = alert_entry(name, h)
       e.recovered = 1
       table.insert(out, e)
-      redis.call('ZREM', ALERT_DUE, name)
+      redis.call('ZREM', K.alerts('due'), name)
       redis.call('DEL', key)
     end
   end

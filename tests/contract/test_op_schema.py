@@ -1,0 +1,69 @@
+"""The op schema: what the loaded library registers is what ``store/ops.py`` documents, and an op
+applies whole or not at all."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import dramatiq_reliable as dr
+from dramatiq_reliable.store import ops
+
+LUA_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", Any: "any"}
+
+
+def lua_type(hint: Any) -> str:
+    if hint in LUA_TYPES:
+        return LUA_TYPES[hint]
+    origin = typing.get_origin(hint)
+    if origin in (dict, list) or typing.is_typeddict(hint):
+        return "table"
+    raise AssertionError(f"no Lua type for {hint!r}")
+
+
+def documented(fields: type) -> dict[str, str]:
+    hints = typing.get_type_hints(fields)
+    required = fields.__required_keys__  # type: ignore[attr-defined]
+    return {name: lua_type(hint) + ("" if name in required else "?") for name, hint in hints.items()}
+
+
+def test_every_registered_kind_is_documented_with_its_fields(store: dr.RedisStore) -> None:
+    # Given what the loaded library says it registered
+    registered = store.kinds()
+    # Then ops.KINDS has the same kinds, sections, priorities and fields (names, types, required)
+    assert sorted(registered) == sorted(ops.KINDS)
+    for kind, sections in ops.KINDS.items():
+        assert sorted(registered[kind]) == sorted(sections), kind
+        for section, (priority, fields) in sections.items():
+            spec = registered[kind][section]
+            assert spec["priority"] == priority, (kind, section)
+            lua_fields = spec["fields"] if isinstance(spec["fields"], dict) else {}
+            assert lua_fields == documented(fields), (kind, section)
+
+
+def test_an_op_with_a_refused_section_applies_nothing(store: dr.Store) -> None:
+    # Given a finish op whose job section is valid and whose dead-letter section lacks a field
+    job = {"actor": "a", "queue": "q", "outcome": "failed", "att": 1, "detail": "boom"}
+    op = {"k": "finish", "id": "j1", "job": job, "st": {"a": "a", "o": "failed"}, "dead": {"actor": "a"}}
+
+    # When it is applied
+    [result] = store.apply({"ops": [op]})
+
+    # Then the result names the section, and neither the record nor the counters were written
+    assert result["section"] == "dead" and "queue" in result["error"]
+    assert store.get_job("j1") is None
+    assert store.find_jobs().items == []
+
+
+def test_unknown_fields_kinds_and_null_values_are_refused(store: dr.Store) -> None:
+    cases = [
+        ({"k": "enqueue", "id": "x", "job": {"actor": "a", "due": 5}}, "job", "unknown field due"),
+        ({"k": "enqueue", "id": "x", "job": {"actor": None}}, "job", "actor must be a string"),
+        ({"k": "enqueue", "id": "x", "idem": {"key": "k"}}, "idem", "takes no section idem"),
+        ({"k": "claim", "id": "x", "idem": {"key": "k", "token": "t", "lease_ms": "60"}}, "idem", "lease_ms"),
+    ]
+    results = store.apply({"ops": [op for op, _, _ in cases] + [{"k": "nope", "id": "x"}]})
+    for (_, section, text), result in zip(cases, results, strict=False):
+        assert result["section"] == section and text in result["error"], result
+    assert results[-1] == {"error": "unknown op kind: nope"}
+    assert store.get_job("x") is None
