@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def batch() -> dict[str, Any]:
-    job = {"actor": "a", "queue": "q", "maxr": 0, "enq": 1, "args": "{}", "keys": {}, "detail": "enqueued"}
-    return {"now": int(time.time() * 1000), "ops": [{"k": "enqueue", "id": "j1", "job": job}]}
+    job = {"actor": "a", "queue": "q", "maxr": 0, "enq_ms": int(time.time() * 1000), "args": "{}", "keys": {}}
+    return {"ops": [{"k": "enqueue", "id": "j1", "job": {**job, "detail": "enqueued"}}]}
 
 
 def test_a_cluster_node_named_as_one_server_is_refused_in_one_line(redis_cluster: Any) -> None:
