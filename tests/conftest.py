@@ -261,3 +261,39 @@ def private_redis(tmp_path: Path, redis_server: str) -> Iterator[PrivateRedis]:
     server = PrivateRedis(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[Any]:
+    """A private 3-primary Redis Cluster (see ``tests/servers.py``); its processes die with the test."""
+    from tests.servers import RedisCluster
+
+    cluster = RedisCluster(tmp_path)
+    try:
+        cluster.start()
+    except FileNotFoundError as exc:
+        cluster.stop()
+        _unreachable("redis-server", "PATH", exc)
+    except BaseException:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[Any]:
+    """A private primary + replica + Sentinel (see ``tests/servers.py``); killed after the test."""
+    from tests.servers import SentinelTrio
+
+    trio = SentinelTrio(tmp_path)
+    try:
+        trio.start()
+    except FileNotFoundError as exc:
+        trio.stop()
+        _unreachable("redis-server", "PATH", exc)
+    except BaseException:
+        trio.stop()
+        raise
+    yield trio
+    trio.stop()

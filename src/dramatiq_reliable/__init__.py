@@ -98,6 +98,7 @@ __all__ = [
     "PauseResult",
     "Paused",
     "QueueStats",
+    "QuorumRabbitmqBroker",
     "RedisStore",
     "RunningJob",
     "Schedule",
@@ -135,3 +136,12 @@ __all__ = [
     "retry_now",
     "workers",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: it imports Dramatiq's RabbitMQ broker (and pika).
+    if name == "QuorumRabbitmqBroker":
+        from .quorum import QuorumRabbitmqBroker
+
+        return QuorumRabbitmqBroker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
 
+from ._identity import broker_identity
 from ._urls import check_redis_query, hide_password, safe_reason
 from .errors import BrokerUnavailable, ConfigurationError
 
@@ -168,3 +169,14 @@ def dead_queue(broker: dramatiq.Broker) -> DeadQueue:
 
         return RabbitmqDeadQueue(broker)
     raise ConfigurationError(f"dead letters of {type(broker).__name__} are not supported (Redis, RabbitMQ or stub)")
+
+
+__all__ = [
+    "AMQP_SCHEMES",
+    "REDIS_SCHEMES",
+    "broker_from_url",
+    "broker_identity",
+    "check_broker_url",
+    "dead_queue",
+    "ping_broker",
+]

@@ -60,6 +60,7 @@ COUNTERS: dict[str, str] = {
         "rank empty when the store rejected them."
     ),
     "store_writes_collapsed_total": "Buffered writes folded into a later write of the same job during an outage.",
+    "store_replica_wait_timeouts_total": "Store calls whose writes fewer replicas than asked (?wait=N) had in time.",
     # -- cron ---
     "cron_ticks_total": "Cron ticks this scheduler enqueued, by schedule.",
     "cron_ticks_missed_total": "Cron ticks not enqueued because no scheduler could within misfire_grace, by schedule.",
@@ -87,6 +88,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "store_writes_buffered_total": (),
     "store_writes_dropped_total": ("rank",),
     "store_writes_collapsed_total": (),
+    "store_replica_wait_timeouts_total": (),
     "job_run_seconds": ("actor", "queue"),
     "job_wait_seconds": ("actor", "queue"),
 }

@@ -27,11 +27,27 @@ class SMTPTimeout(Exception):
     """What the mail server does while the switch is on."""
 
 
+def quorum_broker(url: str, limit: int) -> dramatiq.Broker:
+    """Quorum queues with a delivery limit of ``limit``, the ``.XQ``'s included (as RabbitMQ 4's
+    default limit, or an operator's policy, would have it)."""
+    from dramatiq.common import xq_name
+
+    class Limited(dr.QuorumRabbitmqBroker):
+        def _declare_xq_queue(self, queue_name: str) -> Any:
+            arguments = {"x-queue-type": "quorum", "x-message-ttl": 86_400_000, "x-delivery-limit": limit}
+            return self.channel.queue_declare(queue=xq_name(queue_name), durable=True, arguments=arguments)
+
+    return Limited(url=url, delivery_limit=limit)
+
+
 def build(env: Mapping[str, str]) -> Any:
     url = env["DR_TEST_BROKER"]
     prefix = env["DR_TEST_PREFIX"]
     queue = env["DR_TEST_QUEUE"]
-    broker = broker_from_url(url, **({"namespace": env["DR_TEST_NAMESPACE"]} if url.startswith("redis") else {}))
+    if env.get("DR_TEST_QUORUM"):
+        broker: dramatiq.Broker = quorum_broker(url, int(env["DR_TEST_QUORUM"]))
+    else:
+        broker = broker_from_url(url, **({"namespace": env["DR_TEST_NAMESPACE"]} if url.startswith("redis") else {}))
     store = dr.RedisStore(env["DR_TEST_STORE"], prefix=prefix)
     if env.get("DR_TEST_DEAD", "on") == "on":
         dr.install(broker, store, **json.loads(env.get("DR_TEST_OPTIONS") or "{}"))

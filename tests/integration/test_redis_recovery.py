@@ -15,7 +15,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_reliable._clock import now_ms
-from dramatiq_reliable.middleware._recovery import Pending, RedisRecovery, redis_locator
+from dramatiq_reliable.brokers import broker_identity
+from dramatiq_reliable.middleware._recovery import Pending, RedisRecovery
 from dramatiq_reliable.middleware._redelivery import REDELIVERED_OPTION
 from tests.conftest import BROKER_DB, delete_prefix
 
@@ -65,10 +66,14 @@ class Fleet:
         return Pending(
             proc=f"dead:{broker.broker_id[:6]}",
             bid=broker.broker_id,
-            broker=redis_locator(broker),
+            broker=broker_identity(broker),
             ns=self.ns,
             queues=[self.queue, f"{self.queue}.DQ"] if queues is None else queues,
         )
+
+
+def recovery_of(broker: RedisBroker) -> RedisRecovery:
+    return RedisRecovery(broker, identity=broker_identity(broker), min_silence_ms=2_000)
 
 
 @pytest.fixture
@@ -90,7 +95,7 @@ def test_a_dead_process_messages_go_back_to_their_queue_at_once(fleet: Fleet) ->
 
     # When the sweeper of a live process recovers it
     live = fleet.broker()
-    done = RedisRecovery(live, min_silence_ms=2_000).recover([fleet.pending(dead)], {dead.broker_id})
+    done = recovery_of(live).recover([fleet.pending(dead)], {dead.broker_id})
 
     # Then its messages are waiting again, and it is gone from the broker's heartbeats
     assert done == [fleet.pending(dead).proc]
@@ -117,7 +122,7 @@ def test_a_live_process_as_silent_as_the_dead_one_is_never_robbed(fleet: Fleet) 
     fleet.fetch(slow, 1)
     fleet.age(dead, 10_000)
     fleet.age(slow, 20_000)
-    recovery = RedisRecovery(fleet.broker(), min_silence_ms=2_000)
+    recovery = recovery_of(fleet.broker())
 
     # When recovery runs, it waits: maintenance would take the live one's message too
     assert recovery.recover([fleet.pending(dead)], {dead.broker_id}) == []
@@ -135,7 +140,7 @@ def test_a_process_still_talking_to_the_broker_is_left_alone(fleet: Fleet) -> No
     dead = fleet.broker()
     fleet.fetch(dead, 1)
     fleet.age(dead, 500)
-    recovery = RedisRecovery(fleet.broker(), min_silence_ms=2_000)
+    recovery = recovery_of(fleet.broker())
     assert recovery.recover([fleet.pending(dead)], {dead.broker_id}) == []
     assert fleet.held(dead) == 1
 
@@ -146,16 +151,16 @@ def test_queues_unknown_to_the_store_are_found_from_the_broker(fleet: Fleet) -> 
     dead = fleet.broker()
     fleet.fetch(dead, 1)
     fleet.age(dead, 10_000)
-    recovery = RedisRecovery(fleet.broker(), min_silence_ms=2_000)
+    recovery = recovery_of(fleet.broker())
     assert recovery.recover([fleet.pending(dead, queues=[])], {dead.broker_id}) == [fleet.pending(dead).proc]
     assert (fleet.waiting(), fleet.held(dead)) == (1, 0)
 
 
 def test_processes_of_other_brokers_or_long_gone_are_not_touched(fleet: Fleet) -> None:
     dead = fleet.broker()
-    recovery = RedisRecovery(fleet.broker(), min_silence_ms=2_000)
+    recovery = recovery_of(fleet.broker())
     elsewhere = Pending(proc="x", bid=dead.broker_id, broker="10.0.0.9:6379/0", ns=fleet.ns, queues=[fleet.queue])
-    other_ns = Pending(proc="y", bid=dead.broker_id, broker=redis_locator(dead), ns="other", queues=[fleet.queue])
+    other_ns = Pending(proc="y", bid=dead.broker_id, broker=broker_identity(dead), ns="other", queues=[fleet.queue])
     assert recovery.recover([elsewhere, other_ns], {dead.broker_id}) == []
     # A broker id without a heartbeat left has nothing in the broker any more: done
     gone = fleet.pending(dead)

@@ -44,7 +44,10 @@ RET_CONNECT = 3
     "store_url",
     envvar="DRAMATIQ_RELIABLE_STORE",
     metavar="URL",
-    help="Store URL: redis://host:port/db or memory://. [env DRAMATIQ_RELIABLE_STORE; default redis://127.0.0.1:6379/1]",
+    help=(
+        "Store URL: redis://host:port/db, redis+sentinel://host:26379/service[/db] or memory://. "
+        "[env DRAMATIQ_RELIABLE_STORE; default redis://127.0.0.1:6379/1]"
+    ),
 )
 @click.option(
     "--broker",

@@ -8,11 +8,14 @@ messages to the live queue and ack their dead-letter deliveries in one AMQP tran
 channel, so a connection lost before the commit changes nothing, and a committed replay cannot
 be replayed again. Queues are declared passively only (a non-passive declare with other
 arguments than the app's would fail with 406, and would create queues that do not exist).
+A dead-letter queue that is a quorum queue is never handed back (that would spend a delivery of
+each message, see :mod:`._rabbitmq_quorum`): a session replaces what it held by copies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -23,7 +26,10 @@ from dramatiq import Message
 from dramatiq.common import xq_name
 
 from ..errors import BrokerUnavailable, NotFound
+from . import _rabbitmq_quorum
 from .xq import DeadQueue, PartialMove, Session, XEntry
+
+logger = logging.getLogger("dramatiq_reliable.dead")
 
 _ERRORS = (pika.exceptions.AMQPError, OSError)
 
@@ -127,6 +133,10 @@ class _RabbitmqSession(Session):
         self.entries: list[XEntry] = []
         self.exhausted = False
         self.expected: int | None = None
+        #: True when the dead-letter queue is a quorum queue (known at the first scan).
+        self.quorum = False
+        #: The AMQP properties of each entry held (quorum queues: for its copy).
+        self.properties: dict[str, Any] = {}
 
     def _lost(self) -> None:
         """A channel closed: the server put back what it held; this session cannot go on."""
@@ -162,6 +172,9 @@ class _RabbitmqSession(Session):
             if self.expected is None:
                 ready = self._probe(xq_name(self.queue))
                 self.expected = ready or 0
+                self.quorum = ready is not None and _rabbitmq_quorum.is_quorum(
+                    self.owner.parameters, xq_name(self.queue)
+                )
             while not self.exhausted and (want is None or missing):
                 self._read_window(missing if want is not None else None)
         except _ERRORS as exc:
@@ -190,6 +203,8 @@ class _RabbitmqSession(Session):
                 ident=hashlib.sha1(body).hexdigest()[:16],
             ).fill(body)
             self.entries.append(entry)
+            if self.quorum:
+                self.properties[entry.ref] = properties
             if missing is not None:
                 missing.discard(entry.key)
             if got >= WINDOW or len(self.entries) >= self.expected or (missing is not None and not missing):
@@ -280,6 +295,9 @@ class _RabbitmqSession(Session):
 
     def close(self) -> None:
         held = len(self.entries)
+        if self.quorum and held and self.connection.is_open:
+            self._put_back_copies()
+            held = 0
         try:
             if not self.connection.is_open:
                 return
@@ -298,3 +316,18 @@ class _RabbitmqSession(Session):
             if counts[self.queue] >= unread + held:
                 return
             time.sleep(0.05)
+
+    def _put_back_copies(self) -> None:
+        """Quorum queue: replace the messages held by copies instead of handing them back."""
+        try:
+            _rabbitmq_quorum.put_back_as_copies(self.windows, self.entries, self.properties, xq_name(self.queue))
+        except _ERRORS as exc:
+            logger.warning(
+                "Connection lost while putting back %d dead letter(s) of %r: the server hands them back, "
+                "each counting one delivery against the queue's delivery limit (%s).",
+                len(self.entries),
+                xq_name(self.queue),
+                _reason(exc),
+            )
+        self.entries = []
+        self.properties = {}

@@ -65,31 +65,26 @@ class Pending:
         )
 
 
-def redis_locator(broker: Any) -> str:
-    """``host:port/db`` (or ``unix:path/db``) of a RedisBroker's server, to tell brokers apart."""
-    kwargs = broker.client.connection_pool.connection_kwargs
-    if kwargs.get("path"):
-        return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
 class RedisRecovery:
     """Forces Dramatiq's recovery of dead processes' messages on one RedisBroker.
 
     Parameters:
       broker(RedisBroker): the worker's broker (its client and namespace are used).
+      identity(str): the broker server's identity (:func:`dramatiq_reliable.brokers.broker_identity`),
+        as the Watchdog records it for each process.
       min_silence_ms(int): a dead process's broker heartbeat must be at least this old.
     """
 
-    def __init__(self, broker: Any, *, min_silence_ms: int) -> None:
+    def __init__(self, broker: Any, *, identity: str, min_silence_ms: int) -> None:
         self.broker = broker
-        self.locator = redis_locator(broker)
+        self.locator = identity
         self.namespace: str = broker.namespace
         self.min_silence_ms = min_silence_ms
         self._tool: Any = None
 
     def handles(self, item: Pending) -> bool:
-        """True if ``item``'s process used this broker (same server, database and namespace)."""
+        """True if ``item``'s process used this broker (same server, database and namespace,
+        whatever address each named it by)."""
         return item.broker == self.locator and item.ns == self.namespace
 
     def recover(self, pending: list[Pending], dead_bids: set[str]) -> list[str]:

@@ -74,7 +74,9 @@ class ReliableMiddleware(dramatiq.Middleware):
     def before_worker_boot(self, broker: Broker, worker: dramatiq.Worker) -> None:
         check_once(broker)
         self.declare_metrics(broker)
-        if self.is_last(broker):  # read paused actors and cancelled jobs before the first job
+        if self.is_last(broker):
+            check_server(self.store, self.logger)
+            # Read paused actors and cancelled jobs before the first job.
             self.controls(broker, worker)
 
     def controls(self, broker: Broker, worker: dramatiq.Worker | None = None) -> Controls:
@@ -98,6 +100,7 @@ class ReliableMiddleware(dramatiq.Middleware):
             metrics.declare_actor(actor.actor_name, actor.queue_name)
         metrics.declare("store_writes_buffered_total")
         metrics.declare("store_writes_collapsed_total")
+        metrics.declare("store_replica_wait_timeouts_total")
         for rank in RANKS:
             metrics.declare("store_writes_dropped_total", rank=rank)
 
@@ -188,6 +191,19 @@ class ReliableMiddleware(dramatiq.Middleware):
 
     def on_finish(self, broker: Broker, message: MessageProxy, run: JobRun, outcome: Outcome) -> None:
         """Stage this middleware's part of the end of ``message`` (``before_ack``/``before_nack``)."""
+
+
+def check_server(store: Store, logger: logging.Logger) -> None:
+    """Say once, at a worker's boot, what is wrong with the store's server (never raises)."""
+    from ..errors import StoreUnavailable
+
+    try:
+        for warning in store.check_server():
+            logger.warning("%s.", warning)
+    except StoreUnavailable as exc:
+        logger.error("%s.", exc)
+    except Exception as exc:
+        logger.debug("Could not check the store's server: %s", exc)
 
 
 def check_once(broker: Broker) -> None:

@@ -17,11 +17,12 @@ from dramatiq.worker import ConsumerThread
 from .. import _validate
 from .._backlog_rabbitmq import stamp_publish_time
 from .._clock import check_skew, format_duration, now_ms
+from .._identity import broker_identity, redis_url_locator
 from ..backlog import READY_OPTION
 from ..errors import ConfigurationError
 from ..store.base import Store
 from ._heartbeat import heartbeat_for
-from ._recovery import RedisRecovery, put_back_prefetched, redis_locator
+from ._recovery import RedisRecovery, put_back_prefetched
 from ._run import JobRun
 from ._watcher import RunningJob, Watcher, report_abandoned, warn_consumer_timeout
 from .base import Outcome, ReliableMiddleware, resolve
@@ -167,10 +168,13 @@ class Watchdog(ReliableMiddleware):
             }
             self.rabbitmq = type(broker).__name__ == "RabbitmqBroker"
             self.recovery = None
+            identity = self._identity(broker)
             if hasattr(broker, "broker_id") and hasattr(broker, "namespace") and hasattr(broker, "client"):
-                self._info.update(bid=broker.broker_id, broker=redis_locator(broker), ns=broker.namespace)
+                self._info.update(bid=broker.broker_id, broker=identity, ns=broker.namespace)
                 silence = max(2000, int(self.abandon_after * 500))
-                self.recovery = RedisRecovery(broker, min_silence_ms=silence)
+                self.recovery = RedisRecovery(broker, identity=identity, min_silence_ms=silence)
+            elif self.rabbitmq:
+                self._info.update(broker=identity)
             self._time_limit = next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
             self.history = next((m.history for m in broker.middleware if isinstance(m, JobState)), 50)
             self._watcher = Watcher(self, tick=min(1.0, self.heartbeat_interval))
@@ -178,6 +182,20 @@ class Watchdog(ReliableMiddleware):
             heartbeat_for(self.store).add(self)
             self.logger.debug("Watchdog of worker process %s started.", self.proc_id)
             return self.proc_id
+
+    def _identity(self, broker: Broker) -> str:
+        """The broker server's identity; its address as given if the server does not answer."""
+        try:
+            return broker_identity(broker)
+        except Exception as exc:
+            fallback = redis_url_locator(broker) if hasattr(broker, "client") else type(broker).__name__
+            self.logger.warning(
+                "Could not read the broker's identity (%s); using %r: another fleet that names this "
+                "broker by another address will not put back this process's messages.",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                fallback,
+            )
+            return fallback
 
     def _shutdown(self) -> None:
         """The worker stopped: stop beating, and tell the fleet (abandoning jobs still running)."""

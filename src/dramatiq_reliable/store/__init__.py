@@ -12,9 +12,12 @@ from .redis import RedisStore
 
 
 def open_store(url: str, **options: object) -> Store:
-    """Open a store from a URL: ``redis://``, ``rediss://`` or ``memory://``.
+    """Open a store from a URL: ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]`` or ``memory://``.
 
-    A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``).
+    A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``),
+    and how many replicas each write waits for: ``?wait=1&wait_timeout_ms=200`` (Sentinel URLs
+    wait for 1 by default; see docs/scaling.md).
 
     Raises:
       ConfigurationError: the URL is malformed or its scheme is not supported.
@@ -25,7 +28,7 @@ def open_store(url: str, **options: object) -> Store:
     except ValueError as exc:
         raise ConfigurationError(f"malformed store URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
     scheme = parts.scheme if parts else ""
-    if parts is not None and scheme in ("redis", "rediss", "unix"):
+    if parts is not None and scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
         prefixes = [v for k, v in query if k == "prefix"]
         if prefixes:
             if not prefixes[-1]:
@@ -35,7 +38,9 @@ def open_store(url: str, **options: object) -> Store:
         return RedisStore(url, **options)  # type: ignore[arg-type]
     if scheme == "memory":
         return MemoryStore()
-    raise ConfigurationError(f"unsupported store URL {hide_password(url)!r} (use redis://, rediss:// or memory://)")
+    raise ConfigurationError(
+        f"unsupported store URL {hide_password(url)!r} (use redis://, rediss://, redis+sentinel:// or memory://)"
+    )
 
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "open_store"]

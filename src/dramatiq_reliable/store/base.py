@@ -372,6 +372,15 @@ class Store(abc.ABC):
           StoreUnavailable: it does not.
         """
 
+    def check_server(self) -> list[str]:
+        """What a worker should know about the store's server at boot, one line each (Redis: an
+        eviction policy that may drop idempotency markers). None for an in-process store.
+
+        Raises:
+          StoreUnavailable: it cannot be reached, or cannot take writes (a read-only replica).
+        """
+        return []
+
     # -- alerts / metrics -----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -77,8 +77,8 @@ loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``
 one status index, and records past their retention are removed together with their index
 entries. Times in keys and records are the store's clock (``TIME``). The library builds every
 key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
-needs a single Redis server (or a primary), not a Redis Cluster; it needs Redis >= 7.0 or
-Valkey >= 7.2 (Redis Functions).
+needs a single Redis server (or a primary, named directly or through Sentinel), not a Redis
+Cluster; it needs Redis >= 7.0 or Valkey >= 7.2 (Redis Functions).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ from ..errors import ConfigurationError, CorruptRecord, StoreError, StoreUnavail
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadLetter, DeadStats, JobRecord
 from ..status import Status
-from . import _dead, _library, _paging
+from . import _connect, _dead, _durability, _library, _paging
 from .base import Store, statuses_to_count
 
 T = TypeVar("T")
@@ -115,9 +115,13 @@ class RedisStore(Store):
     """The store on a Redis server. See the module docstring for the key layout.
 
     Parameters:
-      url(str): ``redis://[:password@]host[:port][/db][?prefix=name]`` or ``rediss://…`` (TLS).
-        Keep it apart from the broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix``
-        query parameter overrides ``prefix`` (so one URL names the store for the CLI too).
+      url(str): ``redis://[:password@]host[:port][/db][?prefix=name]``, ``rediss://…`` (TLS),
+        ``unix://…``, or ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]``
+        (the primary the Sentinels name; it follows a failover). Keep it apart from the
+        broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix`` query parameter overrides
+        ``prefix`` (so one URL names the store for the CLI too); ``wait=N`` (default 1 on
+        Sentinel URLs, else 0) and ``wait_timeout_ms`` (default 200) make each call wait for
+        ``N`` replicas to have its writes (see :mod:`._durability` and docs/scaling.md).
       prefix(str): prepended to every key. Defaults to ``"dr"``.
       socket_timeout(float): seconds to wait for an answer. Defaults to 5.
       socket_connect_timeout(float): seconds to wait for a connection. Defaults to 2.
@@ -148,27 +152,34 @@ class RedisStore(Store):
             if not prefix:
                 raise ConfigurationError(f"empty prefix in store URL {hide_password(url)!r}")
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(f"not a Redis URL: {hide_password(url)!r} (expected redis:// or rediss://)")
-        check_redis_query([k for k, _ in query], ("prefix",), url, "store")
-        try:
-            _ = parts.port
-            self.client: redis.Redis = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                health_check_interval=30,
+        if parts.scheme not in (*_connect.SERVER_SCHEMES, _connect.SENTINEL_SCHEME, _connect.CLUSTER_SCHEME):
+            raise ConfigurationError(
+                f"not a Redis URL: {hide_password(url)!r} (expected redis://, rediss://, unix:// or redis+sentinel://)"
             )
-        except ValueError as exc:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: {safe_reason(exc, url)}") from None
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ConfigurationError(f"malformed Redis URL {hide_password(url)!r}: no host")
+        check_redis_query([k for k, _ in query], ("prefix", *_connect.OWN_OPTIONS), url, "store")
+        conn = _connect.connect(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
+        self.client: redis.Redis = conn.client
         self._setup(
-            hide_password(url) + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}"), prefix
+            conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}"),
+            prefix,
+            replicas=(conn.wait_replicas, conn.wait_timeout_ms),
         )
 
-    def _setup(self, url: str, prefix: str, clock: Callable[[], int] | None = None) -> None:
+    def _setup(
+        self,
+        url: str,
+        prefix: str,
+        clock: Callable[[], int] | None = None,
+        replicas: tuple[int, int] = (0, _connect.DEFAULT_WAIT_TIMEOUT_MS),
+    ) -> None:
         self.url = url
+        #: The embedded server (``MemoryStore``): no replicas, no topology to check.
+        self._embedded = url == "memory://"
+        self._replicas = _durability.ReplicaWait(replicas[0], replicas[1], url)
+        #: Why writes are refused (a replica, a Cluster node), once seen; cleared when no longer so.
+        self._refusal: str | None = None
+        #: The process that found the server fit for writes (see ``_check_topology``).
+        self._checked_pid = 0
         self.prefix = prefix + ":"
         #: When set (``MemoryStore(clock=...)``), every batch runs at this clock's time, not the server's.
         self._clock = clock
@@ -189,14 +200,58 @@ class RedisStore(Store):
             if "DB index is out of range" in str(exc):
                 # The URL names a database the server does not have: the store cannot be used.
                 raise StoreUnavailable(f"store {self.url} unusable: the server has no such database ({exc})") from exc
+            if _connect.is_readonly(exc):
+                raise self._refused_readonly() from exc
+            if _connect.is_cluster_refusal(exc):
+                raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}") from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
+
+    def _refused_readonly(self) -> StoreUnavailable:
+        """A write went to a replica: unavailable for writes, with one clear line (not the raw error)."""
+        self._checked_pid = 0
+        self._loaded_pid = 0
+        try:
+            info = self.client.info("replication")
+            self._refusal = _connect.readonly_reason(info, self.url)
+        except RedisError:
+            pass
+        self._refusal = self._refusal or f"store {self.url} refused a write: it is a read-only replica"
+        return StoreUnavailable(self._refusal)
+
+    def _check_topology(self) -> None:
+        """Before a process's first write (the library load is one): refuse a replica or a
+        Cluster node in one line.
+
+        A Cluster node runs a store call until its first key of another node's slot, so the
+        call would leave half its writes behind; a replica refuses every write. One ``INFO``
+        per process, repeated while the server is unfit (a replica may be promoted).
+        """
+        if self._embedded or self._checked_pid == os.getpid():
+            return
+        info = self._call("a check", self.client.execute_command, "INFO", "replication", "cluster")
+        self._refusal = _connect.topology_error(info, self.url)
+        if self._refusal is not None:
+            raise StoreUnavailable(self._refusal)
+        self._checked_pid = os.getpid()
+
+    def check_server(self) -> list[str]:
+        """Warnings about the store's server (its eviction policy); see :meth:`Store.check_server`."""
+        if self._embedded:
+            return []
+        info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory", "cluster")
+        error, warnings = _connect.server_problems(info, self.url)
+        self._refusal = error
+        if error is not None:
+            raise StoreUnavailable(error)
+        return warnings
 
     def k(self, *parts: str) -> str:
         """A key under this store's prefix: ``k("job", id)`` → ``dr:job:<id>``."""
         return self.prefix + ":".join(parts)
 
     def _ensure_library(self) -> None:
-        """Load the library once per process (see :mod:`._library`)."""
+        """Load the library once per process (see :mod:`._library`), on a server fit for writes."""
+        self._check_topology()
         if self._loaded_pid != os.getpid():
             self._call("the library load", self._loader.ensure, self.client)
             self._loaded_pid = os.getpid()
@@ -214,14 +269,42 @@ class RedisStore(Store):
         payload = self._payload(batch)
         self._ensure_library()
         try:
-            raw = self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
+            raw = self._apply_pooled(payload)
         except StoreError as exc:
             if not _library.missing(exc.__cause__ or exc):
                 raise
             self._loaded_pid = 0  # the server lost it (restart, FLUSHALL): load it again, once
             self._ensure_library()
-            raw = self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
-        return _results(raw)
+            raw = self._apply_pooled(payload)
+        return self._results(raw)
+
+    def _apply_pooled(self, payload: str) -> Any:
+        """The ``FCALL`` over the pool, and the replicas' ``WAIT`` in the same round trip."""
+        wait = self._replicas.command()
+        if wait is None:
+            return self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
+        return self._call("a batch", self._apply_waiting, payload, wait)
+
+    def _apply_waiting(self, payload: str, wait: tuple[str, int, int]) -> Any:
+        """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.fcall(_library.APPLY, 0, self.prefix, payload)
+        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
+        raw, acked = pipe.execute(raise_on_error=False)
+        if not isinstance(acked, BaseException):
+            self._replicas.acked(int(acked))
+        if isinstance(raw, BaseException):
+            raise raw
+        return raw
+
+    def _results(self, raw: bytes | str) -> list[dict[str, Any]]:
+        results = _results(raw)
+        errors = [Exception(r.get("error") or "") for r in results if r.get("error")]
+        if any(_connect.is_readonly(e) for e in errors):
+            raise self._refused_readonly()  # on a replica, no op of the batch was written
+        if any(_connect.is_cluster_refusal(e) for e in errors):
+            raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}")
+        return results
 
     def apply_serial(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """``apply`` over a connection of this process's own, without the pool's per-call cost."""
@@ -235,6 +318,9 @@ class RedisStore(Store):
                 self._serial_pid = os.getpid()
             conn = self._serial
             try:
+                # connect() first: a Sentinel connection finds the primary there, whereas sending
+                # on a closed one would connect it to its default address (localhost:6379).
+                conn.connect()
                 try:
                     raw = self._fcall(conn, payload)
                 except ResponseError as exc:
@@ -248,12 +334,29 @@ class RedisStore(Store):
                 raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
             except RedisError as exc:
                 conn.disconnect()
+                if _connect.is_readonly(exc):
+                    raise self._refused_readonly() from exc
+                if _connect.is_cluster_refusal(exc):
+                    shown = f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}"
+                    raise StoreUnavailable(shown) from exc
                 raise StoreError(f"store {self.url} refused a batch: {exc}") from exc
-        return _results(raw)
+        return self._results(raw)
 
     def _fcall(self, conn: Any, payload: str) -> Any:
-        conn.send_packed_command(conn.pack_command("FCALL", _library.APPLY, 0, self.prefix, payload))
-        return conn.read_response()
+        call = ("FCALL", _library.APPLY, 0, self.prefix, payload)
+        wait = self._replicas.command()
+        if wait is None:
+            conn.send_packed_command(conn.pack_command(*call))
+            return conn.read_response()
+        # The WAIT rides in the same round trip; its answer is read even when the call failed.
+        conn.send_packed_command(conn.pack_commands([call, wait]))
+        try:
+            raw = conn.read_response()
+        except ResponseError:
+            self._replicas.acked(int(conn.read_response()))
+            raise
+        self._replicas.acked(int(conn.read_response()))
+        return raw
 
     def kinds(self) -> dict[str, Any]:
         """The op kinds and sections the loaded library registered, with their fields (see ``ops``)."""
@@ -455,6 +558,9 @@ class RedisStore(Store):
 
     def ping(self) -> None:
         self._call("a ping", self.client.ping)
+        if self._refusal is not None:  # it refused writes: answering is not enough
+            self._checked_pid = 0
+            self._check_topology()
 
     def close(self) -> None:
         super().close()
