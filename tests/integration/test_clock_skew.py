@@ -69,4 +69,4 @@ def test_a_worker_45s_behind_is_never_taken_for_dead(server_env: ServerEnv, arti
     assert record is not None and [e.status for e in record.events if e.status != "queued"] == ["running", "done"]
     assert int(app.effects.get(app.fx("charge:7:runs")) or 0) == 1
     assert "taken for dead" not in skewed.log()
-    assert skewed.log().count("clock is 45s behind") == 1
+    assert len(re.findall(r"clock is 4[456]s behind", skewed.log())) == 1  # said once
