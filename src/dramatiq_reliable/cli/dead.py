@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -159,32 +160,53 @@ def _report(results: list[DeadResult], as_json: bool) -> int:
     return 3 if any(r.outcome == "unreachable" for r in results) else 1
 
 
-@dead.command("replay")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below).")
-@click.option("--error", "error", metavar="TEXT", help="Those whose error (type: message) contains TEXT.")
-@click.option("--since", metavar="DURATION", help="Those dead-lettered in the last DURATION (30m, 2h, 7d).")
-@click.option("--older-than", metavar="DURATION", help="Those dead for longer than DURATION (e.g. 7d).")
-@click.option("--queue", metavar="NAME", help="With a bulk selection: only those of this queue.")
-@click.option("--actor", metavar="NAME", help="With a bulk selection: only those of this actor.")
-@click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
-@click.pass_obj
-@run_command
-def replay(
-    state: CliState,
-    ids: tuple[str, ...],
-    select_all: bool,
-    error: str | None,
-    since: str | None,
-    older_than: str | None,
-    queue: str | None,
-    actor: str | None,
-    dry_run: bool,
-    yes: bool,
-    as_json: bool,
-) -> int:
+def _bulk_command(name: str, verb: str) -> Callable[[Callable[..., int]], click.Command]:
+    """The options ``replay`` and ``purge`` share: ids, or a bulk selection narrowed by filters."""
+
+    def wrap(fn: Callable[..., int]) -> click.Command:
+        options = [
+            click.argument("ids", nargs=-1, metavar="[ID]..."),
+            click.option(
+                "--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below)."
+            ),
+            click.option("--error", "error", metavar="TEXT", help="Those whose error (type: message) contains TEXT."),
+            click.option("--since", metavar="DURATION", help="Those dead-lettered in the last DURATION (30m, 2h, 7d)."),
+            click.option("--older-than", metavar="DURATION", help="Those dead for longer than DURATION (e.g. 7d)."),
+            click.option("--queue", metavar="NAME", help="With a bulk selection: only those of this queue."),
+            click.option("--actor", metavar="NAME", help="With a bulk selection: only those of this actor."),
+            click.option("--dry-run", is_flag=True, help=f"Say what would be {verb}; change nothing."),
+            click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation."),
+            click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id."),
+        ]
+        command: Any = click.pass_obj(run_command(fn))
+        for option in reversed(options):
+            command = option(command)
+        return dead.command(name)(command)
+
+    return wrap
+
+
+def _bulk(state: CliState, what: str, action: Any, ids: tuple[str, ...], select_all: bool, **options: Any) -> int:
+    """Select (ids or a bulk selection), confirm, run ``action`` on the selection and report."""
+    selected = _select(
+        state,
+        ids,
+        select_all,
+        queue=options["queue"],
+        actor=options["actor"],
+        before=time_ago("--older-than", options["older_than"]),
+        since=time_ago("--since", options["since"]),
+        error=options["error"],
+    )
+    dry_run = options["dry_run"]
+    _confirm(what, selected, not ids, options["yes"], dry_run)
+    # Not pinged: each id's line says what an unreachable broker prevented.
+    results = action(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
+    return _report(results, options["as_json"])
+
+
+@_bulk_command("replay", "replayed")
+def replay(state: CliState, ids: tuple[str, ...], select_all: bool, **options: Any) -> int:
     """Put dead letters back on their queues, with their job ids (attempts start again).
 
     \b
@@ -195,66 +217,17 @@ def replay(
     Exit codes: 0 all replayed, 1 some were not (not found, gone, malformed, …),
     3 the broker or the store could not be reached (those stay dead letters).
     """
-    selected = _select(
-        state,
-        ids,
-        select_all,
-        queue=queue,
-        actor=actor,
-        before=time_ago("--older-than", older_than),
-        since=time_ago("--since", since),
-        error=error,
-    )
-    _confirm("Replay", selected, not ids, yes, dry_run)
-    # Not pinged: each id's line says what an unreachable broker prevented.
-    results = api.replay(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
-    return _report(results, as_json)
+    return _bulk(state, "Replay", api.replay, ids, select_all, **options)
 
 
-@dead.command("purge")
-@click.argument("ids", nargs=-1, metavar="[ID]...")
-@click.option("--all", "select_all", is_flag=True, help="Every dead letter (narrowed by the options below).")
-@click.option("--error", "error", metavar="TEXT", help="Those whose error (type: message) contains TEXT.")
-@click.option("--since", metavar="DURATION", help="Those dead-lettered in the last DURATION (30m, 2h, 7d).")
-@click.option("--older-than", metavar="DURATION", help="Those dead for longer than DURATION (e.g. 7d).")
-@click.option("--queue", metavar="NAME", help="With a bulk selection: only those of this queue.")
-@click.option("--actor", metavar="NAME", help="With a bulk selection: only those of this actor.")
-@click.option("--dry-run", is_flag=True, help="Say what would be purged; change nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results, one per id.")
-@click.pass_obj
-@run_command
-def purge(
-    state: CliState,
-    ids: tuple[str, ...],
-    select_all: bool,
-    error: str | None,
-    since: str | None,
-    older_than: str | None,
-    queue: str | None,
-    actor: str | None,
-    dry_run: bool,
-    yes: bool,
-    as_json: bool,
-) -> int:
+@_bulk_command("purge", "purged")
+def purge(state: CliState, ids: tuple[str, ...], select_all: bool, **options: Any) -> int:
     """Delete dead letters for good. Live and in-flight messages are never touched.
 
     \b
     By id, or in bulk: --all, --error TEXT, --since / --older-than, narrowed by --queue and --actor.
     """
-    selected = _select(
-        state,
-        ids,
-        select_all,
-        queue=queue,
-        actor=actor,
-        before=time_ago("--older-than", older_than),
-        since=time_ago("--since", since),
-        error=error,
-    )
-    _confirm("Purge", selected, not ids, yes, dry_run)
-    results = api.purge(state.store(), state.broker(ping=False), selected, dry_run=dry_run) if selected else []
-    return _report(results, as_json)
+    return _bulk(state, "Purge", api.purge, ids, select_all, **options)
 
 
 @dead.command("stats")
