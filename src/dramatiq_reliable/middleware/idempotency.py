@@ -262,6 +262,8 @@ class Idempotency(ReliableMiddleware):
             section.update(key=claim.key, token=claim.token, ttl_ms=claim.ttl_ms)
             if claim.rec:
                 section["rec"] = 1
+            if run.once_used:
+                section["once"] = 1
         if reserved is not None:
             section["ukey"] = reserved
         run.stage(self.store.journal, "finish", "idem", section)

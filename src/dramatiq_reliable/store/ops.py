@@ -141,6 +141,8 @@ class FinishIdem(_FinishIdem, total=False):
     rec: int
     #: the key a ``unique`` job reserved.
     ukey: str
+    #: 1: ``dr.once`` read or stored steps of ``key`` in this delivery (``done`` drops them).
+    once: int
 
 
 class UnreserveIdem(TypedDict):

@@ -5,8 +5,10 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:job:<id>                 string  the job record, compact JSON (below); expires
                                         ``retention`` + 1 day after a terminal status,
                                         30 days after any other write
-    dr:jobs:status:<status>     zset    job id -> when it entered <status>
-    dr:jobs:actor:<actor>       zset    job id -> when it was enqueued
+    dr:jobs:s:<status>:<actor>  zset    job id -> when it entered <status> (one index per job)
+    dr:jobs:actors              set     the actors that have such indexes
+    dr:jobs:gc                  string  held GC_EVERY (10 s) by the call that checked every index
+                                        for records past their retention
     dr:jobs:key:<name>=<value>  zset    job id -> when it was enqueued (business keys)
 
     dr:idem:done:<key>          string  id of the job that completed <key>; PX ``ttl`` (not for a
@@ -74,7 +76,7 @@ time of the last update. ``wp`` is the Watchdog's process running the job.
 Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
 loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see
 ``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
-one status index, and records past their retention are removed together with their index
+one (status, actor) index, and records past their retention are removed together with their index
 entries. Times in keys and records are the store's clock (``TIME``). The library builds every
 key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
 needs a single Redis server (or a primary, named directly or through Sentinel), not a Redis
@@ -399,6 +401,9 @@ class RedisStore(Store):
         entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
         return entries
 
+    def _actors(self) -> list[str]:
+        return [_text(a) for a in self._call("a listing", self.client.smembers, self.prefix + "jobs:actors")]
+
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
         scores = self._call("a listing", self.client.zmscore, self.prefix + "jobs:" + index, list(ids))
         return [score is not None for score in scores]
@@ -538,11 +543,13 @@ class RedisStore(Store):
 
     def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
         names = statuses_to_count(statuses)
+        actors = self._actors()
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.zcard(self.k("jobs", "status", name))
-        counts = self._call("a count", pipe.execute)
-        return {name: int(n) for name, n in zip(names, counts, strict=True)}
+            for actor in actors:
+                pipe.zcard(self.prefix + "jobs:" + _paging.index_name(name, actor))
+        counts = iter(self._call("a count", pipe.execute) if actors else [])
+        return {name: sum(int(next(counts)) for _ in actors) for name in names}
 
     def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
         minutes = range(first, last + 1)

@@ -12,9 +12,10 @@
 local CTL_KEEP = 100000
 
 local function ctl_log(kind, id)
-  local seq = redis.call('INCR', K.ctl('seq'))
-  redis.call('ZADD', K.ctl('log'), seq, kind .. ':' .. id)
-  redis.call('ZREMRANGEBYRANK', K.ctl('log'), 0, -(CTL_KEEP + 1))
+  local seq = (tonumber(redis.call('GET', K.ctl('seq'))) or 0) + 1
+  W('SET', K.ctl('seq'), seq)
+  W('ZADD', K.ctl('log'), seq, kind .. ':' .. id)
+  W('ZREMRANGEBYRANK', K.ctl('log'), 0, -(CTL_KEEP + 1))
   return seq
 end
 
@@ -54,13 +55,13 @@ on('pause', 80, 'ctl', {target = 'string', on = 'boolean', by = 'string?'}, func
       ctx.res.since = cur.since
       ctx.res.by = cur.by
     else
-      redis.call('HSET', key, s.target, cjson.encode({since = NOW, by = s.by}))
+      W('HSET', key, s.target, cjson.encode({since = NOW, by = s.by}))
       ctx.res.changed = true
       ctx.res.since = NOW
     end
   else
     if cur then
-      redis.call('HDEL', key, s.target)
+      W('HDEL', key, s.target)
       ctx.res.changed = true
       ctx.res.since = cur.since
     else
