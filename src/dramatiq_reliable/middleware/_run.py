@@ -100,6 +100,7 @@ class JobRun:
         "claim_slot",
         "deferred",
         "delivered_options",
+        "once_used",
         "dup",
         "finished",
         "id",
