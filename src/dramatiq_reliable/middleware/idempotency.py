@@ -194,7 +194,7 @@ class Idempotency(ReliableMiddleware):
         section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
-            section["rec"] = 1
+            section.update(rec=1, a=actor.actor_name)
         op = {"k": "claim", "id": run.id, "idem": section}
         if actor.options.get("unique") or self._templates.get(actor.actor_name) is not None:
             self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))

@@ -128,6 +128,8 @@ class _ClaimIdem(TypedDict):
 class ClaimIdem(_ClaimIdem, total=False):
     #: 1: JobState's ``done`` index marks the message id (no separate marker).
     rec: int
+    #: the actor (whose ``done`` index ``rec`` reads).
+    a: str
 
 
 class _FinishIdem(TypedDict):

@@ -90,7 +90,9 @@ local function W(...)
   local op = OP
   if not op then return redis.call(...) end
   if not op.direct then
-    op.queue[#op.queue + 1] = {n = select('#', ...), ...}
+    local queue = op.queue
+    if not queue then queue = {}; op.queue = queue end
+    queue[#queue + 1] = {n = select('#', ...), ...}
     return nil
   end
   local key = select(2, ...)
@@ -106,16 +108,23 @@ local function W(...)
   return redis.call(...)
 end
 
--- Run ``fn`` once the op succeeded (merges of per-call totals, flags for the end of the call).
-local function on_commit(fn)
-  if OP then OP.commit[#OP.commit + 1] = fn else fn() end
+-- ``SET key value NX PX ms`` at once (its answer decides what the op does next): true if it
+-- was set; a rollback deletes it again.
+local function W_setnx(key, value, px)
+  if not redis.call('SET', key, value, 'NX', 'PX', px) then return false end
+  if OP then
+    OP.undo = OP.undo or {}
+    OP.undo[#OP.undo + 1] = {key}
+  end
+  return true
 end
 
-local function copy(v)
-  if type(v) ~= 'table' then return v end
-  local out = {}
-  for k, x in pairs(v) do out[k] = copy(x) end
-  return out
+-- Run ``fn`` once the op succeeded (merges of per-call totals, flags for the end of the call).
+local function on_commit(fn)
+  if not OP then return fn() end
+  local commit = OP.commit
+  if not commit then commit = {}; OP.commit = commit end
+  commit[#commit + 1] = fn
 end
 
 -- Record cache: each job record is read at most once per call and written once at the end.
@@ -125,9 +134,14 @@ RESET[#RESET + 1] = function() REC = {}; ORDER = {} end
 local function load(id)
   local e = REC[id]
   if e then
-    if OP and OP.recs[id] == nil then
-      -- Loaded by an earlier op of this call: keep it as it is now, for a rollback.
-      OP.recs[id] = {rec = copy(e.rec), dirty = e.dirty, new = e.new}
+    if OP then
+      local recs = OP.recs
+      if not recs then recs = {}; OP.recs = recs end
+      if recs[id] == nil then
+        -- Loaded by an earlier op of this call: for a rollback, what it was (if that op
+        -- changed it; else it is read again).
+        recs[id] = e.dirty and {raw = cjson.encode(e.rec), new = e.new} or false
+      end
     end
     return e
   end
@@ -141,18 +155,22 @@ local function load(id)
   end
   REC[id] = e
   table.insert(ORDER, id)
-  if OP then OP.recs[id] = false end  -- a rollback forgets it (the next load reads it again)
+  if OP then
+    -- A rollback forgets it (the next load reads it again).
+    OP.recs = OP.recs or {}
+    OP.recs[id] = false
+  end
   return e
 end
 
 -- Undo what the failed op did to the records it loaded.
 local function restore_records(recs)
-  for id, snap in pairs(recs) do
+  for id, snap in pairs(recs or {}) do
     if snap == false then
       REC[id] = nil
     else
       local e = REC[id]
-      e.rec, e.dirty, e.new = snap.rec, snap.dirty, snap.new
+      e.rec, e.dirty, e.new = cjson.decode(snap.raw), true, snap.new
     end
   end
 end

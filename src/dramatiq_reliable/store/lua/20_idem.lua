@@ -31,11 +31,18 @@ end
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
 -- A lease whose holder process is gone (killed with its job) is taken over at once: its own
 -- redelivery need not wait for the lease to expire.
-on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?'},
+on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?', a = 'string?'},
   function(ctx, s)
-  -- ``rec``: JobState keeps this job's record at least ``ttl``; its ``done`` status is the marker.
-  local mine = s.rec and load(ctx.op.id).rec
-  if mine and mine.status == 'done' then
+  -- ``rec``: JobState keeps this job's record at least ``ttl``; its ``done`` index (of actor
+  -- ``a``), else its ``done`` status, is the marker.
+  local done
+  if s.rec and s.a then
+    done = redis.call('ZSCORE', K.jobs('done', s.a), ctx.op.id)
+  elseif s.rec then
+    local mine = load(ctx.op.id).rec
+    done = mine and mine.status == 'done'
+  end
+  if done then
     ctx.res.outcome = 'duplicate'
     ctx.res.dup = ctx.op.id
     return
@@ -47,8 +54,8 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
     return
   end
   local lk = ikey('lease', s.key)
-  local owner = redis.call('GET', lk)
-  if owner then
+  if not W_setnx(lk, s.token, s.lease_ms) then
+    local owner = redis.call('GET', lk) or ''
     local gone, proc, wait = holder_gone(lk, owner, lease_holder(s.token), s.lease_ms)
     if not gone then
       local retry_in = redis.call('PTTL', lk)
@@ -59,10 +66,10 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
       ctx.res.owner = owner
       return
     end
+    W('SET', lk, s.token, 'PX', s.lease_ms)
     ctx.res.took = proc
     ctx.res.detail = 'taken over from dead process ' .. proc
   end
-  W('SET', lk, s.token, 'PX', s.lease_ms)
   ctx.res.outcome = 'run'
 end)
 

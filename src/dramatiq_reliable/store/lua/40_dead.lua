@@ -229,13 +229,11 @@ end)
 -- its messages out until the channel closes, so two readers would each miss the other's).
 on('dead_lock', 40, 'dead', {queue = 'string', token = 'string', ttl_ms = 'number'}, function(ctx, s)
   local k = K.deads_of('lock', s.queue)
-  local holder = redis.call('GET', k)
-  if not holder then
-    W('SET', k, s.token, 'PX', s.ttl_ms)
+  if W_setnx(k, s.token, s.ttl_ms) then
     ctx.res.ok = true
   else
     ctx.res.ok = false
-    ctx.res.holder = holder
+    ctx.res.holder = redis.call('GET', k) or ''
   end
 end)
 

@@ -63,7 +63,8 @@ local function run_op(op)
     end
   end
   local ctx = {op = op, res = {}}
-  OP = {queue = {}, commit = {}, recs = {}, undo = {}, snap = {}, direct = DIRECT[op.k]}
+  OP = {direct = DIRECT[op.k]}
+  if OP.direct then OP.snap, OP.undo = {}, {} end
   local failed
   for _, h in ipairs(list) do
     local section = op[h[2]]
@@ -79,15 +80,20 @@ local function run_op(op)
   OP = nil
   if failed then
     -- Nothing of the op is applied: its queue is dropped, its direct writes and records undone.
-    for i = #done.undo, 1, -1 do
-      local u = done.undo[i]
+    local undo = done.undo or {}
+    for i = #undo, 1, -1 do
+      local u = undo[i]
       if u[2] then redis.call('RESTORE', u[1], u[3], u[2], 'REPLACE') else redis.call('DEL', u[1]) end
     end
     restore_records(done.recs)
     return failed
   end
-  for _, w in ipairs(done.queue) do redis.call(unpack(w, 1, w.n)) end
-  for _, fn in ipairs(done.commit) do fn() end
+  if done.queue then
+    for _, w in ipairs(done.queue) do redis.call(unpack(w, 1, w.n)) end
+  end
+  if done.commit then
+    for _, fn in ipairs(done.commit) do fn() end
+  end
   return ctx.res
 end
 
