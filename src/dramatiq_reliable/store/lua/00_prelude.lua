@@ -127,6 +127,57 @@ local function on_commit(fn)
   commit[#commit + 1] = fn
 end
 
+-- The stored form of a job record is compact: its times ``start``, ``fin`` and those of its
+-- events (``e``, [ms, status, detail]) count from ``enq`` (from 0 when it has none), and
+-- ``worker`` is left out when the latest start's event ("attempt N on <worker>") names it.
+-- Handlers see the full form (``ev``, times since the epoch, ``worker``). A record stored with
+-- ``ev`` (library v2) holds times since the epoch; it is stored compact at its next write.
+
+-- The worker named by the latest start's event, if any.
+local function begun_worker(ev)
+  for i = #ev, 1, -1 do
+    local x = ev[i]
+    if type(x) == 'table' and x[2] == 'running' and type(x[3]) == 'string' then
+      local w = string.match(x[3], '^attempt %d+ on (.+)$') or string.match(x[3], '^redelivered: attempt %d+ on (.+)$')
+      if w then
+        if w == '?' then return nil end
+        return w
+      end
+    end
+  end
+  return nil
+end
+
+local function unstored(rec)
+  if type(rec) == 'table' and type(rec.e) == 'table' then
+    local base = tonumber(rec.enq) or 0
+    for _, x in ipairs(rec.e) do
+      if type(x) == 'table' and type(x[1]) == 'number' then x[1] = x[1] + base end
+    end
+    rec.ev, rec.e = rec.e, nil
+    if type(rec.start) == 'number' then rec.start = rec.start + base end
+    if type(rec.fin) == 'number' then rec.fin = rec.fin + base end
+    if rec.worker == nil then rec.worker = begun_worker(rec.ev) end
+  end
+  return rec
+end
+
+local function stored(rec)
+  local out = {}
+  for k, v in pairs(rec) do out[k] = v end
+  local base = tonumber(rec.enq) or 0
+  local ev = type(rec.ev) == 'table' and rec.ev or {}
+  local e = {}
+  for i, x in ipairs(ev) do
+    if type(x) == 'table' and type(x[1]) == 'number' then e[i] = {x[1] - base, x[2], x[3]} else e[i] = x end
+  end
+  out.ev, out.e = nil, e
+  if type(rec.start) == 'number' then out.start = rec.start - base end
+  if type(rec.fin) == 'number' then out.fin = rec.fin - base end
+  if rec.worker ~= nil and rec.worker == begun_worker(ev) then out.worker = nil end
+  return out
+end
+
 -- Record cache: each job record is read at most once per call and written once at the end.
 local REC, ORDER
 RESET[#RESET + 1] = function() REC = {}; ORDER = {} end
@@ -147,7 +198,7 @@ local function load(id)
   end
   local raw = redis.call('GET', K.job(id))
   e = {id = id, dirty = false, new = false}
-  local rec = decode(raw)
+  local rec = unstored(decode(raw))
   if rec and type(rec.status) == 'string' then
     e.rec = rec
     e.st0 = rec.status
@@ -189,7 +240,7 @@ local function save_all()
       local rec = e.rec
       local st = rec.status
       local actor = rec.actor or '?'
-      local ok, json = pcall(cjson.encode, rec)
+      local ok, json = pcall(cjson.encode, stored(rec))
       if ok then
         local ttl = tonumber(ttls[st]) or (TERMINAL[st] and 8 * DAY) or 30 * DAY
         redis.call('SET', K.job(id), json, 'PX', ttl)

@@ -161,7 +161,7 @@ on('workers', 80, 'ctl', {max = 'number?'}, function(ctx, s)
     local items = redis.call('HGETALL', K.wd_run(proc))
     for i = 1, math.min(#items, 2 * most), 2 do
       local meta = wd_decode(items[i + 1])
-      local rec = decode(redis.call('GET', K.job(items[i]))) or {}
+      local rec = unstored(decode(redis.call('GET', K.job(items[i])))) or {}
       table.insert(jobs, {id = items[i], a = meta.a or rec.actor, q = meta.q or rec.queue, start = rec.start,
         att = rec.att, st = rec.status})
     end
