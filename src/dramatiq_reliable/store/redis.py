@@ -7,7 +7,7 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         30 days after any other write
     dr:jobs:s:<status>:<actor>  zset    job id -> when it entered <status> (one index per job)
     dr:jobs:actors              set     the actors that have such indexes
-    dr:jobs:gc                  string  held GC_EVERY (10 s) by the call that checked every index
+    dr:jobs:gc                  string  held GC_EVERY (1 s) by the call that checked every index
                                         for records past their retention
     dr:jobs:key:<name>=<value>  zset    job id -> when it was enqueued (business keys)
 
@@ -16,7 +16,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:idem:lease:<key>         string  owner token of the running delivery; PX ``lease``
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<key>          hash    step name -> JSON result of ``dr.once``; PX ``ttl`` from
-                                        the last step stored; deleted when <key> completes
+                                        the last step stored; deleted when a job that read or
+                                        stored steps of <key> completes it
 
     dr:cron:tick:<name>:<fire>  string  the claim of one tick of schedule <name> (fire time in ms):
                                         JSON {st, job, by, lease, dl, at, n}; PX misfire grace
@@ -70,8 +71,12 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
 
 The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
 start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack wp
-ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
-time of the last update. ``wp`` is the Watchdog's process running the job.
+e[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
+time of the last update. ``wp`` is the Watchdog's process running the job. Compact: ``start``,
+``fin`` and the events' times count from ``enq`` (from 0 without one), and ``worker`` is left
+out when the latest start's event ("attempt N on <worker>") names it
+(:func:`dramatiq_reliable._stored.absolute` reads it back). A record written by library v2 has
+``ev`` with times since the epoch; both are read.
 
 Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
 loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see

@@ -179,7 +179,7 @@ end)
 -- in the indexes this call added to (so the cleanup keeps pace with what ends), and in every
 -- index once per GC_EVERY ms in the fleet (indexes nothing writes to any more); at most
 -- ``limit`` records per call.
-local GC_EVERY = 10000
+local GC_EVERY = 1000
 
 local function clean_index(status, actor, retention, limit)
   local k = K.jobs(status, actor)
