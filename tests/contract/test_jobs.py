@@ -251,3 +251,40 @@ def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
         ("queued", "enqueued"),
         ("queued", "put back: store unavailable"),
     ]
+
+
+def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
+    # Given an old finished job, and the fleet-wide pass just taken (it runs once a second)
+    apply(store, {"k": "start", "id": "old", "job": {**creation(), "att": 1}})
+    apply(store, {"k": "finish", "id": "old", "job": {"outcome": "done", "att": 1}})
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 1, retention_ms={"done": 3_000}, limit=10)
+    assert store.get_job("old") is not None
+    # When a job of the same actor ends past the old one's retention
+    apply(store, {"k": "start", "id": "new", "job": {**creation(), "att": 1}}, now=NOW + 6_000)
+    apply(store, {"k": "finish", "id": "new", "job": {"outcome": "done", "att": 1}}, now=NOW + 6_000,
+          retention_ms={"done": 3_000}, limit=10)
+    # Then the call that wrote its index removed the old record
+    assert store.get_job("old") is None
+    assert [r.id for r in store.find_jobs(status="done")] == ["new"]
+    assert store.count_jobs(["done"]) == {"done": 1}
+
+
+def test_records_indexed_by_library_v2_are_moved_into_the_v3_indexes(store) -> None:
+    # Given records and indexes as library v2 wrote them (times since the epoch, ``ev``)
+    client = store.client
+    for i, (job_id, status, actor) in enumerate([("a", "done", "invoice"), ("b", "failed", "mail"), ("c", "done", "mail")]):
+        rec = {"actor": actor, "queue": "default", "status": status, "att": 1, "enq": NOW + i, "start": NOW + i,
+               "fin": NOW + i + 5, "worker": "h:1:T", "ev": [[NOW + i, "queued", "enqueued"], [NOW + i + 5, status, "x"]]}
+        client.set(store.k("job", job_id), __import__("json").dumps(rec))
+        client.zadd(store.k("jobs", "status", status), {job_id: NOW + i + 5})
+        client.zadd(store.k("jobs", "actor", actor), {job_id: NOW + i})
+    assert store.get_job("a").finished_at.timestamp() * 1000 == NOW + 5  # v2 records read as they are
+    # When a batch runs the fleet-wide cleanup pass
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 10, retention_ms={"done": 86_400_000}, limit=100)
+    # Then the v2 indexes are gone and the records are listed from the v3 ones
+    assert not client.exists(*(store.k("jobs", "status", s.value) for s in dr.Status))
+    assert not client.exists(store.k("jobs", "actor", "invoice"), store.k("jobs", "actor", "mail"))
+    assert [r.id for r in store.find_jobs(actor="mail")] == ["c", "b"]
+    assert [r.id for r in store.find_jobs(status="done")] == ["c", "a"]
+    assert store.count_jobs(["done", "failed"]) == {"done": 2, "failed": 1}
+    assert store.get_job("b").worker == "h:1:T"

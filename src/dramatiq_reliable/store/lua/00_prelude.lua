@@ -49,6 +49,9 @@ function K.job(id) return P .. 'job:' .. id end
 function K.jobs(status, actor) return P .. 'jobs:s:' .. status .. ':' .. actor end
 function K.actors() return P .. 'jobs:actors' end
 function K.gc() return P .. 'jobs:gc' end
+-- Library v2's indexes, read only to move their entries (see ``migrate_v2`` in 10_jobs.lua).
+function K.v2_status(status) return P .. 'jobs:status:' .. status end
+function K.v2_actor(actor) return P .. 'jobs:actor:' .. actor end
 function K.key(name, value) return P .. 'jobs:key:' .. name .. '=' .. value end
 function K.idem(kind, key) return P .. 'idem:' .. kind .. ':' .. key end
 function K.wd(name) return P .. 'wd:' .. name end

@@ -197,6 +197,36 @@ end
 
 local STATUSES = {'queued', 'running', 'retrying', 'done', 'failed', 'skipped', 'cancelled', 'stuck', 'abandoned'}
 
+-- Library v2 indexed a job in ``jobs:status:<status>`` and ``jobs:actor:<actor>``: each gc pass
+-- moves up to ``limit`` of those entries into the (status, actor) indexes, so the records kept
+-- from before an upgrade stay listed (and are cleaned up in time).
+local function migrate_v2(limit)
+  local olds = {}
+  for i, status in ipairs(STATUSES) do olds[i] = K.v2_status(status) end
+  if redis.call('EXISTS', unpack(olds)) == 0 then return limit end
+  for i, status in ipairs(STATUSES) do
+    if limit <= 0 then return limit end
+    local items = redis.call('ZRANGE', olds[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #items, 2 do
+      local id = items[j]
+      local rec = decode(redis.call('GET', K.job(id)))
+      redis.call('ZREM', olds[i], id)
+      if rec and rec.status == status then
+        local actor = rec.actor or '?'
+        redis.call('ZADD', K.jobs(status, actor), 'NX', items[j + 1], id)
+        redis.call('ZREM', K.v2_actor(actor), id)
+        redis.call('SADD', K.actors(), actor)
+      end
+      limit = limit - 1
+    end
+  end
+  if redis.call('EXISTS', unpack(olds)) == 0 then
+    -- All moved: what the actor indexes still hold are records that expired.
+    for _, actor in ipairs(redis.call('SMEMBERS', K.actors())) do redis.call('DEL', K.v2_actor(actor)) end
+  end
+  return limit
+end
+
 local function cleanup()
   if type(B.retention_ms) ~= 'table' then return end
   local limit = tonumber(B.limit) or 100
@@ -205,6 +235,7 @@ local function cleanup()
     if retention and limit > 0 then limit = limit - clean_index(w[1], w[2], retention, limit) end
   end
   if limit <= 0 or not redis.call('SET', K.gc(), NOW, 'NX', 'PX', GC_EVERY) then return end
+  limit = migrate_v2(limit)
   for _, actor in ipairs(redis.call('SMEMBERS', K.actors())) do
     for status, retention in pairs(B.retention_ms) do
       if limit > 0 and tonumber(retention) then limit = limit - clean_index(status, actor, tonumber(retention), limit) end
