@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import dramatiq_reliable as dr
@@ -261,8 +263,13 @@ def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
     assert store.get_job("old") is not None
     # When a job of the same actor ends past the old one's retention
     apply(store, {"k": "start", "id": "new", "job": {**creation(), "att": 1}}, now=NOW + 6_000)
-    apply(store, {"k": "finish", "id": "new", "job": {"outcome": "done", "att": 1}}, now=NOW + 6_000,
-          retention_ms={"done": 3_000}, limit=10)
+    apply(
+        store,
+        {"k": "finish", "id": "new", "job": {"outcome": "done", "att": 1}},
+        now=NOW + 6_000,
+        retention_ms={"done": 3_000},
+        limit=10,
+    )
     # Then the call that wrote its index removed the old record
     assert store.get_job("old") is None
     assert [r.id for r in store.find_jobs(status="done")] == ["new"]
@@ -272,10 +279,11 @@ def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
 def test_records_indexed_by_library_v2_are_moved_into_the_v3_indexes(store) -> None:
     # Given records and indexes as library v2 wrote them (times since the epoch, ``ev``)
     client = store.client
-    for i, (job_id, status, actor) in enumerate([("a", "done", "invoice"), ("b", "failed", "mail"), ("c", "done", "mail")]):
-        rec = {"actor": actor, "queue": "default", "status": status, "att": 1, "enq": NOW + i, "start": NOW + i,
-               "fin": NOW + i + 5, "worker": "h:1:T", "ev": [[NOW + i, "queued", "enqueued"], [NOW + i + 5, status, "x"]]}
-        client.set(store.k("job", job_id), __import__("json").dumps(rec))
+    v2 = [("a", "done", "invoice"), ("b", "failed", "mail"), ("c", "done", "mail")]
+    for i, (job_id, status, actor) in enumerate(v2):
+        rec = {"actor": actor, "queue": "default", "status": status, "att": 1, "enq": NOW + i, "start": NOW + i}
+        rec.update(fin=NOW + i + 5, worker="h:1:T", ev=[[NOW + i, "queued", "enqueued"], [NOW + i + 5, status, "x"]])
+        client.set(store.k("job", job_id), json.dumps(rec))
         client.zadd(store.k("jobs", "status", status), {job_id: NOW + i + 5})
         client.zadd(store.k("jobs", "actor", actor), {job_id: NOW + i})
     assert store.get_job("a").finished_at.timestamp() * 1000 == NOW + 5  # v2 records read as they are

@@ -95,7 +95,8 @@ def test_an_op_whose_later_handler_raises_applies_nothing(store: dr.Store) -> No
     assert result["section"] == "job" and "error" in result, result
     # And nothing of the op was applied: the key is not completed (another job's claim finds it
     # busy, held by the same lease), the steps are kept, the record and the counters are unchanged
-    other = store.apply({"ops": [{"k": "claim", "id": "j2", "idem": {"key": "a:x", "token": "t2", "lease_ms": 60_000}}]})
+    claim2 = {"k": "claim", "id": "j2", "idem": {"key": "a:x", "token": "t2", "lease_ms": 60_000}}
+    other = store.apply({"ops": [claim2]})
     assert other[0]["outcome"] == "busy" and other[0]["owner"] == "t1", other
     assert store.once_get("a:x", "charge") == '{"receipt": 1}'
     after = store.get_job("j1")
