@@ -103,3 +103,17 @@ def test_an_op_whose_later_handler_raises_applies_nothing(store: dr.Store) -> No
     assert after is not None and after.status.value == "running" and len(after.events) == len(before.events)
     minute = store.store_time_ms() // 60_000
     assert store.stats_minutes(minute - 2, minute + 1) == {}
+
+
+def test_a_heartbeat_whose_sweep_raises_applies_nothing(store: dr.RedisStore) -> None:
+    # Given a known process (the heartbeat writes at once: its sweep reads back what it wrote)
+    first = {"proc": "h:1:a", "abandon_ms": 60_000, "info": {"host": "h", "pid": 1}}
+    assert "error" not in store.apply({"ops": [{"k": "beat", "id": "-", "wd": first}]})[0]
+    before = {k: store.client.dump(store.k("wd", k)) for k in ("procs", "info", "lock")}
+    # When a heartbeat that passes the schema check but cannot sweep (no keep_ms) wins the sweep lock
+    beat = {"proc": "h:1:a", "abandon_ms": 90_000, "info": {"host": "h", "pid": 2}, "sweep_ms": 5_000}
+    [result] = store.apply({"ops": [{"k": "beat", "id": "-", "wd": beat}]})
+    # Then the result names the section, and what it had written was put back as it was
+    assert result["section"] == "wd" and "error" in result, result
+    assert {k: store.client.dump(store.k("wd", k)) for k in ("procs", "info", "lock")} == before
+    assert before["lock"] is None
