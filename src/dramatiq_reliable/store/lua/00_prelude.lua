@@ -165,20 +165,26 @@ local function unstored(rec)
   return rec
 end
 
+-- The record's stored JSON (converted in place for the encoding, then back).
 local function stored(rec)
-  local out = {}
-  for k, v in pairs(rec) do out[k] = v end
   local base = tonumber(rec.enq) or 0
   local ev = type(rec.ev) == 'table' and rec.ev or {}
-  local e = {}
-  for i, x in ipairs(ev) do
-    if type(x) == 'table' and type(x[1]) == 'number' then e[i] = {x[1] - base, x[2], x[3]} else e[i] = x end
+  local start, fin, worker = rec.start, rec.fin, rec.worker
+  local shift = base ~= 0 and ev or {}
+  for _, x in ipairs(shift) do
+    if type(x) == 'table' and type(x[1]) == 'number' then x[1] = x[1] - base end
   end
-  out.ev, out.e = nil, e
-  if type(rec.start) == 'number' then out.start = rec.start - base end
-  if type(rec.fin) == 'number' then out.fin = rec.fin - base end
-  if rec.worker ~= nil and rec.worker == begun_worker(ev) then out.worker = nil end
-  return out
+  rec.ev, rec.e = nil, ev
+  if type(start) == 'number' then rec.start = start - base end
+  if type(fin) == 'number' then rec.fin = fin - base end
+  if worker ~= nil and worker == begun_worker(ev) then rec.worker = nil end
+  local ok, json = pcall(cjson.encode, rec)
+  for _, x in ipairs(shift) do
+    if type(x) == 'table' and type(x[1]) == 'number' then x[1] = x[1] + base end
+  end
+  rec.ev, rec.e, rec.start, rec.fin, rec.worker = ev, nil, start, fin, worker
+  if ok then return json end
+  return nil
 end
 
 -- Record cache: each job record is read at most once per call and written once at the end.
@@ -192,9 +198,21 @@ local function load(id)
       local recs = OP.recs
       if not recs then recs = {}; OP.recs = recs end
       if recs[id] == nil then
-        -- Loaded by an earlier op of this call: for a rollback, what it was (if that op
-        -- changed it; else it is read again).
-        recs[id] = e.dirty and {raw = cjson.encode(e.rec), new = e.new} or false
+        -- Loaded by an earlier op of this call: for a rollback, what it was if that op changed
+        -- it (else it is read again). Handlers replace a record's fields, never change a value
+        -- in place, the history aside: a copy one level deep (two for ``ev``) is enough.
+        if e.dirty and e.rec then
+          local rec = {}
+          for k, v in pairs(e.rec) do rec[k] = v end
+          if type(rec.ev) == 'table' then
+            local ev = {}
+            for i, x in ipairs(rec.ev) do ev[i] = x end
+            rec.ev = ev
+          end
+          recs[id] = {rec = rec, new = e.new}
+        else
+          recs[id] = false
+        end
       end
     end
     return e
@@ -224,7 +242,7 @@ local function restore_records(recs)
       REC[id] = nil
     else
       local e = REC[id]
-      e.rec, e.dirty, e.new = cjson.decode(snap.raw), true, snap.new
+      e.rec, e.dirty, e.new = snap.rec, true, snap.new
     end
   end
 end
@@ -243,15 +261,17 @@ local function save_all()
       local rec = e.rec
       local st = rec.status
       local actor = rec.actor or '?'
-      local ok, json = pcall(cjson.encode, stored(rec))
-      if ok then
+      local json = stored(rec)
+      if json then
         local ttl = tonumber(ttls[st]) or (TERMINAL[st] and 8 * DAY) or 30 * DAY
         redis.call('SET', K.job(id), json, 'PX', ttl)
         if e.st0 ~= st or e.a0 ~= actor then
           if e.st0 then redis.call('ZREM', K.jobs(e.st0, e.a0), id) end
           redis.call('ZADD', K.jobs(st, actor), NOW, id)
           WRITTEN[st .. '\t' .. actor] = {st, actor}
-          if not ACTORS_SEEN[actor] then
+          -- An actor with a record in an index stays in jobs:actors (the cleanup drops only
+          -- actors without any): only a record new to the indexes, or to the actor, adds it.
+          if (not e.st0 or e.a0 ~= actor) and not ACTORS_SEEN[actor] then
             ACTORS_SEEN[actor] = true
             redis.call('SADD', K.actors(), actor)
           end

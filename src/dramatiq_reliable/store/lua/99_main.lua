@@ -88,8 +88,9 @@ local function run_op(op)
     restore_records(done.recs)
     return failed
   end
-  if done.queue then
-    for _, w in ipairs(done.queue) do redis.call(unpack(w, 1, w.n)) end
+  local queue = done.queue
+  if queue then
+    for _, w in ipairs(queue) do redis.call(unpack(w, 1, w.n)) end
   end
   if done.commit then
     for _, fn in ipairs(done.commit) do fn() end
