@@ -256,18 +256,18 @@ def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
 
 
 def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
-    # Given an old finished job, and the fleet-wide pass just taken (it runs once a second)
+    # Given an old finished job, and the fleet-wide pass just run (it runs once a second)
     apply(store, {"k": "start", "id": "old", "job": {**creation(), "att": 1}})
     apply(store, {"k": "finish", "id": "old", "job": {"outcome": "done", "att": 1}})
-    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 1, retention_ms={"done": 3_000}, limit=10)
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 1, retention_ms={"done": 300}, limit=10)
     assert store.get_job("old") is not None
-    # When a job of the same actor ends past the old one's retention
-    apply(store, {"k": "start", "id": "new", "job": {**creation(), "att": 1}}, now=NOW + 6_000)
+    # When a job of the same actor ends past the old one's retention, before the next such pass
+    apply(store, {"k": "start", "id": "new", "job": {**creation(), "att": 1}}, now=NOW + 500)
     apply(
         store,
         {"k": "finish", "id": "new", "job": {"outcome": "done", "att": 1}},
-        now=NOW + 6_000,
-        retention_ms={"done": 3_000},
+        now=NOW + 500,
+        retention_ms={"done": 300},
         limit=10,
     )
     # Then the call that wrote its index removed the old record

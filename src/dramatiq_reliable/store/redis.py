@@ -7,8 +7,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
                                         30 days after any other write
     dr:jobs:s:<status>:<actor>  zset    job id -> when it entered <status> (one index per job)
     dr:jobs:actors              set     the actors that have such indexes
-    dr:jobs:gc                  string  held GC_EVERY (1 s) by the call that checked every index
-                                        for records past their retention
+    dr:jobs:gc                  string  when a call last checked every index for records past
+                                        their retention (the next does, GC_EVERY = 1 s later)
     dr:jobs:key:<name>=<value>  zset    job id -> when it was enqueued (business keys)
 
     dr:idem:done:<key>          string  id of the job that completed <key>; PX ``ttl`` (not for a

@@ -234,7 +234,10 @@ local function cleanup()
     local retention = tonumber(B.retention_ms[w[1]])
     if retention and limit > 0 then limit = limit - clean_index(w[1], w[2], retention, limit) end
   end
-  if limit <= 0 or not redis.call('SET', K.gc(), NOW, 'NX', 'PX', GC_EVERY) then return end
+  if limit <= 0 then return end
+  local last = tonumber(redis.call('GET', K.gc())) or 0
+  if last <= NOW and NOW - last < GC_EVERY then return end  -- (a clock set back runs it now)
+  redis.call('SET', K.gc(), NOW)
   limit = migrate_v2(limit)
   for _, actor in ipairs(redis.call('SMEMBERS', K.actors())) do
     for status, retention in pairs(B.retention_ms) do
