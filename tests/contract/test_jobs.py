@@ -296,3 +296,31 @@ def test_records_indexed_by_library_v2_are_moved_into_the_v3_indexes(store) -> N
     assert [r.id for r in store.find_jobs(status="done")] == ["c", "a"]
     assert store.count_jobs(["done", "failed"]) == {"done": 2, "failed": 1}
     assert store.get_job("b").worker == "h:1:T"
+
+
+def test_listings_merge_the_indexes_of_every_actor_and_status_page_by_page(store) -> None:
+    # Given jobs of three actors, most of them ending at the same millisecond (ties broken by id)
+    ids = []
+    for i in range(30):
+        job_id = f"m{i:02d}"
+        ids.append(job_id)
+        actor = ("a", "b", "c")[i % 3]
+        apply(store, {"k": "start", "id": job_id, "job": {**creation(actor=actor), "att": 1}})
+        outcome = "failed" if i % 5 == 0 else "done"
+        apply(store, {"k": "finish", "id": job_id, "job": {"outcome": outcome, "att": 1}}, now=NOW + (i // 10))
+
+    def walk(**query):
+        seen, cursor = [], None
+        while True:
+            page = store.find_jobs(limit=7, cursor=cursor, **query)
+            seen += [r.id for r in page]
+            if page.cursor is None:
+                return seen
+            cursor = page.cursor
+
+    # Then each listing holds each job once, newest first, ties by id descending
+    newest_first = sorted(ids, key=lambda j: (int(j[1:]) // 10, j), reverse=True)
+    assert walk() == newest_first
+    assert walk(status="done") == [j for j in newest_first if int(j[1:]) % 5]
+    assert walk(actor="b") == [j for j in newest_first if int(j[1:]) % 3 == 1]
+    assert store.count_jobs(["done", "failed"]) == {"done": 24, "failed": 6}

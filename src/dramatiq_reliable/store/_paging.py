@@ -46,6 +46,8 @@ Member = Callable[[str, Sequence[str]], list[bool]]
 #: ``intersect(index, others, most)`` → the entries of ``index`` (its scores, newest first) that
 #: every one of ``others`` holds; None when the smallest of them holds more than ``most``.
 Intersect = Callable[[str, Sequence[str], int], "list[Entry] | None"]
+#: ``fetch_many(indexes, after, count)`` → ``fetch`` of each index, in one round trip where it can.
+FetchMany = Callable[[Sequence[str], "Entry | None", int], list[list[Entry]]]
 #: ``actors()`` → every actor that has an index.
 Actors = Callable[[], Sequence[str]]
 
@@ -130,6 +132,7 @@ def find(
     queue: str | None = None,
     since_ms: float | None = None,
     actors: Actors = lambda: (),
+    fetch_many: FetchMany | None = None,
 ) -> Page:
     """Run a ``find_jobs`` query over the indexes ``fetch`` reads.
 
@@ -166,7 +169,7 @@ def find(
     loaded = examined = 0
     chunk = max(limit, CHECKED_CHUNK if checks else 50)
     while loaded < SCAN_BUDGET and examined < EXAMINE_BUDGET:
-        candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
+        candidates = _merge(_fetch_all(fetch, fetch_many, indexes, position, chunk), chunk)
         ended = False
         if since_ms is not None:
             kept = [c for c in candidates if c[0] >= since_ms]
@@ -256,6 +259,14 @@ def _page_of(
                 if len(items) == limit:
                     return Page(items, encode_cursor(entry) if done < len(rest) else None, tuple(corrupt))
     return Page(items, None, tuple(corrupt))
+
+
+def _fetch_all(
+    fetch: Fetch, fetch_many: FetchMany | None, indexes: list[str], position: Entry | None, count: int
+) -> list[list[Entry]]:
+    if fetch_many is not None and len(indexes) > 1:
+        return fetch_many(indexes, position, count)
+    return [fetch(index, position, count) for index in indexes]
 
 
 def _merge(lists: list[list[Entry]], count: int) -> list[Entry]:

@@ -138,6 +138,7 @@ class Store(abc.ABC):
             member=self._member,
             intersect=self._intersect,
             actors=self._actors,
+            fetch_many=self._fetch_indexes,
             queue=queue,
             since_ms=since.timestamp() * 1000 if since is not None else None,
         )
@@ -147,6 +148,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         """Up to ``count`` entries of ``jobs:<index>`` strictly after ``position``, newest first."""
+
+    def _fetch_indexes(
+        self, indexes: Sequence[str], position: _paging.Entry | None, count: int
+    ) -> list[list[_paging.Entry]]:
+        """:meth:`_fetch_index` of each index (a store may read them in one round trip)."""
+        return [self._fetch_index(index, position, count) for index in indexes]
 
     @abc.abstractmethod
     def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | Corrupt | None]:

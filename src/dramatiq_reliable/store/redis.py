@@ -417,6 +417,25 @@ class RedisStore(Store):
         top: float | str = "+inf" if position is None else position[0]
         return self._zpage(self.prefix + "jobs:" + index, top, "-inf", position, count)
 
+    def _fetch_indexes(
+        self, indexes: Sequence[str], position: _paging.Entry | None, count: int
+    ) -> list[list[_paging.Entry]]:
+        """The first page of every index in one pipelined round trip; an index whose first page
+        does not hold ``count`` entries after ``position`` (ties at the cursor's score) is read on."""
+        top: float | str = "+inf" if position is None else position[0]
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zrevrangebyscore(self.prefix + "jobs:" + index, top, "-inf", start=0, num=count + 16, withscores=True)
+        out: list[list[_paging.Entry]] = []
+        for index, rows in zip(indexes, self._call("a listing", pipe.execute), strict=True):
+            entries = [(float(score), _text(member)) for member, score in rows]
+            entries = [e for e in entries if _paging.after(e, position)]
+            if len(entries) >= count or len(rows) < count + 16:
+                out.append(entries[:count])
+            else:
+                out.append(self._fetch_index(index, position, count))
+        return out
+
     def _zpage(
         self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
     ) -> list[_paging.Entry]:
