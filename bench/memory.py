@@ -125,7 +125,7 @@ def _used_memory(client: redis.Redis) -> int:
 
 
 def family(key: str, prefix: str) -> str:
-    """With ``prefix="dr:"``: ``dr:jobs:status:done`` → ``jobs:status``; ``dr:job:<id>`` → ``job``."""
+    """With ``prefix="dr:"``: ``dr:jobs:s:done:noop`` → ``jobs:s``; ``dr:job:<id>`` → ``job``."""
     parts = key[len(prefix) :].split(":")
     return ":".join(parts[:2]) if len(parts) > 2 else parts[0]
 
@@ -211,7 +211,7 @@ def measure(
         result["keys"] = breakdown(client, prefix)
         result["keys_bytes_per_item"] = {k: v["bytes"] / (count + warmup) for k, v in result["keys"].items()}
         status = "done" if profile.kind == "job" else "failed"
-        result["records"] = {s: int(client.zcard(f"{prefix}:jobs:status:{s}")) for s in (status,)}
+        result["records"] = store.count_jobs([status])
         result["status"] = "ok"
     except Exception as exc:
         result.update(status="error", error=f"{type(exc).__name__}: {exc}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,3 +87,40 @@ def text(value: Any, label: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise BadField(f"{label} {shown(value)} is not text")
+
+
+_BEGUN = re.compile(r"^(?:redelivered: )?attempt \d+ on (.+)$")
+
+
+def absolute(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A job record in its full form: the stored compact form (``e``) made whole.
+
+    The store keeps ``start``, ``fin`` and the events' times (``e``) counted from ``enq`` (from 0
+    when there is none), and leaves ``worker`` out when the latest start's event ("attempt N on
+    <worker>") names it. A record with ``ev`` (the older form: times since the epoch) is
+    returned as it is. Values of the wrong type are left for the decoder to name.
+    """
+    events = data.get("e")
+    if "ev" in data or not isinstance(events, (list, dict)):
+        return data
+    enq = data.get("enq")
+    base = enq if isinstance(enq, (int, float)) and not isinstance(enq, bool) else 0
+
+    def shift(value: Any) -> Any:
+        return value + base if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    ev = [[shift(e[0]), *e[1:]] if isinstance(e, list) and e else e for e in events] if isinstance(events, list) else []
+    out = {k: v for k, v in data.items() if k != "e"}
+    out["ev"] = ev
+    for name in ("start", "fin"):
+        if name in out:
+            out[name] = shift(out[name])
+    if out.get("worker") is None:
+        for e in reversed(ev):
+            if isinstance(e, list) and len(e) >= 3 and e[1] == "running" and isinstance(e[2], str):
+                found = _BEGUN.match(e[2])
+                if found:
+                    if found.group(1) != "?":
+                        out["worker"] = found.group(1)
+                    break
+    return out

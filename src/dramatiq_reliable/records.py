@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from ._clock import from_ms, iso
-from ._stored import BadField, moment, shown, text, whole
+from ._stored import BadField, absolute, moment, shown, text, whole
 from .errors import CorruptRecord
 from .status import Status
 
@@ -127,6 +127,7 @@ class JobRecord:
 
     @classmethod
     def _decode(cls, data: Mapping[str, Any], job_id: str) -> JobRecord:
+        data = absolute(data)
         try:
             status = Status(data.get("status"))
         except ValueError:

@@ -132,9 +132,9 @@ def test_checkpoints_belong_to_the_claimed_key(store) -> None:
     # Then another job with the same key finds it, and a job of another key does not
     assert store.once_get("a:c", "charge") == '{"receipt": 1}'
     assert store.once_get("b:c", "charge") is None
-    # And when a job completes the key, its checkpoints go (the completion answers for them)
+    # And when a job that used them completes the key, they go (the completion answers for them)
     apply(store, start("j2", "a:c", "t2"))
-    apply(store, finish("j2", "a:c", "t2", "done"))
+    apply(store, finish("j2", "a:c", "t2", "done", once=1))
     assert store.once_get("a:c", "charge") is None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import dramatiq_reliable as dr
@@ -251,3 +253,74 @@ def test_a_late_enqueue_after_a_put_back_keeps_its_event_first(store) -> None:
         ("queued", "enqueued"),
         ("queued", "put back: store unavailable"),
     ]
+
+
+def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
+    # Given an old finished job, and the fleet-wide pass just run (it runs once a second)
+    apply(store, {"k": "start", "id": "old", "job": {**creation(), "att": 1}})
+    apply(store, {"k": "finish", "id": "old", "job": {"outcome": "done", "att": 1}})
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 1, retention_ms={"done": 300}, limit=10)
+    assert store.get_job("old") is not None
+    # When a job of the same actor ends past the old one's retention, before the next such pass
+    apply(store, {"k": "start", "id": "new", "job": {**creation(), "att": 1}}, now=NOW + 500)
+    apply(
+        store,
+        {"k": "finish", "id": "new", "job": {"outcome": "done", "att": 1}},
+        now=NOW + 500,
+        retention_ms={"done": 300},
+        limit=10,
+    )
+    # Then the call that wrote its index removed the old record
+    assert store.get_job("old") is None
+    assert [r.id for r in store.find_jobs(status="done")] == ["new"]
+    assert store.count_jobs(["done"]) == {"done": 1}
+
+
+def test_records_indexed_by_library_v2_are_moved_into_the_v3_indexes(store) -> None:
+    # Given records and indexes as library v2 wrote them (times since the epoch, ``ev``)
+    client = store.client
+    v2 = [("a", "done", "invoice"), ("b", "failed", "mail"), ("c", "done", "mail")]
+    for i, (job_id, status, actor) in enumerate(v2):
+        rec = {"actor": actor, "queue": "default", "status": status, "att": 1, "enq": NOW + i, "start": NOW + i}
+        rec.update(fin=NOW + i + 5, worker="h:1:T", ev=[[NOW + i, "queued", "enqueued"], [NOW + i + 5, status, "x"]])
+        client.set(store.k("job", job_id), json.dumps(rec))
+        client.zadd(store.k("jobs", "status", status), {job_id: NOW + i + 5})
+        client.zadd(store.k("jobs", "actor", actor), {job_id: NOW + i})
+    assert store.get_job("a").finished_at.timestamp() * 1000 == NOW + 5  # v2 records read as they are
+    # When a batch runs the fleet-wide cleanup pass
+    apply(store, {"k": "due", "id": "x", "job": {}}, now=NOW + 10, retention_ms={"done": 86_400_000}, limit=100)
+    # Then the v2 indexes are gone and the records are listed from the v3 ones
+    assert not client.exists(*(store.k("jobs", "status", s.value) for s in dr.Status))
+    assert not client.exists(store.k("jobs", "actor", "invoice"), store.k("jobs", "actor", "mail"))
+    assert [r.id for r in store.find_jobs(actor="mail")] == ["c", "b"]
+    assert [r.id for r in store.find_jobs(status="done")] == ["c", "a"]
+    assert store.count_jobs(["done", "failed"]) == {"done": 2, "failed": 1}
+    assert store.get_job("b").worker == "h:1:T"
+
+
+def test_listings_merge_the_indexes_of_every_actor_and_status_page_by_page(store) -> None:
+    # Given jobs of three actors, most of them ending at the same millisecond (ties broken by id)
+    ids = []
+    for i in range(30):
+        job_id = f"m{i:02d}"
+        ids.append(job_id)
+        actor = ("a", "b", "c")[i % 3]
+        apply(store, {"k": "start", "id": job_id, "job": {**creation(actor=actor), "att": 1}})
+        outcome = "failed" if i % 5 == 0 else "done"
+        apply(store, {"k": "finish", "id": job_id, "job": {"outcome": outcome, "att": 1}}, now=NOW + (i // 10))
+
+    def walk(**query):
+        seen, cursor = [], None
+        while True:
+            page = store.find_jobs(limit=7, cursor=cursor, **query)
+            seen += [r.id for r in page]
+            if page.cursor is None:
+                return seen
+            cursor = page.cursor
+
+    # Then each listing holds each job once, newest first, ties by id descending
+    newest_first = sorted(ids, key=lambda j: (int(j[1:]) // 10, j), reverse=True)
+    assert walk() == newest_first
+    assert walk(status="done") == [j for j in newest_first if int(j[1:]) % 5]
+    assert walk(actor="b") == [j for j in newest_first if int(j[1:]) % 3 == 1]
+    assert store.count_jobs(["done", "failed"]) == {"done": 24, "failed": 6}

@@ -59,7 +59,7 @@ def corrupt(seeded: Seeded) -> Seeded:  # noqa: F811
     now_ms = int(time.time() * 1000)  # not NOW_MS: the module may have been imported long before this test
     for i, (job_id, (raw, _)) in enumerate(CORRUPT_JOBS.items()):
         client.set(f"{prefix}job:{job_id}", raw)
-        client.zadd(f"{prefix}jobs:status:done", {job_id: now_ms + 600_000 + i})  # newer than the good one
+        client.zadd(f"{prefix}jobs:s:done:invoice", {job_id: now_ms + 600_000 + i})  # newer than the good one
     for i, (job_id, (raw, _)) in enumerate(CORRUPT_DEAD.items()):
         client.set(f"{prefix}dead:{job_id}", raw)
         client.zadd(f"{prefix}deads:time", {job_id: NOW_MS + i})
@@ -136,10 +136,11 @@ def test_the_api_on_a_memory_store(stub_broker: StubBroker) -> None:
     dr.install(stub_broker, store, notifiers=[])
     good = json.loads(_job())
     store.client.set(store.k("job", "good"), json.dumps(good))
-    store.client.zadd(store.k("jobs", "status", "done"), {"good": NOW_MS})
+    store.client.zadd(store.k("jobs", "s", "done", "invoice"), {"good": NOW_MS})
+    store.client.sadd(store.k("jobs", "actors"), "invoice")
     for i, (job_id, fields) in enumerate({"m-status": {"status": "exploded"}, "m-att": {"att": "many"}}.items()):
         store.client.set(store.k("job", job_id), json.dumps({**good, **fields}))
-        store.client.zadd(store.k("jobs", "status", "done"), {job_id: NOW_MS + 1 + i})
+        store.client.zadd(store.k("jobs", "s", "done", "invoice"), {job_id: NOW_MS + 1 + i})
     # When they are read, Then the corrupt ones are named, and the good one is listed
     with pytest.raises(dr.CorruptRecord) as info:
         store.get_job("m-att")

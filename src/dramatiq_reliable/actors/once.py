@@ -54,7 +54,8 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     The result must be JSON (it is stored, and later attempts get it back decoded, so a tuple
     comes back as a list; the first attempt gets the decoded value too). Checkpoints live in
     the Idempotency store for the key's ``ttl`` after the last step stored one, and are
-    dropped when a job completes the key (its completion then answers for every step). A job
+    dropped when a job that used them completes the key (its completion then answers for every
+    step; steps no completing job read expire with their ``ttl``). A job
     that failed for good keeps them, so a replay or a new send with the key resumes after its
     last completed step.
 
@@ -78,6 +79,7 @@ def once(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Any:
     if where is None:
         raise ConfigurationError(f"dr.once({name!r}) needs the Idempotency middleware on the broker")
     store, scope, ttl_ms = where
+    run.once_used = True  # its completion drops the key's steps
     stop_point()  # a cancelled job stops here
     stored = store.once_get(scope, name)
     if stored is not None:

@@ -108,6 +108,7 @@ class JobRun:
         "mask",
         "message",
         "msg",
+        "once_used",
         "outcome",
         "proc",
         "queue",
@@ -170,6 +171,8 @@ class JobRun:
         self.dup: str | None = None
         #: Where ``dr.once`` keeps its steps: ``(store, scope, ttl_ms)``.
         self.checkpoints: Checkpoints | None = None
+        #: Whether ``dr.once`` read or stored a step in this delivery (its completion drops them).
+        self.once_used = False
         #: The Watchdog's id of the process running it.
         self.proc: str | None = None
         #: The options the message was delivered with (Retries changes them in place).

@@ -194,7 +194,7 @@ class Idempotency(ReliableMiddleware):
         section: dict[str, Any] = {"key": key, "token": token, "lease_ms": self._lease_ms}
         rec = self._templates.get(actor.actor_name) is None and self._record_marks(broker, ttl_ms)
         if rec:
-            section["rec"] = 1
+            section.update(rec=1, a=actor.actor_name)
         op = {"k": "claim", "id": run.id, "idem": section}
         if actor.options.get("unique") or self._templates.get(actor.actor_name) is not None:
             self._act_on(broker, message, run, key, journal.submit(op, wait=True, retry=False))
@@ -262,6 +262,8 @@ class Idempotency(ReliableMiddleware):
             section.update(key=claim.key, token=claim.token, ttl_ms=claim.ttl_ms)
             if claim.rec:
                 section["rec"] = 1
+            if run.once_used:
+                section["once"] = 1
         if reserved is not None:
             section["ukey"] = reserved
         run.stage(self.store.journal, "finish", "idem", section)

@@ -24,7 +24,7 @@ from ..errors import StoreError
 logger = logging.getLogger("dramatiq_reliable.store")
 
 #: The library's version; part of its name and of its functions' names.
-VERSION = 2
+VERSION = 3
 #: Every version's library name starts with this.
 FAMILY = "dramatiq_reliable_v"
 NAME = f"{FAMILY}{VERSION}"

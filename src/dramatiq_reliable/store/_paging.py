@@ -3,9 +3,11 @@
 Every index orders job ids by a score in milliseconds, newest first; ties are broken by id,
 descending. A cursor is ``"<score>:<id>"`` of the last item returned, and the next page starts
 strictly after it. Filters that the chosen index does not cover are applied to the loaded
-records. When the store can tell index membership cheaply (``member``), a filter that another
-index covers (the status of ``--actor A --status S``) is checked against that index first, so
-only the records that will be shown are loaded. A page that needs more than ``SCAN_BUDGET``
+records. Job records are indexed per (status, actor): a listing by status merges the indexes
+of every actor, one by actor those of every status (so both order by when the job entered its
+status). When the store can tell index membership cheaply (``member``), the (status, actor)
+filter of a listing by business key is checked against its index first, so only the records
+that will be shown are loaded. A page that needs more than ``SCAN_BUDGET``
 loaded records, or ``EXAMINE_BUDGET`` index entries, returns early with a cursor. A record
 that cannot be decoded is skipped and its id named in ``Page.corrupt``: one damaged key never
 breaks a listing.
@@ -44,6 +46,20 @@ Member = Callable[[str, Sequence[str]], list[bool]]
 #: ``intersect(index, others, most)`` → the entries of ``index`` (its scores, newest first) that
 #: every one of ``others`` holds; None when the smallest of them holds more than ``most``.
 Intersect = Callable[[str, Sequence[str], int], "list[Entry] | None"]
+#: ``fetch_many(indexes, after, count)`` → ``fetch`` of each index, in one round trip where it can.
+FetchMany = Callable[[Sequence[str], "Entry | None", int], list[list[Entry]]]
+#: ``actors()`` → every actor that has an index.
+Actors = Callable[[], Sequence[str]]
+
+
+def index_name(status: str, actor: str) -> str:
+    """The index of the jobs of ``actor`` in ``status`` (``jobs:<name>`` in the store)."""
+    return f"s:{status}:{actor}"
+
+
+def key_index(name: str, value: str) -> str:
+    """The index of the jobs with business key ``name=value``."""
+    return f"key:{name}={value}"
 
 
 def encode_cursor(entry: Entry) -> str:
@@ -115,6 +131,8 @@ def find(
     intersect: Intersect | None = None,
     queue: str | None = None,
     since_ms: float | None = None,
+    actors: Actors = lambda: (),
+    fetch_many: FetchMany | None = None,
 ) -> Page:
     """Run a ``find_jobs`` query over the indexes ``fetch`` reads.
 
@@ -122,7 +140,7 @@ def find(
     ends the walk early: every index scores a job at or after its enqueue time.
     """
     position = decode_cursor(cursor)
-    indexes, checks = _plan(status, actor, key, checked=member is not None)
+    indexes, checks = _plan(status, actor, key, checked=member is not None, actors=actors)
 
     def keep(data: dict[str, Any]) -> bool:
         if status is not None and data.get("status") != status:
@@ -151,7 +169,7 @@ def find(
     loaded = examined = 0
     chunk = max(limit, CHECKED_CHUNK if checks else 50)
     while loaded < SCAN_BUDGET and examined < EXAMINE_BUDGET:
-        candidates = _merge([fetch(index, position, chunk) for index in indexes], chunk)
+        candidates = _merge(_fetch_all(fetch, fetch_many, indexes, position, chunk), chunk)
         ended = False
         if since_ms is not None:
             kept = [c for c in candidates if c[0] >= since_ms]
@@ -205,24 +223,22 @@ def _record(
 
 
 def _plan(
-    status: str | None, actor: str | None, key: tuple[str, str] | None, *, checked: bool
+    status: str | None, actor: str | None, key: tuple[str, str] | None, *, checked: bool, actors: Actors
 ) -> tuple[list[str], list[str]]:
-    """The indexes to walk, and those that cover the other filters (checked before loading)."""
-    if key is not None:
-        indexes = [f"key:{key[0]}={key[1]}"]
-    elif actor is not None:
-        indexes = [f"actor:{actor}"]
-    elif status is not None:
-        indexes = [f"status:{status}"]
-    else:
-        indexes = [f"status:{s.value}" for s in Status]
+    """The indexes to walk (merged), and the one that covers the other filters (checked before loading).
+
+    A job is in one index of its (status, actor): by status, the indexes of every actor of that
+    status are merged; by actor, those of every status of that actor.
+    """
+    statuses = [status] if status is not None else [s.value for s in Status]
     checks: list[str] = []
-    if checked:
-        if status is not None and not indexes[0].startswith("status:"):
-            checks.append(f"status:{status}")
-        if actor is not None and key is not None:
-            checks.append(f"actor:{actor}")
-    return indexes, checks
+    if key is not None:
+        indexes = [key_index(*key)]
+        if checked and status is not None and actor is not None:
+            checks.append(index_name(status, actor))
+        return indexes, checks
+    names = [actor] if actor is not None else sorted(actors())
+    return [index_name(s, a) for s in statuses for a in names], checks
 
 
 def _page_of(
@@ -243,6 +259,14 @@ def _page_of(
                 if len(items) == limit:
                     return Page(items, encode_cursor(entry) if done < len(rest) else None, tuple(corrupt))
     return Page(items, None, tuple(corrupt))
+
+
+def _fetch_all(
+    fetch: Fetch, fetch_many: FetchMany | None, indexes: list[str], position: Entry | None, count: int
+) -> list[list[Entry]]:
+    if fetch_many is not None and len(indexes) > 1:
+        return fetch_many(indexes, position, count)
+    return [fetch(index, position, count) for index in indexes]
 
 
 def _merge(lists: list[list[Entry]], count: int) -> list[Entry]:

@@ -109,7 +109,7 @@ class Store(abc.ABC):
 
         Parameters:
           status: only jobs in this status (ordered by when they entered it).
-          actor: only jobs of this actor (ordered by enqueue time).
+          actor: only jobs of this actor (ordered by when they entered their status).
           key: only jobs with this business key ``(name, value)``. Keys are recorded as
             strings; any other value is turned into one the same way (``("order_id", 4711)``
             finds what ``order_id=4711`` recorded as ``"4711"``).
@@ -137,6 +137,8 @@ class Store(abc.ABC):
             cursor=cursor,
             member=self._member,
             intersect=self._intersect,
+            actors=self._actors,
+            fetch_many=self._fetch_indexes,
             queue=queue,
             since_ms=since.timestamp() * 1000 if since is not None else None,
         )
@@ -147,9 +149,19 @@ class Store(abc.ABC):
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         """Up to ``count`` entries of ``jobs:<index>`` strictly after ``position``, newest first."""
 
+    def _fetch_indexes(
+        self, indexes: Sequence[str], position: _paging.Entry | None, count: int
+    ) -> list[list[_paging.Entry]]:
+        """:meth:`_fetch_index` of each index (a store may read them in one round trip)."""
+        return [self._fetch_index(index, position, count) for index in indexes]
+
     @abc.abstractmethod
     def _load_records(self, ids: Sequence[str]) -> list[dict[str, Any] | Corrupt | None]:
         """The stored job records of ``ids``: ``None`` where missing, ``Corrupt`` where undecodable."""
+
+    @abc.abstractmethod
+    def _actors(self) -> list[str]:
+        """Every actor that has an index of job records."""
 
     @abc.abstractmethod
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:

@@ -15,7 +15,9 @@ Atomicity: the library checks every section of an op against its fields (names, 
 missing, none unknown) before it applies any; a refused op changes nothing and its result is
 ``{"error": why, "section": name}``. Handlers then run in priority order (lowest first) and
 share an outcome, so that, for instance, JobState records ``skipped`` when Idempotency found a
-duplicate in the same op.
+duplicate in the same op. Their writes wait in the op's write queue until every handler
+returned: a handler that raises leaves nothing of the op applied, and the result is
+``{"error": why, "section": name}`` too (see ``lua/00_prelude.lua``).
 
 Units are in the names: ``*_ms`` fields are milliseconds, durations or (``enq_ms``,
 ``due_ms``, ``next_ms``, ``dead_ms``, ``fire_ms``, ``at_ms``) times since the epoch. Times
@@ -128,6 +130,8 @@ class _ClaimIdem(TypedDict):
 class ClaimIdem(_ClaimIdem, total=False):
     #: 1: JobState's ``done`` index marks the message id (no separate marker).
     rec: int
+    #: the actor (whose ``done`` index ``rec`` reads).
+    a: str
 
 
 class _FinishIdem(TypedDict):
@@ -141,6 +145,8 @@ class FinishIdem(_FinishIdem, total=False):
     rec: int
     #: the key a ``unique`` job reserved.
     ukey: str
+    #: 1: ``dr.once`` read or stored steps of ``key`` in this delivery (``done`` drops them).
+    once: int
 
 
 class UnreserveIdem(TypedDict):

@@ -5,8 +5,10 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:job:<id>                 string  the job record, compact JSON (below); expires
                                         ``retention`` + 1 day after a terminal status,
                                         30 days after any other write
-    dr:jobs:status:<status>     zset    job id -> when it entered <status>
-    dr:jobs:actor:<actor>       zset    job id -> when it was enqueued
+    dr:jobs:s:<status>:<actor>  zset    job id -> when it entered <status> (one index per job)
+    dr:jobs:actors              set     the actors that have such indexes
+    dr:jobs:gc                  string  when a call last checked every index for records past
+                                        their retention (the next does, GC_EVERY = 1 s later)
     dr:jobs:key:<name>=<value>  zset    job id -> when it was enqueued (business keys)
 
     dr:idem:done:<key>          string  id of the job that completed <key>; PX ``ttl`` (not for a
@@ -14,7 +16,8 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
     dr:idem:lease:<key>         string  owner token of the running delivery; PX ``lease``
     dr:idem:unique:<key>        string  id of the pending job that reserved <key>; PX ``ttl``
     dr:idem:once:<key>          hash    step name -> JSON result of ``dr.once``; PX ``ttl`` from
-                                        the last step stored; deleted when <key> completes
+                                        the last step stored; deleted when a job that read or
+                                        stored steps of <key> completes it
 
     dr:cron:tick:<name>:<fire>  string  the claim of one tick of schedule <name> (fire time in ms):
                                         JSON {st, job, by, lease, dl, at, n}; PX misfire grace
@@ -68,13 +71,17 @@ Key layout (``prefix`` defaults to ``dr``; all times are milliseconds since the 
 
 The job record (its id is in its key): ``actor queue status att(empts) maxr(max_retries) enq
 start fin next due worker keys args(JSON text) err{type,message,traceback} dup stack wp
-ev[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
-time of the last update. ``wp`` is the Watchdog's process running the job.
+e[[ms, status, detail], ...]``; absent fields are left out; the time of the last event is the
+time of the last update. ``wp`` is the Watchdog's process running the job. Compact: ``start``,
+``fin`` and the events' times count from ``enq`` (from 0 without one), and ``worker`` is left
+out when the latest start's event ("attempt N on <worker>") names it
+(:func:`dramatiq_reliable._stored.absolute` reads it back). A record written by library v2 has
+``ev`` with times since the epoch; both are read.
 
 Every transition is one op of a batch applied by the store's Lua library (``store/lua/*.lua``,
 loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``FCALL``; see
 ``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
-one status index, and records past their retention are removed together with their index
+one (status, actor) index, and records past their retention are removed together with their index
 entries. Times in keys and records are the store's clock (``TIME``). The library builds every
 key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
 needs a single Redis server (or a primary, named directly or through Sentinel), not a Redis
@@ -399,6 +406,9 @@ class RedisStore(Store):
         entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
         return entries
 
+    def _actors(self) -> list[str]:
+        return [_text(a) for a in self._call("a listing", self.client.smembers, self.prefix + "jobs:actors")]
+
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
         scores = self._call("a listing", self.client.zmscore, self.prefix + "jobs:" + index, list(ids))
         return [score is not None for score in scores]
@@ -406,6 +416,25 @@ class RedisStore(Store):
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         top: float | str = "+inf" if position is None else position[0]
         return self._zpage(self.prefix + "jobs:" + index, top, "-inf", position, count)
+
+    def _fetch_indexes(
+        self, indexes: Sequence[str], position: _paging.Entry | None, count: int
+    ) -> list[list[_paging.Entry]]:
+        """The first page of every index in one pipelined round trip; an index whose first page
+        does not hold ``count`` entries after ``position`` (ties at the cursor's score) is read on."""
+        top: float | str = "+inf" if position is None else position[0]
+        pipe = self.client.pipeline(transaction=False)
+        for index in indexes:
+            pipe.zrevrangebyscore(self.prefix + "jobs:" + index, top, "-inf", start=0, num=count + 16, withscores=True)
+        out: list[list[_paging.Entry]] = []
+        for index, rows in zip(indexes, self._call("a listing", pipe.execute), strict=True):
+            entries = [(float(score), _text(member)) for member, score in rows]
+            entries = [e for e in entries if _paging.after(e, position)]
+            if len(entries) >= count or len(rows) < count + 16:
+                out.append(entries[:count])
+            else:
+                out.append(self._fetch_index(index, position, count))
+        return out
 
     def _zpage(
         self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
@@ -538,11 +567,13 @@ class RedisStore(Store):
 
     def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
         names = statuses_to_count(statuses)
+        actors = self._actors()
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.zcard(self.k("jobs", "status", name))
-        counts = self._call("a count", pipe.execute)
-        return {name: int(n) for name, n in zip(names, counts, strict=True)}
+            for actor in actors:
+                pipe.zcard(self.prefix + "jobs:" + _paging.index_name(name, actor))
+        counts = iter(self._call("a count", pipe.execute) if actors else [])
+        return {name: sum(int(next(counts)) for _ in actors) for name in names}
 
     def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
         minutes = range(first, last + 1)

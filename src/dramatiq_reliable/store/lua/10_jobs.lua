@@ -31,6 +31,11 @@ local function fill(rec, s)
     if rec[stored] == nil and s[field] ~= nil then rec[stored] = s[field] end
   end
   if (rec.keys == nil or next(rec.keys) == nil) and type(s.keys) == 'table' and next(s.keys) ~= nil then
+    for name, value in pairs(s.keys) do
+      if type(name) ~= 'string' or type(value) ~= 'string' then
+        error('keys: ' .. tostring(name) .. ' must map to a string, not a ' .. type(value), 0)
+      end
+    end
     rec.keys = s.keys
   end
 end
@@ -98,7 +103,7 @@ on('enqueue', 20, 'job',
     if not had_keys and not e.new and type(e.rec.keys) == 'table' then
       -- The record was created (and indexed) by the start, without the keys this write brings.
       for name, value in pairs(e.rec.keys) do
-        redis.call('ZADD', K.key(name, value), e.rec.enq or NOW, ctx.op.id)
+        W('ZADD', K.key(name, value), e.rec.enq or NOW, ctx.op.id)
       end
     end
     touch(e)
@@ -170,23 +175,76 @@ on('due', 20, 'job', {hist = 'number?', detail = 'string?'}, function(ctx, s)
   end
 end)
 
--- Drop records whose terminal status is older than their retention, with their index entries.
-local function cleanup()
-  if type(B.retention_ms) ~= 'table' then return end
-  local limit = tonumber(B.limit) or 100
-  for status, retention in pairs(B.retention_ms) do
-    if limit <= 0 then return end
-    local ids = redis.call('ZRANGEBYSCORE', K.status(status), '-inf', NOW - retention,
-      'LIMIT', 0, limit)
-    for _, id in ipairs(ids) do
+-- Drop records whose terminal status is older than their retention, with their index entries:
+-- in the indexes this call added to (so the cleanup keeps pace with what ends), and in every
+-- index once per GC_EVERY ms in the fleet (indexes nothing writes to any more); at most
+-- ``limit`` records per call.
+local GC_EVERY = 1000
+
+local function clean_index(status, actor, retention, limit)
+  local k = K.jobs(status, actor)
+  local ids = redis.call('ZRANGEBYSCORE', k, '-inf', NOW - retention, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local rec = decode(redis.call('GET', K.job(id)))
+    if rec and (rec.status ~= status or (rec.actor or '?') ~= actor) then
+      redis.call('ZREM', k, id)  -- stale entry only
+    else
+      forget(id, rec, status, actor)
+    end
+  end
+  return #ids
+end
+
+local STATUSES = {'queued', 'running', 'retrying', 'done', 'failed', 'skipped', 'cancelled', 'stuck', 'abandoned'}
+
+-- Library v2 indexed a job in ``jobs:status:<status>`` and ``jobs:actor:<actor>``: each gc pass
+-- moves up to ``limit`` of those entries into the (status, actor) indexes, so the records kept
+-- from before an upgrade stay listed (and are cleaned up in time).
+local function migrate_v2(limit)
+  local olds = {}
+  for i, status in ipairs(STATUSES) do olds[i] = K.v2_status(status) end
+  if redis.call('EXISTS', unpack(olds)) == 0 then return limit end
+  for i, status in ipairs(STATUSES) do
+    if limit <= 0 then return limit end
+    local items = redis.call('ZRANGE', olds[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #items, 2 do
+      local id = items[j]
       local rec = decode(redis.call('GET', K.job(id)))
-      if rec and rec.status ~= status then
-        redis.call('ZREM', K.status(status), id)  -- stale entry only
-      else
-        forget(id, rec)
-        redis.call('ZREM', K.status(status), id)
+      redis.call('ZREM', olds[i], id)
+      if rec and rec.status == status then
+        local actor = rec.actor or '?'
+        redis.call('ZADD', K.jobs(status, actor), 'NX', items[j + 1], id)
+        redis.call('ZREM', K.v2_actor(actor), id)
+        redis.call('SADD', K.actors(), actor)
       end
       limit = limit - 1
     end
+  end
+  if redis.call('EXISTS', unpack(olds)) == 0 then
+    -- All moved: what the actor indexes still hold are records that expired.
+    for _, actor in ipairs(redis.call('SMEMBERS', K.actors())) do redis.call('DEL', K.v2_actor(actor)) end
+  end
+  return limit
+end
+
+local function cleanup()
+  if type(B.retention_ms) ~= 'table' then return end
+  local limit = tonumber(B.limit) or 100
+  for _, w in pairs(WRITTEN) do
+    local retention = tonumber(B.retention_ms[w[1]])
+    if retention and limit > 0 then limit = limit - clean_index(w[1], w[2], retention, limit) end
+  end
+  if limit <= 0 then return end
+  local last = tonumber(redis.call('GET', K.gc())) or 0
+  if last <= NOW and NOW - last < GC_EVERY then return end  -- (a clock set back runs it now)
+  redis.call('SET', K.gc(), NOW)
+  limit = migrate_v2(limit)
+  for _, actor in ipairs(redis.call('SMEMBERS', K.actors())) do
+    for status, retention in pairs(B.retention_ms) do
+      if limit > 0 and tonumber(retention) then limit = limit - clean_index(status, actor, tonumber(retention), limit) end
+    end
+    local names = {}
+    for i, status in ipairs(STATUSES) do names[i] = K.jobs(status, actor) end
+    if redis.call('EXISTS', unpack(names)) == 0 then redis.call('SREM', K.actors(), actor) end
   end
 end

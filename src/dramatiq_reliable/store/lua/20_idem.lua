@@ -31,10 +31,18 @@ end
 -- Check a delivery before it runs: done already? held by a running delivery? Else take the lease.
 -- A lease whose holder process is gone (killed with its job) is taken over at once: its own
 -- redelivery need not wait for the lease to expire.
-on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?'},
+on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', rec = 'number?', a = 'string?'},
   function(ctx, s)
-  -- ``rec``: JobState keeps this job's record at least ``ttl``; its done index is the marker.
-  if s.rec and redis.call('ZSCORE', K.status('done'), ctx.op.id) then
+  -- ``rec``: JobState keeps this job's record at least ``ttl``; its ``done`` index (of actor
+  -- ``a``), else its ``done`` status, is the marker.
+  local done
+  if s.rec and s.a then
+    done = redis.call('ZSCORE', K.jobs('done', s.a), ctx.op.id)
+  elseif s.rec then
+    local mine = load(ctx.op.id).rec
+    done = mine and mine.status == 'done'
+  end
+  if done then
     ctx.res.outcome = 'duplicate'
     ctx.res.dup = ctx.op.id
     return
@@ -46,7 +54,7 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
     return
   end
   local lk = ikey('lease', s.key)
-  if not redis.call('SET', lk, s.token, 'NX', 'PX', s.lease_ms) then
+  if not W_setnx(lk, s.token, s.lease_ms) then
     local owner = redis.call('GET', lk) or ''
     local gone, proc, wait = holder_gone(lk, owner, lease_holder(s.token), s.lease_ms)
     if not gone then
@@ -58,7 +66,7 @@ on('claim', 10, 'idem', {key = 'string', token = 'string', lease_ms = 'number', 
       ctx.res.owner = owner
       return
     end
-    redis.call('SET', lk, s.token, 'PX', s.lease_ms)
+    W('SET', lk, s.token, 'PX', s.lease_ms)
     ctx.res.took = proc
     ctx.res.detail = 'taken over from dead process ' .. proc
   end
@@ -79,20 +87,21 @@ end
 -- for every step). ``ukey`` is the key a ``unique`` job reserved at send: freed when the job
 -- has finished, whatever the outcome, but not while it waits for a retry or was put back.
 on('finish', 10, 'idem',
-  {outcome = 'string', key = 'string?', token = 'string?', ttl_ms = 'number?', rec = 'number?', ukey = 'string?'},
+  {outcome = 'string', key = 'string?', token = 'string?', ttl_ms = 'number?', rec = 'number?', ukey = 'string?',
+    once = 'number?'},
   function(ctx, s)
   local id = ctx.op.id
   if s.key and s.outcome == 'done' then
-    if not (s.rec and recorded_done(ctx)) then redis.call('SET', ikey('done', s.key), id, 'PX', s.ttl_ms or DAY) end
-    redis.call('DEL', ikey('once', s.key))
+    if not (s.rec and recorded_done(ctx)) then W('SET', ikey('done', s.key), id, 'PX', s.ttl_ms or DAY) end
+    if s.once then W('DEL', ikey('once', s.key)) end
   end
   if s.key and s.token then
     local lk = ikey('lease', s.key)
-    if redis.call('GET', lk) == s.token then redis.call('DEL', lk) end
+    if redis.call('GET', lk) == s.token then W('DEL', lk) end
   end
   if s.ukey and s.outcome ~= 'retrying' and s.outcome ~= 'deferred' then
     local uk = ikey('unique', s.ukey)
-    if redis.call('GET', uk) == id then redis.call('DEL', uk) end
+    if redis.call('GET', uk) == id then W('DEL', uk) end
   end
 end)
 
@@ -112,20 +121,20 @@ on('reserve', 10, 'idem', {key = 'string', ttl_ms = 'number'}, function(ctx, s)
       return
     end
   end
-  redis.call('SET', uk, id, 'PX', s.ttl_ms)
+  W('SET', uk, id, 'PX', s.ttl_ms)
   ctx.res.outcome = 'reserved'
 end)
 
 -- Release a reservation whose enqueue did not happen.
 on('unreserve', 10, 'idem', {key = 'string'}, function(ctx, s)
   local uk = ikey('unique', s.key)
-  if redis.call('GET', uk) == ctx.op.id then redis.call('DEL', uk) end
+  if redis.call('GET', uk) == ctx.op.id then W('DEL', uk) end
 end)
 
 -- unique=True: the enqueue happened; hold the key until the job ends (or ``ttl``).
 on('confirm', 10, 'idem', {key = 'string', ttl_ms = 'number'}, function(ctx, s)
   local uk = ikey('unique', s.key)
-  if redis.call('GET', uk) == ctx.op.id then redis.call('PEXPIRE', uk, s.ttl_ms) end
+  if redis.call('GET', uk) == ctx.op.id then W('PEXPIRE', uk, s.ttl_ms) end
 end)
 
 -- The heartbeat: extend the leases this process holds; report the ones it lost.
@@ -134,7 +143,7 @@ on('renew', 10, 'idem', {leases = 'table', lease_ms = 'number'}, function(ctx, s
   for key, token in pairs(s.leases) do
     local lk = ikey('lease', key)
     if redis.call('GET', lk) == token then
-      redis.call('PEXPIRE', lk, s.lease_ms)
+      W('PEXPIRE', lk, s.lease_ms)
     else
       table.insert(lost, key)
     end

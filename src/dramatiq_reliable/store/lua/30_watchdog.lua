@@ -34,25 +34,25 @@ local function wd_abandon(proc, why, s, out)
     end
     if meta.lk and meta.lt then
       local lk = ikey('lease', meta.lk)
-      if redis.call('GET', lk) == meta.lt then redis.call('DEL', lk) end
+      if redis.call('GET', lk) == meta.lt then W('DEL', lk) end
     end
   end
 end
 
 -- Forget a process entirely.
 local function wd_forget(proc)
-  redis.call('DEL', wd_run(proc))
-  redis.call('HDEL', K.wd('info'), proc)
-  redis.call('ZREM', K.wd('dead'), proc)
-  redis.call('ZREM', K.wd('procs'), proc)
-  redis.call('SREM', K.wd('pending'), proc)
+  W('DEL', wd_run(proc))
+  W('HDEL', K.wd('info'), proc)
+  W('ZREM', K.wd('dead'), proc)
+  W('ZREM', K.wd('procs'), proc)
+  W('SREM', K.wd('pending'), proc)
 end
 
 -- A process is dead: move it to wd:dead, queue the recovery of its broker messages, abandon its jobs.
 local function wd_bury(proc, why, s, out)
-  redis.call('ZREM', K.wd('procs'), proc)
-  redis.call('ZADD', K.wd('dead'), NOW, proc)
-  if wd_info(proc).bid then redis.call('SADD', K.wd('pending'), proc) end
+  W('ZREM', K.wd('procs'), proc)
+  W('ZADD', K.wd('dead'), NOW, proc)
+  if wd_info(proc).bid then W('SADD', K.wd('pending'), proc) end
   wd_abandon(proc, why, s, out)
 end
 
@@ -75,7 +75,7 @@ local function wd_sweep(s)
         table.insert(out.pending, {proc = proc, bid = info.bid, broker = info.broker, ns = info.ns,
           queues = info.queues})
       else
-        redis.call('SREM', K.wd('pending'), proc)
+        W('SREM', K.wd('pending'), proc)
       end
     end
     -- Every broker id this store knows dead, so a recovery can tell them from live ones.
@@ -94,9 +94,9 @@ on('beat', 30, 'wd',
   local proc = s.proc
   if redis.call('ZSCORE', K.wd('dead'), proc) then
     -- Found dead earlier (frozen, or cut off from the store), yet it beats: it lives.
-    redis.call('ZREM', K.wd('dead'), proc)
+    W('ZREM', K.wd('dead'), proc)
     ctx.res.revived = true
-    if redis.call('SREM', K.wd('pending'), proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
+    if W('SREM', K.wd('pending'), proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
     local back = 0
     for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
       local e = load(id)
@@ -107,14 +107,14 @@ on('beat', 30, 'wd',
     end
     ctx.res.back = back
   end
-  redis.call('ZADD', K.wd('procs'), NOW + s.abandon_ms, proc)
-  if s.info then redis.call('HSET', K.wd('info'), proc, cjson.encode(s.info)) end
+  W('ZADD', K.wd('procs'), NOW + s.abandon_ms, proc)
+  if s.info then W('HSET', K.wd('info'), proc, cjson.encode(s.info)) end
   ctx.res.now_ms = NOW
   if s.sweep_ms then
     -- The lock holds "<expiry ms>|<proc>"; it is free once missing or expired by the batch clock.
     local held = redis.call('GET', K.wd('lock'))
     if not held or (tonumber(string.match(held, '^(%d+)|')) or 0) <= NOW then
-      redis.call('SET', K.wd('lock'), (NOW + s.sweep_ms) .. '|' .. proc, 'PX', s.sweep_ms)
+      W('SET', K.wd('lock'), (NOW + s.sweep_ms) .. '|' .. proc, 'PX', s.sweep_ms)
       ctx.res.sweep = wd_sweep(s)
     end
   end
@@ -125,9 +125,9 @@ on('start', 30, 'wd', {proc = 'string', abandon_ms = 'number?', a = 'string?', q
   function(ctx, s)
   local id = ctx.op.id
   local meta = {a = s.a, q = s.q, lk = s.lk, lt = s.lt}
-  redis.call('HSET', wd_run(s.proc), id, cjson.encode(meta))
+  W('HSET', wd_run(s.proc), id, cjson.encode(meta))
   -- Until the process's first beat registers it (the beat sends no abandon_ms after that).
-  if s.abandon_ms then redis.call('ZADD', K.wd('procs'), 'NX', NOW + s.abandon_ms, s.proc) end
+  if s.abandon_ms then W('ZADD', K.wd('procs'), 'NX', NOW + s.abandon_ms, s.proc) end
   local e = load(id)
   if e.rec and e.rec.status == 'running' then
     e.rec.wp = s.proc
@@ -136,7 +136,7 @@ on('start', 30, 'wd', {proc = 'string', abandon_ms = 'number?', a = 'string?', q
 end)
 
 on('finish', 30, 'wd', {proc = 'string'}, function(ctx, s)
-  redis.call('HDEL', wd_run(s.proc), ctx.op.id)
+  W('HDEL', wd_run(s.proc), ctx.op.id)
 end)
 
 -- The process running a job found it past its stuck_after: record where its thread is.
@@ -170,5 +170,5 @@ end)
 
 -- The broker messages of these dead processes were put back: nothing is pending for them.
 on('recovered', 30, 'wd', {procs = 'table'}, function(ctx, s)
-  for _, proc in ipairs(s.procs) do redis.call('SREM', K.wd('pending'), proc) end
+  for _, proc in ipairs(s.procs) do W('SREM', K.wd('pending'), proc) end
 end)

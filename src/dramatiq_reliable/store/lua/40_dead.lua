@@ -29,46 +29,51 @@ end
 
 -- Remove a dead-letter record with its index entries; returns it (or nil).
 local function d_remove(id)
-  redis.call('ZREM', K.deads('time'), id)
-  redis.call('ZREM', K.deads('exp'), id)
+  W('ZREM', K.deads('time'), id)
+  W('ZREM', K.deads('exp'), id)
   local d = decode(redis.call('GET', dkey(id)))
-  redis.call('DEL', dkey(id))
+  W('DEL', dkey(id))
   if not d or type(d.queue) ~= 'string' then return nil end
-  redis.call('ZREM', d_queue(d.queue), id)
-  redis.call('ZREM', d_actor(d.actor or '?'), id)
+  W('ZREM', d_queue(d.queue), id)
+  W('ZREM', d_actor(d.actor or '?'), id)
   if type(d.xids) == 'table' then
     for _, x in ipairs(d.xids) do
-      if redis.call('HGET', d_xids(d.queue), x) == id then redis.call('HDEL', d_xids(d.queue), x) end
+      if redis.call('HGET', d_xids(d.queue), x) == id then W('HDEL', d_xids(d.queue), x) end
     end
   end
   local kind = d_kind(d)
-  if redis.call('HINCRBY', K.deads('stats'), kind, -1) <= 0 then redis.call('HDEL', K.deads('stats'), kind) end
+  local left = (tonumber(redis.call('HGET', K.deads('stats'), kind)) or 0) - 1
+  W('HINCRBY', K.deads('stats'), kind, -1)
+  if left <= 0 then W('HDEL', K.deads('stats'), kind) end
   return d
 end
 
 local function d_save(d)
-  redis.call('SET', dkey(d.id), cjson.encode(d), 'PX', math.max(d.exp - NOW, 1) + D_GRACE)
-  redis.call('ZADD', K.deads('time'), d.dead, d.id)
-  redis.call('ZADD', K.deads('exp'), d.exp, d.id)
-  redis.call('ZADD', d_queue(d.queue), d.dead, d.id)
-  redis.call('ZADD', d_actor(d.actor or '?'), d.dead, d.id)
-  redis.call('ZADD', K.deads('queues'), NOW, d.queue)
+  W('SET', dkey(d.id), cjson.encode(d), 'PX', math.max(d.exp - NOW, 1) + D_GRACE)
+  W('ZADD', K.deads('time'), d.dead, d.id)
+  W('ZADD', K.deads('exp'), d.exp, d.id)
+  W('ZADD', d_queue(d.queue), d.dead, d.id)
+  W('ZADD', d_actor(d.actor or '?'), d.dead, d.id)
+  W('ZADD', K.deads('queues'), NOW, d.queue)
   if type(d.xids) == 'table' then
-    for _, x in ipairs(d.xids) do redis.call('HSET', d_xids(d.queue), x, d.id) end
+    for _, x in ipairs(d.xids) do W('HSET', d_xids(d.queue), x, d.id) end
   end
-  redis.call('HINCRBY', K.deads('stats'), d_kind(d), 1)
+  W('HINCRBY', K.deads('stats'), d_kind(d), 1)
 end
 
--- Drop records past their retention (at most ``limit`` per batch).
-local D_CLEANED
-RESET[#RESET + 1] = function() D_CLEANED = false end
+-- Drop records past their retention (at most 100 per call): after the ops of a call that
+-- applied a dead-letter op (``d_cleanup_later``), and in the fleet's sweep.
+local D_CLEANED, D_WANTED
+RESET[#RESET + 1] = function() D_CLEANED = false; D_WANTED = false end
 local function d_cleanup()
   if D_CLEANED then return end
   D_CLEANED = true
   local ids = redis.call('ZRANGEBYSCORE', K.deads('exp'), '-inf', NOW, 'LIMIT', 0, 100)
   for _, id in ipairs(ids) do d_remove(id) end
 end
-SWEEPS[#SWEEPS + 1] = d_cleanup
+local function d_cleanup_later() on_commit(function() D_WANTED = true end) end
+SWEEPS[#SWEEPS + 1] = d_cleanup_later
+FLUSH[#FLUSH + 1] = function() if D_WANTED then d_cleanup() end end
 
 local function d_merge_xids(old, new)
   local out, seen = {}, {}
@@ -96,13 +101,13 @@ on('finish', 40, 'dead',
     maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'mw'}
   if #xids > 0 then d.xids = xids end
   d_save(d)
-  d_cleanup()
+  d_cleanup_later()
 end)
 
 -- The queues of an app (declared by its actors), so their dead-letter queues are looked at
 -- even before anything of theirs is dead-lettered.
 on('dead_queue', 40, 'dead', {queues = 'table'}, function(ctx, s)
-  for _, q in ipairs(s.queues) do redis.call('ZADD', K.deads('queues'), NOW, q) end
+  for _, q in ipairs(s.queues) do W('ZADD', K.deads('queues'), NOW, q) end
 end)
 
 -- An entry found in the broker's dead-letter queue that the store did not know (dead-lettered
@@ -128,8 +133,8 @@ on('dead_import', 40, 'dead',
       local before = type(d.xids) == 'table' and #d.xids or 0
       d.xids = d_merge_xids(d.xids, {s.xid})
       if #d.xids > before then
-        redis.call('SET', dkey(id), cjson.encode(d), 'KEEPTTL')
-        redis.call('HSET', d_xids(d.queue), s.xid, id)
+        W('SET', dkey(id), cjson.encode(d), 'KEEPTTL')
+        W('HSET', d_xids(d.queue), s.xid, id)
       end
     end
     ctx.res.known = true
@@ -140,7 +145,7 @@ on('dead_import', 40, 'dead',
     maxr = s.maxr, err = s.err, msg = s.msg, enc = s.enc, src = 'broker', bad = s.bad}
   if s.xid then d.xids = {s.xid} end
   d_save(d)
-  d_cleanup()
+  d_cleanup_later()
 end)
 
 -- Replay, step 1 (before the broker moves the message): failed -> queued, with a fresh attempt
@@ -167,7 +172,7 @@ end)
 -- Replay, step 2: the broker moved it; it is no longer a dead letter.
 on('replayed', 40, 'dead', {}, function(ctx, s)
   d_remove(ctx.op.id)
-  d_cleanup()
+  d_cleanup_later()
 end)
 
 -- Replay, step 2 when the broker did not move it: back to failed (sent only for records that
@@ -190,7 +195,7 @@ end)
 
 on('dead_purge', 40, 'dead', {}, function(ctx, s)
   ctx.res.removed = d_remove(ctx.op.id) ~= nil
-  d_cleanup()
+  d_cleanup_later()
 end)
 
 -- The broker no longer has it (expired, or removed by another tool): forget the copy, unless it
@@ -216,15 +221,15 @@ end)
 
 -- After a reconciliation: how many more entries the broker holds than the store for a queue.
 on('dead_sync', 40, 'dead', {queue = 'string', offset = 'number'}, function(ctx, s)
-  redis.call('HSET', K.deads('offset'), s.queue, s.offset)
-  redis.call('ZADD', K.deads('queues'), NOW, s.queue)
+  W('HSET', K.deads('offset'), s.queue, s.offset)
+  W('ZADD', K.deads('queues'), NOW, s.queue)
 end)
 
 -- A short lock per queue, held while a tool reads a RabbitMQ dead-letter queue (reading takes
 -- its messages out until the channel closes, so two readers would each miss the other's).
 on('dead_lock', 40, 'dead', {queue = 'string', token = 'string', ttl_ms = 'number'}, function(ctx, s)
   local k = K.deads_of('lock', s.queue)
-  if redis.call('SET', k, s.token, 'NX', 'PX', s.ttl_ms) then
+  if W_setnx(k, s.token, s.ttl_ms) then
     ctx.res.ok = true
   else
     ctx.res.ok = false
@@ -234,5 +239,5 @@ end)
 
 on('dead_unlock', 40, 'dead', {queue = 'string', token = 'string'}, function(ctx, s)
   local k = K.deads_of('lock', s.queue)
-  if redis.call('GET', k) == s.token then redis.call('DEL', k) end
+  if redis.call('GET', k) == s.token then W('DEL', k) end
 end)

@@ -37,23 +37,23 @@ local function alert_occur(ctx, s)
   if jid == '-' then jid = '' end
   local keys = '{}'
   if type(s.keys) == 'table' and next(s.keys) ~= nil then keys = cjson.encode(s.keys) end
-  redis.call('HSET', key, 'kind', s.kind, 'actor', s.actor, 'etype', s.etype or '', 'q', s.queue or '',
+  W('HSET', key, 'kind', s.kind, 'actor', s.actor, 'etype', s.etype or '', 'q', s.queue or '',
     'seen', NOW, 'jid', jid, 'msg', s.msg or '', 'keys', keys, 'win', win)
   if not late and (not last or NOW - last >= win) then
     ctx.res.alert = {notify = 1, sup = sup, since = since}
-    redis.call('HSET', key, 'last', NOW, 'sup', 0)
-    redis.call('HDEL', key, 'since')
-    redis.call('ZREM', K.alerts('due'), name)
+    W('HSET', key, 'last', NOW, 'sup', 0)
+    W('HDEL', key, 'since')
+    W('ZREM', K.alerts('due'), name)
   else
     -- Throttled (or too late to say anything now): counted, reported by the next notification
     -- or by the summary due when this window ends.
     sup = sup + 1
     ctx.res.alert = {notify = 0, sup = sup}
-    redis.call('HSET', key, 'sup', sup, 'since', since or NOW)
-    redis.call('ZADD', K.alerts('due'), last and (last + win) or NOW, name)
+    W('HSET', key, 'sup', sup, 'since', since or NOW)
+    W('ZADD', K.alerts('due'), last and (last + win) or NOW, name)
   end
-  if s.quiet then redis.call('ZADD', K.alerts('quiet'), NOW + win, name) end
-  redis.call('PEXPIRE', key, 2 * win + 60000)
+  if s.quiet then W('ZADD', K.alerts('quiet'), NOW + win, name) end
+  W('PEXPIRE', key, 2 * win + 60000)
 end
 
 local ALERT_FIELDS = {kind = 'string', actor = 'string', etype = 'string?', queue = 'string?', msg = 'string?',
@@ -73,27 +73,27 @@ on('alerts_due', 50, 'al', {limit = 'number?'}, function(ctx, s)
   local limit = tonumber(s.limit) or 100
   local out = {}
   for _, name in ipairs(redis.call('ZRANGEBYSCORE', K.alerts('due'), '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', K.alerts('due'), name)
+    W('ZREM', K.alerts('due'), name)
     local key = alert_key(name)
     local h = alert_hash(key)
     if h and (tonumber(h.sup) or 0) > 0 then
       local e = alert_entry(name, h)
       e.summary = 1
       table.insert(out, e)
-      redis.call('HSET', key, 'last', NOW, 'sup', 0)
-      redis.call('HDEL', key, 'since')
+      W('HSET', key, 'last', NOW, 'sup', 0)
+      W('HDEL', key, 'since')
     end
   end
   for _, name in ipairs(redis.call('ZRANGEBYSCORE', K.alerts('quiet'), '-inf', NOW, 'LIMIT', 0, limit)) do
-    redis.call('ZREM', K.alerts('quiet'), name)
+    W('ZREM', K.alerts('quiet'), name)
     local key = alert_key(name)
     local h = alert_hash(key)
     if h then
       local e = alert_entry(name, h)
       e.recovered = 1
       table.insert(out, e)
-      redis.call('ZREM', K.alerts('due'), name)
-      redis.call('DEL', key)
+      W('ZREM', K.alerts('due'), name)
+      W('DEL', key)
     end
   end
   ctx.res.due = out

@@ -21,7 +21,7 @@ function CRON.put(k, t, keep)
     ttl = redis.call('PTTL', k)
     if ttl <= 0 then ttl = 60000 end
   end
-  redis.call('SET', k, cjson.encode(t), 'PX', ttl)
+  W('SET', k, cjson.encode(t), 'PX', ttl)
 end
 
 -- The latest tick of a schedule: replaced by a later tick, updated by its own, never by an older one.
@@ -30,7 +30,7 @@ function CRON.last(name, fire, t)
   local old = decode(redis.call('GET', lk))
   if old and (tonumber(old.fire) or 0) > tonumber(fire) then return end
   local rec = {fire = tonumber(fire), job = t.job, st = t.st, by = t.by, at = NOW}
-  redis.call('SET', lk, cjson.encode(rec), 'PX', CRON.LAST_TTL)
+  W('SET', lk, cjson.encode(rec), 'PX', CRON.LAST_TTL)
 end
 
 -- Claim a tick; only the claimer enqueues it.
@@ -50,8 +50,8 @@ on('cron_claim', 10, 'cron',
   t = {st = 'pending', job = s.job, by = s.by, lease = NOW + s.lease_ms, deadline = tonumber(fire) + s.grace_ms,
     at = NOW}
   CRON.put(k, t, s.keep_ms)
-  redis.call('ZADD', CRON.pkey(s.name), t.lease, fire)
-  redis.call('PEXPIRE', CRON.pkey(s.name), s.keep_ms)
+  W('ZADD', CRON.pkey(s.name), t.lease, fire)
+  W('PEXPIRE', CRON.pkey(s.name), s.keep_ms)
   CRON.last(s.name, fire, t)
   ctx.res.outcome = 'claimed'
 end)
@@ -61,7 +61,7 @@ on('cron_confirm', 10, 'cron', {name = 'string', fire_ms = 'number', by = 'strin
   function(ctx, s)
   local fire = CRON.fire(s.fire_ms)
   local k = CRON.tkey(s.name, fire)
-  redis.call('ZREM', CRON.pkey(s.name), fire)
+  W('ZREM', CRON.pkey(s.name), fire)
   local t = decode(redis.call('GET', k))
   if not t then
     ctx.res.outcome = 'gone'
@@ -88,7 +88,7 @@ on('cron_release', 10, 'cron', {name = 'string', fire_ms = 'number', by = 'strin
   if t.st ~= 'pending' or t.by ~= s.by then return end
   t.lease = NOW + s.retry_ms
   CRON.put(k, t)
-  redis.call('ZADD', CRON.pkey(s.name), t.lease, fire)
+  W('ZADD', CRON.pkey(s.name), t.lease, fire)
   ctx.res.outcome = 'released'
 end)
 
@@ -103,9 +103,9 @@ on('cron_sweep', 10, 'cron', {names = 'table', by = 'string', lease_ms = 'number
       local k = CRON.tkey(name, fire)
       local t = decode(redis.call('GET', k))
       if not t or t.st ~= 'pending' then
-        redis.call('ZREM', pk, fire)
+        W('ZREM', pk, fire)
       elseif NOW > (tonumber(t.deadline or t.dl) or 0) then
-        redis.call('ZREM', pk, fire)
+        W('ZREM', pk, fire)
         t.st = 'missed'
         t.lease = nil
         t.at = NOW
@@ -119,7 +119,7 @@ on('cron_sweep', 10, 'cron', {names = 'table', by = 'string', lease_ms = 'number
         t.at = NOW
         if prev ~= s.by then t.n = (t.n or 0) + 1 end
         CRON.put(k, t)
-        redis.call('ZADD', pk, t.lease, fire)
+        W('ZADD', pk, t.lease, fire)
         table.insert(out, {o = 'retake', name = name, fire = tonumber(fire), job = t.job, by = prev})
       end
     end

@@ -12,9 +12,10 @@
 local CTL_KEEP = 100000
 
 local function ctl_log(kind, id)
-  local seq = redis.call('INCR', K.ctl('seq'))
-  redis.call('ZADD', K.ctl('log'), seq, kind .. ':' .. id)
-  redis.call('ZREMRANGEBYRANK', K.ctl('log'), 0, -(CTL_KEEP + 1))
+  local seq = (tonumber(redis.call('GET', K.ctl('seq'))) or 0) + 1
+  W('SET', K.ctl('seq'), seq)
+  W('ZADD', K.ctl('log'), seq, kind .. ':' .. id)
+  W('ZREMRANGEBYRANK', K.ctl('log'), 0, -(CTL_KEEP + 1))
   return seq
 end
 
@@ -54,13 +55,13 @@ on('pause', 80, 'ctl', {target = 'string', on = 'boolean', by = 'string?'}, func
       ctx.res.since = cur.since
       ctx.res.by = cur.by
     else
-      redis.call('HSET', key, s.target, cjson.encode({since = NOW, by = s.by}))
+      W('HSET', key, s.target, cjson.encode({since = NOW, by = s.by}))
       ctx.res.changed = true
       ctx.res.since = NOW
     end
   else
     if cur then
-      redis.call('HDEL', key, s.target)
+      W('HDEL', key, s.target)
       ctx.res.changed = true
       ctx.res.since = cur.since
     else
@@ -160,7 +161,7 @@ on('workers', 80, 'ctl', {max = 'number?'}, function(ctx, s)
     local items = redis.call('HGETALL', K.wd_run(proc))
     for i = 1, math.min(#items, 2 * most), 2 do
       local meta = wd_decode(items[i + 1])
-      local rec = decode(redis.call('GET', K.job(items[i]))) or {}
+      local rec = unstored(decode(redis.call('GET', K.job(items[i])))) or {}
       table.insert(jobs, {id = items[i], a = meta.a or rec.actor, q = meta.q or rec.queue, start = rec.start,
         att = rec.att, st = rec.status})
     end

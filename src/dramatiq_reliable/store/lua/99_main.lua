@@ -63,16 +63,37 @@ local function run_op(op)
     end
   end
   local ctx = {op = op, res = {}}
+  OP = {direct = DIRECT[op.k]}
+  if OP.direct then OP.snap, OP.undo = {}, {} end
+  local failed
   for _, h in ipairs(list) do
     local section = op[h[2]]
     if section ~= nil then
       local ok, err = pcall(h[3], ctx, section)
       if not ok then
-        ctx.res.error = tostring(err)
-        ctx.res.section = h[2]
+        failed = {error = op.k .. '.' .. h[2] .. ': ' .. tostring(err), section = h[2]}
         break
       end
     end
+  end
+  local done = OP
+  OP = nil
+  if failed then
+    -- Nothing of the op is applied: its queue is dropped, its direct writes and records undone.
+    local undo = done.undo or {}
+    for i = #undo, 1, -1 do
+      local u = undo[i]
+      if u[2] then redis.call('RESTORE', u[1], u[3], u[2], 'REPLACE') else redis.call('DEL', u[1]) end
+    end
+    restore_records(done.recs)
+    return failed
+  end
+  local queue = done.queue
+  if queue then
+    for _, w in ipairs(queue) do redis.call(unpack(w, 1, w.n)) end
+  end
+  if done.commit then
+    for _, fn in ipairs(done.commit) do fn() end
   end
   return ctx.res
 end
@@ -93,6 +114,7 @@ redis.register_function(LIB .. '_apply', function(_, args)
     for i, op in ipairs(B.ops) do results[i] = run_op(op) end
   end
   save_all()
+  for _, flush in ipairs(FLUSH) do flush() end
   cleanup()
   if #results == 0 then return '[]' end
   return cjson.encode(results)
