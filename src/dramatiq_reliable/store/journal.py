@@ -122,6 +122,11 @@ class Journal:
         return self._degraded is not None
 
     @property
+    def unsent(self) -> bool:
+        """True while writes of this process wait to be sent, or a batch is being applied."""
+        return self._pid == os.getpid() and bool(self._pending or self._lingering or self._flushing)
+
+    @property
     def backlog(self) -> int:
         """How many writes are buffered, waiting for the store to come back."""
         return len(self._backlog)
@@ -403,7 +408,8 @@ class Journal:
             return
         time.sleep(self.linger)
         with self._lock:
-            self._armed = bool(self._lingering)  # keep ticking while writes linger
+            # Keep ticking while writes linger or wait (a batch in flight, more than one batch).
+            self._armed = bool(self._lingering or self._pending)
             if self._flushing or self._degraded is not None:
                 return
             batch = self._take()
@@ -431,6 +437,18 @@ class _Flusher(threading.Thread):
 
 
 _journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def flush_unsent(timeout: float = 5.0) -> None:
+    """Apply the writes of this process not sent yet, in every journal: a read that follows sees them.
+
+    A ``send()`` does not wait for its job's record to be written; the store's job reads and
+    the operator controls (cancel, pause) call this first, so that the process that sent a job
+    finds its record (read-your-writes).
+    """
+    for journal in list(_journals):
+        if journal.unsent:
+            journal.flush(timeout)
 
 
 @atexit.register
