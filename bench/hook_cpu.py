@@ -23,8 +23,8 @@ import uuid
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.broker import MessageProxy
+from dramatiq.brokers.stub import StubBroker
 
 import dramatiq_reliable as dr
 
