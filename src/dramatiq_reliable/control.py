@@ -26,6 +26,7 @@ from ._clock import from_ms, iso
 from .errors import ConfigurationError, StoreError
 from .status import TERMINAL, Status
 from .store.base import Store
+from .store.journal import flush_unsent
 
 logger = logging.getLogger("dramatiq_reliable.control")
 
@@ -99,6 +100,7 @@ def _target(actor: str | None, queue: str | None) -> tuple[str, str]:
 
 
 def _apply(store: Store, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    flush_unsent()  # a job this process just sent has its record (send() does not wait for it)
     results = store.apply({"ops": ops})
     for result in results:
         if "error" in result:

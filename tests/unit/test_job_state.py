@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import dramatiq
@@ -254,3 +255,39 @@ def test_bad_options_fail_at_construction(store) -> None:
         dr.JobState(store, max_args_bytes="big")
     with pytest.raises(TypeError, match="needs a store"):
         dr.JobState("redis://localhost")
+
+
+class GatedStore(dr.MemoryStore):
+    """A MemoryStore whose batches wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def apply(self, batch):
+        self.gate.wait(timeout=30)
+        return super().apply(batch)
+
+
+def test_send_does_not_wait_for_the_record_and_a_read_in_the_process_finds_it(stub_broker) -> None:
+    store = GatedStore()
+    dr.install(stub_broker, store)
+
+    @dramatiq.actor
+    def work(i):
+        return None
+
+    # Given a store that applies nothing yet
+    sent: list[dramatiq.Message] = []
+    sender = threading.Thread(target=lambda: sent.append(work.send(1)))
+    # When a job is sent
+    sender.start()
+    sender.join(timeout=10)
+    # Then send() returned although its record is not written
+    assert not sender.is_alive() and len(sent) == 1
+    assert store.journal.unsent
+    # And once the store answers, a read in the sending process finds the record at once
+    store.gate.set()
+    record = store.get_job(sent[0].message_id)
+    assert record is not None and record.status is dr.Status.QUEUED
+    assert record.events[0].detail == "enqueued"

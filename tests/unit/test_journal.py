@@ -305,3 +305,18 @@ def test_a_job_put_back_during_an_outage_is_never_recorded_as_running(store, stu
     assert [e.status for e in record.events][-2:] == ["running", "done"]
     assert "times while the store was unreachable" in " ".join(e.detail for e in record.events)
     assert record.keys == {"n": "1"} and record.actor == "keyed"
+
+
+def test_flush_unsent_applies_the_writes_nobody_waited_for_but_not_lingering_starts(store: RecordingStore) -> None:
+    from dramatiq_reliable.store.journal import flush_unsent
+
+    journal = Journal(store, linger=60)  # the background thread would not flush for a minute
+    slot = journal.submit({"k": "enqueue", "id": "e1", "job": {"actor": "a", "queue": "q"}}, wait=False)
+    start = journal.submit(op("start", "s1"), wait=False, linger=True)
+    assert journal.unsent
+    flush_unsent()
+    assert slot.done and slot.ok
+    assert not journal.unsent
+    assert store.get_job("e1") is not None
+    # A running job's start keeps lingering for its end
+    assert not start.done and store.get_job("s1") is None

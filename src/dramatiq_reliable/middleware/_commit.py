@@ -53,14 +53,12 @@ class Committer:
         return id(middleware) in self._closing()
 
     def started(self, middleware: ReliableMiddleware, run: JobRun) -> None:
-        """``middleware`` staged its part of the start of ``run``: write the start if complete."""
-        if self.closes(middleware):
-            run.commit(middleware.journal, wait=False)
+        """``middleware``, which :meth:`closes` the start, staged its part of it: write the start."""
+        run.commit(middleware.journal, wait=False)
 
     def finished(self, middleware: ReliableMiddleware, run: JobRun) -> None:
-        """``middleware`` staged its part of the end of ``run``: write it, waiting, if complete."""
-        if self.closes(middleware):
-            run.commit(middleware.journal, wait=True)
+        """``middleware``, which :meth:`closes` the end, staged its part of it: write it, waiting."""
+        run.commit(middleware.journal, wait=True)
 
 
 def committer_for(broker: Broker) -> Committer:

@@ -77,6 +77,9 @@ class Watcher(threading.Thread):
             self._jobs[job.ident] = job
 
     def untrack(self, ident: int, run: JobRun) -> None:
+        job = self._jobs.get(ident)
+        if job is None or job.run is not run:  # untracked already (each job ends through two hooks)
+            return
         with self._lock:
             job = self._jobs.get(ident)
             if job is not None and job.run is run:

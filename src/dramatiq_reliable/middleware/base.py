@@ -48,6 +48,8 @@ class ReliableMiddleware(dramatiq.Middleware):
         self.store = store
         self.logger = logging.getLogger(f"dramatiq_reliable.middleware.{type(self).__name__}")
         self._controls: tuple[int, Controls | None] = (0, None)
+        #: (the broker's middleware list, its size, whether this one closes a phase): asked on every hook.
+        self._last: tuple[Any, int, bool] = (None, -1, False)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} store={self.store.url}>"
@@ -60,8 +62,16 @@ class ReliableMiddleware(dramatiq.Middleware):
     # -- ordering -------------------------------------------------------------------------------
 
     def is_last(self, broker: Broker) -> bool:
-        """True if this middleware's hooks complete a phase for its store (see :mod:`._commit`)."""
-        return committer_for(broker).closes(self)
+        """True if this middleware's hooks complete a phase for its store (see :mod:`._commit`).
+
+        Remembered until the broker's middleware list changes (asked several times per job).
+        """
+        middleware = broker.middleware
+        known, size, last = self._last
+        if known is not middleware or size != len(middleware):
+            last = committer_for(broker).closes(self)
+            self._last = (middleware, len(middleware), last)
+        return last
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -110,7 +120,7 @@ class ReliableMiddleware(dramatiq.Middleware):
         if not run.began:  # the first of the bundle: paused? cancelled? (in memory, no store call)
             run.began = True
             self.controls(broker).check(broker, message, run)
-        set_current(run)
+            set_current(run)
         last = self.is_last(broker)
         if last:  # after the others' on_start (JobState's computes the business keys)
             sentry.tag_job(run)

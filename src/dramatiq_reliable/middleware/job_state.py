@@ -140,7 +140,10 @@ class JobState(ReliableMiddleware):
         if eta:
             fields["due_ms"] = eta
         fields["detail"] = f"enqueued, due at {iso(from_ms(eta))}" if eta else "enqueued"
-        self._configure().submit({"k": "enqueue", "id": message.message_id, "job": fields}, wait=True)
+        # Not waited for: nothing in send() needs the answer. The store's job reads in this
+        # process apply it first (read-your-writes); a worker's start that lands before it is
+        # merged with it (lua/10_jobs.lua).
+        self._configure().submit({"k": "enqueue", "id": message.message_id, "job": fields}, wait=False)
 
     def _not_a_send(self, message: dramatiq.Message[Any]) -> bool:
         run = current_run()

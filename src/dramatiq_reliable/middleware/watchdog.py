@@ -126,6 +126,8 @@ class Watchdog(ReliableMiddleware):
         self._beat_failed = False
         #: The pid of the process whose beat registered it in the store (its starts then need not).
         self._registered = 0
+        #: actor name -> its jobs' ``stuck_after`` when their message sets neither it nor a time limit.
+        self._stuck: dict[str, float | None] = {}
 
     @property
     def actor_options(self) -> set[str]:
@@ -176,6 +178,7 @@ class Watchdog(ReliableMiddleware):
             elif self.rabbitmq:
                 self._info.update(broker=identity)
             self._time_limit = next((m.time_limit for m in broker.middleware if isinstance(m, TimeLimit)), None)
+            self._stuck = {}
             self.history = next((m.history for m in broker.middleware if isinstance(m, JobState)), 50)
             self._watcher = Watcher(self, tick=min(1.0, self.heartbeat_interval))
             self._watcher.start()
@@ -242,8 +245,13 @@ class Watchdog(ReliableMiddleware):
         run.proc = proc
         watcher = self._watcher
         if watcher is not None:
-            actor = broker.actors.get(message.actor_name)
-            stuck_after = self.stuck_after_of(message, actor)
+            options = run.msg.options
+            if "stuck_after" in options or "time_limit" in options:
+                stuck_after = self.stuck_after_of(message, broker.actors.get(run.actor))
+            else:  # the actor's, computed once
+                stuck_after = self._stuck.get(run.actor, -1.0)
+                if stuck_after == -1.0:
+                    stuck_after = self._stuck[run.actor] = self.stuck_after_of(message, broker.actors.get(run.actor))
             watcher.track(RunningJob(run, threading.get_ident(), time.monotonic(), stuck_after))
 
     def after_process_message(

@@ -14,11 +14,12 @@ of all threads of a process into one batch (group commit). The op schema lives i
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._clock import now_ms
 from .._stored import Corrupt
@@ -33,11 +34,45 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 
+#: The reads of job records that first apply this process's unsent writes (see :func:`_reads_own_writes`).
+OWN_WRITES_FIRST = ("get_job", "find_jobs", "count_jobs")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reads_own_writes(read: _F) -> _F:
+    """``read``, after this process's writes still in its journals were applied (read-your-writes).
+
+    ``send()`` hands the job's record to the journal without waiting for the store; a process
+    that reads records after sending finds its own jobs there (operator controls, which act on
+    records, do the same: :func:`dramatiq_reliable.control.cancel`). Nothing is waited for when
+    the process has no write in flight.
+    """
+    if getattr(read, "reads_own_writes", False):
+        return read
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .journal import flush_unsent
+
+        flush_unsent()
+        return read(*args, **kwargs)
+
+    wrapper.reads_own_writes = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
 class Store(abc.ABC):
     """Where dramatiq-reliable keeps its state. See the module docstring."""
 
     #: The URL the store was opened with, for display (passwords hidden).
     url: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in OWN_WRITES_FIRST:
+            if name in cls.__dict__:
+                setattr(cls, name, _reads_own_writes(cls.__dict__[name]))
 
     def __init__(self) -> None:
         self._journal: Journal | None = None
@@ -94,6 +129,7 @@ class Store(abc.ABC):
           CorruptRecord: the stored record cannot be decoded (listings skip it: ``Page.corrupt``).
         """
 
+    @_reads_own_writes
     def find_jobs(
         self,
         *,

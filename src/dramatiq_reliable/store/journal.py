@@ -115,11 +115,19 @@ class Journal:
         self._degraded: StoreUnavailable | None = None
         self._closed = False
         self._thread: _Flusher | None = None
+        #: The latest write submitted without waiting nor lingering (:meth:`sync` waits for it).
+        self._last_unwaited: Slot | None = None
 
     @property
     def degraded(self) -> bool:
         """True while the store is unreachable and writes are being buffered."""
         return self._degraded is not None
+
+    @property
+    def unsent(self) -> bool:
+        """True while a write this process submitted without waiting (and without linger) is not applied yet."""
+        last = self._last_unwaited
+        return last is not None and not last.done and self._pid == os.getpid()
 
     @property
     def backlog(self) -> int:
@@ -175,6 +183,8 @@ class Journal:
                 self._lingering[slot] = time.monotonic()
             else:
                 self._pending.append(slot)
+                if not wait:
+                    self._last_unwaited = slot
             if not wait:
                 if not self._armed:
                     self._armed = True
@@ -231,6 +241,27 @@ class Journal:
                 batch = self._take()
             self._lead(batch)
         return False
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Return once the writes submitted without waiting before this call were applied (or failed).
+
+        Writes that linger (a running job's start) are left to their job. Applies the pending
+        writes at once if no flush is running. Returns False if some were not applied in time.
+        """
+        target = self._last_unwaited
+        if target is None or target.done or self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        while not target.done and time.monotonic() < deadline:
+            with self._lock:
+                if target.done or self._degraded is not None:
+                    break
+                if self._flushing:
+                    self._cond.wait(timeout=0.05)
+                    continue
+                batch = self._take()
+            self._lead(batch)
+        return target.done
 
     def close(self) -> None:
         """Flush what can be flushed and stop the background thread."""
@@ -403,7 +434,8 @@ class Journal:
             return
         time.sleep(self.linger)
         with self._lock:
-            self._armed = bool(self._lingering)  # keep ticking while writes linger
+            # Keep ticking while writes linger or wait (a batch in flight, more than one batch).
+            self._armed = bool(self._lingering or self._pending)
             if self._flushing or self._degraded is not None:
                 return
             batch = self._take()
@@ -431,6 +463,19 @@ class _Flusher(threading.Thread):
 
 
 _journals: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def flush_unsent(timeout: float = 5.0) -> None:
+    """Apply the writes this process made without waiting, in every journal: a read that follows sees them.
+
+    A ``send()`` does not wait for its job's record to be written; the store's job reads and
+    the operator controls (cancel, pause) call this first, so that the process that sent a job
+    finds its record (read-your-writes). Nothing is waited for when those writes were applied
+    already; a running job's start, which lingers for its end, is not forced out.
+    """
+    for journal in list(_journals):
+        if journal.unsent:
+            journal.sync(timeout)
 
 
 @atexit.register
