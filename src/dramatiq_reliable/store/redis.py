@@ -139,8 +139,16 @@ class RedisStore(Store):
     Raises:
       ConfigurationError: the URL is malformed.
 
-    Nothing connects until the first call.
+    Nothing connects until the first call. A ``redis+cluster://`` URL makes a
+    :class:`~.cluster.ClusterStore` (this class, in shards over the Cluster's primaries).
     """
+
+    def __new__(cls, url: str = "redis://127.0.0.1:6379/1", *args: Any, **kwargs: Any) -> RedisStore:
+        if cls is RedisStore and isinstance(url, str) and url.split("://", 1)[0] == _connect.CLUSTER_SCHEME:
+            from .cluster import ClusterStore
+
+            return super().__new__(ClusterStore)
+        return super().__new__(cls)
 
     def __init__(
         self,
