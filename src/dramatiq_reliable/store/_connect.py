@@ -177,7 +177,8 @@ def _cluster(url: str, shown: str, options: dict[str, Any], timeout: float, conn
             f"drop /{path.strip('/')}"
         )
     if query:
-        raise ConfigurationError(f"store {shown!r}: unknown option {query.split('=', 1)[0]!r} on a redis+cluster:// URL")
+        name = query.split("=", 1)[0]
+        raise ConfigurationError(f"store {shown!r}: unknown option {name!r} on a redis+cluster:// URL")
     username: str | None = None
     password: str | None = None
     if "@" in netloc:
@@ -192,7 +193,7 @@ def _cluster(url: str, shown: str, options: dict[str, Any], timeout: float, conn
         from redis.cluster import ClusterNode, RedisCluster
 
         return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
             username=username,
             password=password,
             socket_timeout=timeout,

@@ -121,7 +121,7 @@ class Router:
         op = plan.op
         section = op.get("idem")
         leases = section.get("leases") if isinstance(section, dict) else None
-        if not isinstance(leases, dict):
+        if not isinstance(section, dict) or not isinstance(leases, dict):
             plan.parts.append((1, FLEET, op))
             return
         by_shard: dict[int, dict[str, Any]] = {}
@@ -166,7 +166,7 @@ class Router:
             return []
         more: list[tuple[int, Op]] = []
         if kind == "beat":
-            wd = op.get("wd") if isinstance(op.get("wd"), dict) else {}
+            wd: dict[str, Any] = op["wd"] if isinstance(op.get("wd"), dict) else {}
             hist = {"hist": wd["hist"]} if "hist" in wd else {}
             if res.get("revived"):
                 revive = {"k": "shard_revive", "id": "-", "wd": {"proc": wd.get("proc"), **hist}}

@@ -32,9 +32,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .. import _stored
 from redis.exceptions import ResponseError
 
+from .. import _stored
 from ..errors import ConfigurationError, CorruptRecord, StoreUnavailable
 from ..fleet import WorkerProcess, build_processes
 from ..records import DeadStats, JobRecord
@@ -65,7 +65,9 @@ class ClusterStore(RedisStore):
         shards = given if given is not None else shards
         if shards is not None and (not isinstance(shards, int) or not 1 <= shards <= 1024):
             raise ConfigurationError(f"shards must be a whole number from 1 to 1024, not {shards!r}")
-        super().__init__(url, prefix=prefix, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
+        super().__init__(
+            url, prefix=prefix, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout
+        )
         name = self.prefix[1:-2]
         if "{" in name or "}" in name:
             raise ConfigurationError(f"store {self.url}: a prefix on a Redis Cluster cannot hold braces")
@@ -212,7 +214,9 @@ class ClusterStore(RedisStore):
                 p.result.clear()
         self._run(calls, meta, followup=False)
 
-    def _run(self, calls: dict[int, list[tuple[Plan, dict[str, Any]]]], meta: dict[str, Any], *, followup: bool) -> None:
+    def _run(
+        self, calls: dict[int, list[tuple[Plan, dict[str, Any]]]], meta: dict[str, Any], *, followup: bool
+    ) -> None:
         """One ``FCALL`` per slot, pipelined; each answer folded into its ops' results."""
         if not calls:
             return
@@ -237,9 +241,10 @@ class ClusterStore(RedisStore):
             pipe = self.client.pipeline(transaction=False)
             for i in todo:
                 pipe.execute_command(*self._fcall_args(slots[i], payloads[i]))
-            return list(pipe.execute(raise_on_error=False))
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            return replies
 
-        raws = self._call("a batch", send, list(range(len(slots))))
+        raws: list[Any] = self._call("a batch", send, list(range(len(slots))))
         missing = [i for i, raw in enumerate(raws) if isinstance(raw, BaseException) and _library.missing(raw)]
         if missing:
             # A primary without the library (it joined, restarted, or a slot moved to it): load
@@ -259,7 +264,7 @@ class ClusterStore(RedisStore):
 
     def _fill_workers(self, procs: list[Any], most: int) -> None:
         """The jobs each process runs, from its run hash in every shard (``workers``)."""
-        names = [p.get("proc") for p in procs if isinstance(p, dict)]
+        names = [str(p.get("proc")) for p in procs if isinstance(p, dict)]
         if not names:
             return
         pipe = self._pipe()
@@ -288,8 +293,8 @@ class ClusterStore(RedisStore):
             jobs.setdefault(proc, []).append({k: v for k, v in entry.items() if v is not None})
         for p in procs:
             if isinstance(p, dict):
-                p["n"] = counts.get(p.get("proc"), 0)
-                p["jobs"] = jobs.get(p.get("proc"), [])
+                p["n"] = counts.get(str(p.get("proc")), 0)
+                p["jobs"] = jobs.get(str(p.get("proc")), [])
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -501,7 +506,9 @@ class ClusterStore(RedisStore):
         replies = self._call("a read", pipe.execute)
         offsets = replies[-1]
         n = len(self._shard_prefixes)
-        return {q: (sum(int(c) for c in replies[i * n : (i + 1) * n]), int(offsets[i] or 0)) for i, q in enumerate(names)}
+        return {
+            q: (sum(int(c) for c in replies[i * n : (i + 1) * n]), int(offsets[i] or 0)) for i, q in enumerate(names)
+        }
 
     def dead_letter_index(self, queue: str) -> tuple[dict[str, int], dict[str, str]]:
         pipe = self._pipe()

@@ -354,7 +354,7 @@ class RedisStore(Store):
         """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.fcall(_library.APPLY, 0, self.prefix, payload)
-        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
+        pipe.execute_command(*wait)
         raw, acked = pipe.execute(raise_on_error=False)
         if not isinstance(acked, BaseException):
             self._replicas.acked(int(acked))
