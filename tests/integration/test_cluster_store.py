@@ -7,6 +7,7 @@ Redis (``DR_TEST_EFFECTS``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -101,7 +102,7 @@ def test_jobs_idempotency_listings_and_dead_letters_with_real_workers(
                 break
         assert [r.id for r in seen if r.id in done_ids] == [r.id for r in seen] and len(seen) == len(done_ids) == 25
         ends = [r.finished_at for r in seen]
-        assert all(a is not None and b is not None and a >= b for a, b in zip(ends, ends[1:], strict=False))
+        assert all(a is not None and b is not None and a >= b for a, b in itertools.pairwise(ends))
         by_actor = [r.id for r in store.find_jobs(actor="ok", limit=1000)]
         assert sorted(by_actor) == sorted(oks)
         assert sorted(r.id for r in store.find_jobs(key=("order_id", 7))) == sorted(twice)
