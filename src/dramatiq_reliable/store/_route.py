@@ -203,15 +203,18 @@ class Router:
     @staticmethod
     def merge(plan: Plan, part: dict[str, Any], followup: bool = False) -> None:
         """Fold the result of one part into the op's result (lists of abandoned jobs and lost
-        leases add up, so do jobs running again; the first error stands)."""
+        leases add up, so do jobs running again; the first error stands alone, as an op's on
+        one Redis)."""
         res = plan.result
         kind = plan.op.get("k") if isinstance(plan.op, dict) else None
         plan.leases.extend(x for x in _as_list(part.pop("leases", None)) if isinstance(x, dict))
+        if "error" in res:
+            return
         if "error" in part:
-            if "error" not in res:
-                res["error"] = part["error"]
-                if "section" in part:
-                    res["section"] = part["section"]
+            res.clear()
+            res["error"] = part["error"]
+            if "section" in part:
+                res["section"] = part["section"]
             return
         if followup and kind == "beat":
             if "abandoned" in part and isinstance(res.get("sweep"), dict):
