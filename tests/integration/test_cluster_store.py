@@ -18,10 +18,12 @@ from typing import Any
 
 import pytest
 import redis
+from starlette.testclient import TestClient
 
 import dramatiq_reliable as dr
 from dramatiq_reliable.cli import main
 from dramatiq_reliable.store.cluster import ClusterStore
+from dramatiq_reliable.web import create_app
 from tests.conftest import STORE_DB, ServerEnv, delete_prefix, make_env
 from tests.helpers import DramatiqProcess, wait_until
 
@@ -114,6 +116,13 @@ def test_jobs_idempotency_listings_and_dead_letters_with_real_workers(
         assert sorted(x["id"] for x in json.loads(out)) == sorted(oks)
         code, out, err = cli(capsys, cluster_env, "jobs", "show", oks[0])
         assert code == 0 and oks[0] in out and "done" in out, err
+        # And so does the support page, with the workers and the jobs they run
+        page = TestClient(create_app(store, app.broker))
+        found = page.get("/", params={"q": "order_id=7"})
+        assert found.status_code == 200 and all(i in found.text for i in twice)
+        assert page.get(f"/jobs/{oks[0]}").status_code == 200
+        assert page.get("/workers").status_code == 200 and len(dr.workers(store)) == 2
+        assert page.get("/activity").status_code == 200
 
         # When a job fails for good
         app.effects.set(app.fx("break_email"), 1)
@@ -129,6 +138,7 @@ def test_jobs_idempotency_listings_and_dead_letters_with_real_workers(
         code, out, err = cli(capsys, cluster_env, "dead", "replay", doomed)
         assert code == 0 and out.startswith("replayed"), err
         # Then it is done, its first step (charge) not run again, and no dead letter is left
+        assert TestClient(create_app(store, app.broker)).get("/dead").status_code == 200
         wait_until(lambda: statuses(store, [doomed]) == ["done"], timeout=60, what="invoice 8 done")
         assert int(app.effects.get(app.fx("charge:8")) or 0) == 1
         assert store.dead_letters().items == []
