@@ -18,11 +18,11 @@ Listings read every shard (pipelined, one round trip per page for most) and merg
 ``(score, id)``, newest first, with the cursor of one Redis; counts, dead-letter stats and
 per-minute counters add up the shards. A read by job id goes to the job's shard.
 
-Not as on one Redis: a call spans one slot, so an op split over slots is no longer applied
-all or nothing; a redelivered keyed job whose process died waits for its lease to expire (the
-lease is in its key's shard, the liveness it would check in the fleet's); a unique job's
-reservation held by a finished job that did not release it waits for its expiry; a process
-found dead forgets its jobs at once (they stay ``abandoned`` if it comes back).
+What a shard cannot tell alone is asked of the fleet's slot or of another shard after the
+batch's calls answered: a claim found ``busy`` looks up its holder's liveness in the fleet's
+slot (and takes the lease over if the holder is gone), a reservation refused looks up its
+holder's record in its own shard (and takes the key if that job has ended). Not as on one
+Redis: an op split over slots is not applied all or nothing. See docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -79,13 +79,10 @@ entries. Times in keys and records are the store's clock (``TIME``). The library
 key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), from the prefix
 it is given; it needs Redis >= 7.0 or Valkey >= 7.2 (Redis Functions).
 
-On a Redis Cluster (``redis+cluster://``) the prefix is a hash tag, ``{dr}:`` instead of
-``dr:`` (``{dr}:job:<id>``, ``{dr}:jobs:status:<status>`` …): every key of the store hashes to
-one slot, so each call (an ``FCALL`` naming ``{dr}:meta`` as its key, so the client sends it to
-the slot's primary) runs whole on one node, and the layout above is otherwise unchanged. The
-library is loaded on every primary. The store's work is then on the primary of that slot (the
-Cluster gives failover, not yet the spreading of one store over its primaries); see
-docs/scaling.md.
+On a Redis Cluster (``redis+cluster://``, :class:`~.cluster.ClusterStore`) the store is in
+shards: this layout, whole, under ``{dr:<s>}:`` for each shard ``s`` (a hash tag: each call of
+the library lives in one slot), the fleet's keys (``wd:*``, ``cron:*``, ``alert*``, ``ctl:*``,
+dead-letter queue locks and offsets) under ``{dr}:``; see ``store/cluster.py``.
 """
 
 from __future__ import annotations
