@@ -64,7 +64,7 @@ def run(url: str, clients: list[redis.Redis], profile: str, jobs: int, prefix: s
     broker = StubBroker(fail_fast_default=False)
     broker.emit_after("process_boot")
     dr.install(broker, store, notifiers=[])
-    actor, send = _declare(broker, PROFILES[profile])
+    _, send = _declare(broker, PROFILES[profile])
     worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=8)
     worker.start()
     try:
@@ -92,7 +92,9 @@ def run(url: str, clients: list[redis.Redis], profile: str, jobs: int, prefix: s
         "fcalls_per_job": round(sum(calls), 2),
         "round_trips_per_job": round((trips.n + (pooled.n if pooled else 0)) / jobs, 2),
         "server_us_per_job": round(sum(usec), 1),
-        "per_primary": [{"fcalls_per_job": round(c, 2), "us_per_job": round(u, 1)} for c, u in zip(calls, usec, strict=True)],
+        "per_primary": [
+            {"fcalls_per_job": round(c, 2), "us_per_job": round(u, 1)} for c, u in zip(calls, usec, strict=True)
+        ],
         "busiest_primary_saturates_at_jobs_per_s": round(1e6 / busiest) if busiest else None,
         "one_process_jobs_per_s": round(jobs / seconds),
     }
