@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -70,6 +71,12 @@ def run(url: str, clients: list[redis.Redis], profile: str, jobs: int, prefix: s
     try:
         _send_all(send, 0, 200, 8)
         _drain(broker, worker, store)
+        # Steady state: the Watchdog's first beat has registered the process (before it, each
+        # start registers it, an extra call to the fleet's slot).
+        watchdog = next(m for m in broker.middleware if isinstance(m, dr.Watchdog))
+        deadline = time.monotonic() + 30
+        while watchdog._registered != os.getpid() and time.monotonic() < deadline:
+            time.sleep(0.1)
         before = [_fcall(c) for c in clients]
         trips.n = 0
         if pooled is not None:

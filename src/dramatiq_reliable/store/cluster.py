@@ -2,11 +2,12 @@
 
 ``RedisStore("redis+cluster://host:port[,host:port…][?prefix=dr&shards=16]")`` makes one. A
 shard is a whole store (the layout of :mod:`.redis`) under a prefix that is a hash tag,
-``{dr:<s>}:`` for shard ``s`` of ``N``, so each call of the library lives in one slot; the
+``{dr:<s>}:`` or ``{dr:<s>.<k>}:`` for shard ``s`` of ``N`` (:func:`shard_prefixes`), so each
+call of the library lives in one slot; the
 fleet's slot, ``{dr}:``, holds what the fleet shares and ``{dr}:meta`` (``shards``: ``N``,
 fixed at first use; a process configured with another ``N`` is refused in one line). The
-shards' slots spread over the primaries (a tag's slot is ``CRC16`` of it), and so does the
-work of the fleet. :mod:`._route` says which op goes where.
+shards' slots spread evenly over the slot space, so over the primaries, and so does the work
+of the fleet. :mod:`._route` says which op goes where.
 
 A batch is split by slot: one ``FCALL`` per slot, pipelined (the client sends each node its
 calls at once, and reads them back), in up to three phases (a keyed ``finish``'s idempotency
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from .. import _stored
@@ -46,6 +49,8 @@ from .redis import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, RedisStore, 
 
 #: Shards of a new store on a Cluster.
 DEFAULT_SHARDS = 16
+#: Seconds between the retention cleanups a process adds to a shard its batches did not reach.
+CLEANUP_TURN = 1.0
 
 
 class ClusterStore(RedisStore):
@@ -75,9 +80,10 @@ class ClusterStore(RedisStore):
             self.url += f"{'&' if '?' in self.url else '?'}shards={shards}"
         self._wanted = shards
         self._router = Router(shards or DEFAULT_SHARDS)
-        self._shard_prefixes = [f"{{{name}:{s}}}:" for s in range(self._router.n)]
+        self._shard_prefixes = shard_prefixes(name, self._router.n)
         self._meta_pid = 0
         self._turn = 0
+        self._turn_at = 0.0
 
     # -- layout ----------------------------------------------------------------------------------
 
@@ -113,8 +119,7 @@ class ClusterStore(RedisStore):
             )
         if have != self._router.n:
             self._router = Router(have)
-            name = self.prefix[1:-2]
-            self._shard_prefixes = [f"{{{name}:{s}}}:" for s in range(have)]
+            self._shard_prefixes = shard_prefixes(self.prefix[1:-2], have)
         self._meta_pid = os.getpid()
 
     def _pipe(self) -> Any:
@@ -148,9 +153,10 @@ class ClusterStore(RedisStore):
                 for when, slot, part in plan.parts:
                     if when == phase:
                         calls.setdefault(slot, []).append((plan, part))
-            if phase == 1 and "retention_ms" in meta:
-                # The retention cleanup runs in the shards a call reaches; one more in turn with
-                # each batch, so that a shard without traffic is cleaned up too.
+            if phase == 1 and "retention_ms" in meta and time.monotonic() >= self._turn_at:
+                # The retention cleanup runs in the shards a call reaches; one more in turn each
+                # second, so that a shard without traffic is cleaned up too.
+                self._turn_at = time.monotonic() + CLEANUP_TURN
                 self._turn = (self._turn + 1) % self._router.n
                 calls.setdefault(self._turn, [])
             self._run(calls, meta, followup=False)
@@ -529,6 +535,23 @@ def _group(plan: Plan, parts: list[tuple[int, dict[str, Any]]]) -> dict[int, lis
     for slot, part in parts:
         calls.setdefault(slot, []).append((plan, part))
     return calls
+
+
+def shard_prefixes(name: str, shards: int) -> list[str]:
+    """The prefix of each shard: ``{<name>:<s>}:``, or ``{<name>:<s>.<k>}:`` with the smallest
+    ``k`` that puts its slot in the middle half of the ``s``-th of ``shards`` equal ranges of
+    the 16384 slots, so that the shards spread evenly over primaries that hold ranges of slots."""
+    out = []
+    for s in range(shards):
+        width = 16384 / shards
+        low, high = int(s * width + width / 4), max(int(s * width + 3 * width / 4), int(s * width + width / 4) + 1)
+        tag = f"{name}:{s}"
+        k = 0
+        while not low <= key_slot(tag.encode()) < high and k < 100_000:
+            tag = f"{name}:{s}.{k}"
+            k += 1
+        out.append(f"{{{tag}}}:")
+    return out
 
 
 _TERMINAL = frozenset({"done", "failed", "skipped", "cancelled"})
