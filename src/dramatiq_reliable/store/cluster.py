@@ -3,8 +3,8 @@
 ``RedisStore("redis+cluster://host:port[,host:port…][?prefix=dr&shards=16]")`` makes one. A
 shard is a whole store (the layout of :mod:`.redis`) under a prefix that is a hash tag,
 ``{dr:<s>}:`` or ``{dr:<s>.<k>}:`` for shard ``s`` of ``N`` (:func:`shard_prefixes`), so each
-call of the library lives in one slot; the
-fleet's slot, ``{dr}:``, holds what the fleet shares and ``{dr}:meta`` (``shards``: ``N``,
+call of the library lives in one slot; the fleet's slot, ``{dr}:``, holds what the fleet
+shares and ``{dr}:meta`` (``shards``: ``N``,
 fixed at first use; a process configured with another ``N`` is refused in one line). The
 shards' slots spread evenly over the slot space, so over the primaries, and so does the work
 of the fleet. :mod:`._route` says which op goes where.
