@@ -240,3 +240,20 @@ def test_a_malformed_cluster_url_is_bad_usage(url: str, said: str, capsys: pytes
     assert main(["--store", url, "jobs", "list"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and said in err
+
+
+def test_the_library_is_loaded_again_on_every_primary_that_lost_it(shared_cluster: Any, ns: str) -> None:
+    from dramatiq_reliable.store import _library
+
+    # Given a store in use, then every primary losing the library (restarted empty, say)
+    store = dr.open_store(f"{shared_cluster.url}?prefix={ns}")
+    store.apply({"ops": [enqueue_op(f"a{i}") for i in range(32)]})
+    for node in shared_cluster.nodes:
+        node.client().function_delete(_library.NAME)
+    # When the next batch (over many shards) is applied
+    results = store.apply({"ops": [enqueue_op(f"b{i}") for i in range(32)]})
+    # Then it is, whole, and every primary has the library again
+    assert not any("error" in r for r in results)
+    assert store.count_jobs(["queued"]) == {"queued": 64}
+    assert all(len(node.client().function_list(library=_library.NAME)) == 1 for node in shared_cluster.nodes)
+    store.close()
