@@ -97,12 +97,31 @@ def memory_store() -> dr.MemoryStore:
     return dr.MemoryStore()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> dr.Store:
-    """Each store implementation in turn: the contract tests run over both."""
+    """Each store in turn: embedded, on one Redis, on a Redis Cluster (the contract tests run over all)."""
     if request.param == "memory":
         return dr.MemoryStore()
-    return request.getfixturevalue("redis_store")  # type: ignore[no-any-return]
+    return request.getfixturevalue(f"{request.param}_store")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One private 3-primary Redis Cluster for the whole run (tests keep to their own prefixes)."""
+    yield from _cluster(tmp_path_factory.mktemp("cluster"))
+
+
+@pytest.fixture
+def cluster_store(shared_cluster: Any, ns: str) -> Iterator[dr.RedisStore]:
+    """The store on the shared Redis Cluster, under this test's own prefix (its own hash tag)."""
+    store = dr.RedisStore(f"{shared_cluster.url}?prefix={ns}")
+    yield store
+    store.close()
+    client = shared_cluster.client()
+    keys = list(client.scan_iter(match="{" + ns + "}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+    client.close()
 
 
 @pytest.fixture
@@ -266,9 +285,13 @@ def private_redis(tmp_path: Path, redis_server: str) -> Iterator[PrivateRedis]:
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[Any]:
     """A private 3-primary Redis Cluster (see ``tests/servers.py``); its processes die with the test."""
+    yield from _cluster(tmp_path)
+
+
+def _cluster(folder: Path) -> Iterator[Any]:
     from tests.servers import RedisCluster
 
-    cluster = RedisCluster(tmp_path)
+    cluster = RedisCluster(folder)
     try:
         cluster.start()
     except FileNotFoundError as exc:

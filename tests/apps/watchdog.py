@@ -45,7 +45,7 @@ def build(env: Mapping[str, str]) -> Any:
     else:
         dr.install(broker, store, **options)
 
-    effects = redis.Redis.from_url(env["DR_TEST_STORE"], decode_responses=True)
+    effects = redis.Redis.from_url(env.get("DR_TEST_EFFECTS") or env["DR_TEST_STORE"], decode_responses=True)
 
     def fx(name: str) -> str:
         return f"{prefix}:fx:{name}"

@@ -45,7 +45,8 @@ RET_CONNECT = 3
     envvar="DRAMATIQ_RELIABLE_STORE",
     metavar="URL",
     help=(
-        "Store URL: redis://host:port/db, redis+sentinel://host:26379/service[/db] or memory://. "
+        "Store URL: redis://host:port/db, redis+sentinel://host:26379/service[/db], "
+        "redis+cluster://host:port[,host:port…] (a Redis Cluster) or memory://. "
         "[env DRAMATIQ_RELIABLE_STORE; default redis://127.0.0.1:6379/1]"
     ),
 )

@@ -13,7 +13,8 @@ from .redis import RedisStore
 
 def open_store(url: str, **options: object) -> Store:
     """Open a store from a URL: ``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]`` or ``memory://``.
+    ``redis+sentinel://[:password@]host:port[,host:port…]/service[/db]``,
+    ``redis+cluster://[:password@]host:port[,host:port…]`` (a Redis Cluster) or ``memory://``.
 
     A Redis URL may give the key prefix: ``redis://host:6379/1?prefix=myapp`` (default ``dr``),
     and how many replicas each write waits for: ``?wait=1&wait_timeout_ms=200`` (Sentinel URLs
@@ -39,7 +40,7 @@ def open_store(url: str, **options: object) -> Store:
     if scheme == "memory":
         return MemoryStore()
     raise ConfigurationError(
-        f"unsupported store URL {hide_password(url)!r} (use redis://, rediss://, redis+sentinel:// or memory://)"
+        f"unsupported store URL {hide_password(url)!r} (use redis://, rediss://, redis+sentinel://, redis+cluster:// or memory://)"
     )
 
 

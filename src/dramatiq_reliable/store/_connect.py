@@ -1,4 +1,4 @@
-"""Connecting the store to Redis: one server, or a primary found through Sentinel.
+"""Connecting the store to Redis: one server, a primary found through Sentinel, or a Redis Cluster.
 
 URL forms (``prefix`` is read by :class:`~dramatiq_reliable.store.redis.RedisStore` before)::
 
@@ -8,15 +8,21 @@ URL forms (``prefix`` is read by :class:`~dramatiq_reliable.store.redis.RedisSto
     redis+sentinel://[:password@]host:port[,host:port…]/service[/db]
                                                      the primary of ``service``, asked of the
                                                      Sentinels (redis-py's ``Sentinel`` client)
+    redis+cluster://[:password@]host:port[,host:port…]
+                                                     a Redis Cluster, from any of its nodes
+                                                     (redis-py's ``RedisCluster`` client); no
+                                                     database (a Cluster has only 0)
 
 ``password`` is the Redis servers' password; ``?sentinel_password=`` gives the Sentinels' own.
 Durability of a write on a server with replicas, per URL: ``?wait=N`` makes each store call
 wait until ``N`` replicas have its writes (``WAIT``), at most ``wait_timeout_ms`` (default
 200). Sentinel URLs default to ``wait=1``; ``wait=0`` turns it off (see docs/scaling.md).
+Cluster URLs take no such option yet (refused in one line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -42,14 +48,17 @@ DEFAULT_WAIT_TIMEOUT_MS = 200
 class Connection:
     """A store's client and how it was reached."""
 
-    client: redis.Redis
+    #: A ``redis.Redis`` (one server, Sentinel), or ``None`` for a Cluster (see ``cluster``).
+    client: redis.Redis | None
     #: The URL with its passwords hidden, for messages.
     shown: str
-    #: "server" or "sentinel".
+    #: "server", "sentinel" or "cluster".
     topology: str
     #: Replicas each store call waits for (0: none), and for how long at most (ms).
     wait_replicas: int = 0
     wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+    #: A Cluster: makes its ``RedisCluster`` client (which asks a node for the slots as it is made).
+    cluster: Callable[[], Any] | None = None
 
 
 def connect(url: str, *, socket_timeout: float, socket_connect_timeout: float) -> Connection:
@@ -64,10 +73,10 @@ def connect(url: str, *, socket_timeout: float, socket_connect_timeout: float) -
     if scheme == SENTINEL_SCHEME:
         return _sentinel(url, shown, options, socket_timeout, socket_connect_timeout)
     if scheme == CLUSTER_SCHEME:
-        raise ConfigurationError(f"store {shown!r}: {CLUSTER_REFUSAL}")
+        return _cluster(url, shown, options, socket_timeout, socket_connect_timeout)
     if scheme not in SERVER_SCHEMES:
         raise ConfigurationError(
-            f"not a Redis URL: {shown!r} (expected redis://, rediss://, unix:// or redis+sentinel://)"
+            f"not a Redis URL: {shown!r} (expected redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)"
         )
     parts = urlsplit(url)
     try:
@@ -92,6 +101,7 @@ def _take_options(url: str, shown: str) -> tuple[str, dict[str, Any]]:
     pairs = parse_qsl(query, keep_blank_values=True)
     options: dict[str, Any] = {"wait_timeout_ms": DEFAULT_WAIT_TIMEOUT_MS}
     kept = []
+    options["given"] = [key for key, _ in pairs if key in OWN_OPTIONS]
     for key, value in pairs:
         if key in OWN_OPTIONS[:2]:
             if not value.isdigit() or (key == "wait_timeout_ms" and int(value) == 0):
@@ -143,12 +153,55 @@ def _sentinel(url: str, shown: str, options: dict[str, Any], timeout: float, con
     return Connection(client, shown, "sentinel", options.get("wait", 1), options["wait_timeout_ms"])
 
 
-def _host_port(item: str, shown: str) -> tuple[str, int]:
+def _host_port(item: str, shown: str, what: str = "Sentinel", default: int = SENTINEL_PORT) -> tuple[str, int]:
     host, _, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
     host = host.strip("[]")
     if not host or (port and not port.isdigit()):
-        raise ConfigurationError(f"malformed Sentinel URL {shown!r}: {item!r} is not host:port")
-    return host, int(port) if port else SENTINEL_PORT
+        raise ConfigurationError(f"malformed {what} URL {shown!r}: {item!r} is not host:port")
+    return host, int(port) if port else default
+
+
+def _cluster(url: str, shown: str, options: dict[str, Any], timeout: float, connect_timeout: float) -> Connection:
+    """A Cluster URL: its nodes and password; the client is made at the first call."""
+    own = options["given"]
+    if own:
+        raise ConfigurationError(f"store {shown!r}: {own[0]} is not supported on redis+cluster:// URLs")
+    rest = url.split("://", 1)[1]
+    netloc, _, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    if "?" in netloc:
+        netloc, _, query = netloc.partition("?")
+    if path.strip("/"):
+        raise ConfigurationError(
+            f"store {shown!r}: a redis+cluster:// URL names no database (a Redis Cluster has only 0); "
+            f"drop /{path.strip('/')}"
+        )
+    if query:
+        name = query.split("=", 1)[0]
+        raise ConfigurationError(f"store {shown!r}: unknown option {name!r} on a redis+cluster:// URL")
+    username: str | None = None
+    password: str | None = None
+    if "@" in netloc:
+        creds, netloc = netloc.rsplit("@", 1)
+        user, _, secret = creds.partition(":")
+        username, password = (unquote(user) or None), (unquote(secret) or None)
+    nodes = [_host_port(item, shown, "Cluster", 6379) for item in netloc.split(",") if item.strip()]
+    if not nodes:
+        raise ConfigurationError(f"malformed Cluster URL {shown!r}: no host")
+
+    def make() -> Any:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],  # type: ignore[no-untyped-call]
+            username=username,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=connect_timeout,
+            health_check_interval=30,
+        )
+
+    return Connection(None, shown, "cluster", cluster=make)
 
 
 def server_problems(info: dict[str, Any], shown: str) -> tuple[str | None, list[str]]:
@@ -172,10 +225,10 @@ def server_problems(info: dict[str, Any], shown: str) -> tuple[str | None, list[
     return error, warnings
 
 
-#: Why the store refuses a Redis Cluster (see docs/scaling.md).
+#: Why the store refuses a Cluster node named as one server (see docs/scaling.md).
 CLUSTER_REFUSAL = (
-    "the store does not run on Redis Cluster yet (one store call spans keys of several hash slots); "
-    "use one primary, with Sentinel for failover (redis+sentinel://host:26379/service)"
+    "name the Cluster with a redis+cluster://host:port[,host:port…] URL "
+    "(a store call on one node would stop at its first key of another node's slot)"
 )
 
 

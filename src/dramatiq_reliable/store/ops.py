@@ -371,6 +371,49 @@ class WorkersCtl(TypedDict, total=False):
     max: int
 
 
+# -- shards of a store on a Redis Cluster (``store/cluster.py``, ``lua/90_shards.lua``) ---------
+
+
+class _ShardSweepWd(TypedDict):
+    #: processes found dead (or saying goodbye, ``bye``)
+    procs: list[str]
+
+
+class ShardSweepWd(_ShardSweepWd, total=False):
+    bye: bool
+    #: also run the sweep's housekeeping in the shard (expired dead letters; processes dead
+    #: longer than ``keep_ms`` forgotten).
+    house: bool
+    keep_ms: int
+    hist: int
+
+
+class ReviveWd(ProcWd, total=False):
+    hist: int
+
+
+class TakeoverIdem(TypedDict):
+    key: str
+    token: str
+    #: the lease token of the dead holder
+    owner: str
+    lease_ms: int
+
+
+class ShardReserveIdem(ReserveIdem):
+    #: the job, ended, that held the key
+    holder: str
+
+
+class RegisterWd(ProcWd):
+    abandon_ms: int
+
+
+class ShardCtl(TypedDict):
+    #: ``c`` (cancel) or ``n`` (retry now)
+    kind: str
+
+
 #: kind -> section -> (priority, fields): every handler the library registers. A kind whose
 #: section has more than one handler (operator controls read ``start``'s and ``finish``'s ``job``
 #: at priorities 10 and 25 too) lists the one that declares the fields.
@@ -434,6 +477,19 @@ KINDS: dict[str, dict[str, tuple[int, type]]] = {
     "cancel": {"ctl": (80, ByCtl)},
     "retry_now": {"ctl": (80, ByCtl)},
     "workers": {"ctl": (80, WorkersCtl)},
+    # A store on a Redis Cluster (``store/cluster.py``): the shard's part of the fleet's sweep
+    # and of a goodbye (``abandoned``), the fleet's part of a goodbye with jobs still running
+    # and of a job's start before its process's first beat,
+    # the fleet's log entry of a cancel or retry-now applied in a shard (``seq``).
+    "shard_sweep": {"wd": (30, ShardSweepWd)},
+    "shard_bury": {"wd": (30, ProcWd)},
+    "shard_register": {"wd": (30, RegisterWd)},
+    "shard_revive": {"wd": (30, ReviveWd)},
+    # ... a claim's takeover of the lease of a process the fleet knows is gone, a reservation
+    # taken from a job that ended (their records are in other shards than the key).
+    "shard_takeover": {"idem": (10, TakeoverIdem)},
+    "shard_reserve": {"idem": (10, ShardReserveIdem)},
+    "shard_ctl": {"ctl": (80, ShardCtl)},
 }
 
 

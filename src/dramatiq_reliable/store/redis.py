@@ -83,9 +83,13 @@ loaded once with ``FUNCTION LOAD`` as ``dramatiq_reliable_v<N>``, called with ``
 ``store/_library.py``), which keeps the indexes in step with the records: a job is in exactly
 one (status, actor) index, and records past their retention are removed together with their index
 entries. Times in keys and records are the store's clock (``TIME``). The library builds every
-key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), so ``RedisStore``
-needs a single Redis server (or a primary, named directly or through Sentinel), not a Redis
-Cluster; it needs Redis >= 7.0 or Valkey >= 7.2 (Redis Functions).
+key from its arguments (in one place, the ``K`` table of ``00_prelude.lua``), from the prefix
+it is given; it needs Redis >= 7.0 or Valkey >= 7.2 (Redis Functions).
+
+On a Redis Cluster (``redis+cluster://``, :class:`~.cluster.ClusterStore`) the store is in
+shards: this layout, whole, under ``{dr:<s>}:`` for each shard ``s`` (a hash tag: each call of
+the library lives in one slot), the fleet's keys (``wd:*``, ``cron:*``, ``alert*``, ``ctl:*``,
+dead-letter queue locks and offsets) under ``{dr}:``; see ``store/cluster.py``.
 """
 
 from __future__ import annotations
@@ -98,8 +102,8 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _stored
@@ -128,7 +132,10 @@ class RedisStore(Store):
         broker's database: ``redis://127.0.0.1:6379/1``. A ``prefix`` query parameter overrides
         ``prefix`` (so one URL names the store for the CLI too); ``wait=N`` (default 1 on
         Sentinel URLs, else 0) and ``wait_timeout_ms`` (default 200) make each call wait for
-        ``N`` replicas to have its writes (see :mod:`._durability` and docs/scaling.md).
+        ``N`` replicas to have its writes (see :mod:`._durability` and docs/scaling.md); or
+        ``redis+cluster://[:password@]host:port[,host:port…][?prefix=name]``, a Redis Cluster
+        from any of its nodes (no database: a Cluster has only 0; the store's keys take the hash
+        tag ``{prefix}``, see the module docstring).
       prefix(str): prepended to every key. Defaults to ``"dr"``.
       socket_timeout(float): seconds to wait for an answer. Defaults to 5.
       socket_connect_timeout(float): seconds to wait for a connection. Defaults to 2.
@@ -136,8 +143,16 @@ class RedisStore(Store):
     Raises:
       ConfigurationError: the URL is malformed.
 
-    Nothing connects until the first call.
+    Nothing connects until the first call. A ``redis+cluster://`` URL makes a
+    :class:`~.cluster.ClusterStore` (this class, in shards over the Cluster's primaries).
     """
+
+    def __new__(cls, url: str = "redis://127.0.0.1:6379/1", *args: Any, **kwargs: Any) -> RedisStore:
+        if cls is RedisStore and isinstance(url, str) and url.split("://", 1)[0] == _connect.CLUSTER_SCHEME:
+            from .cluster import ClusterStore
+
+            return super().__new__(ClusterStore)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -161,16 +176,39 @@ class RedisStore(Store):
             url = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "prefix"])))
         if parts.scheme not in (*_connect.SERVER_SCHEMES, _connect.SENTINEL_SCHEME, _connect.CLUSTER_SCHEME):
             raise ConfigurationError(
-                f"not a Redis URL: {hide_password(url)!r} (expected redis://, rediss://, unix:// or redis+sentinel://)"
+                f"not a Redis URL: {hide_password(url)!r} "
+                "(expected redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)"
             )
         check_redis_query([k for k, _ in query], ("prefix", *_connect.OWN_OPTIONS), url, "store")
         conn = _connect.connect(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
-        self.client: redis.Redis = conn.client
+        self._client = conn.client
+        self._make_cluster = conn.cluster
         self._setup(
             conn.shown + ("" if prefix == "dr" else f"{'&' if '?' in url else '?'}prefix={prefix}"),
             prefix,
             replicas=(conn.wait_replicas, conn.wait_timeout_ms),
         )
+
+    #: The Redis client (a ``redis.cluster.RedisCluster`` on a Cluster, made at its first use).
+    _client: Any = None
+    _make_cluster: Callable[[], Any] | None = None
+
+    @property
+    def client(self) -> Any:
+        client = self._client
+        if client is None and self._make_cluster is not None:
+            with self._serial_lock:
+                if self._client is None:
+                    try:
+                        self._client = self._make_cluster()
+                    except (RedisError, RedisClusterException, OSError) as exc:
+                        raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
+                client = self._client
+        return client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
 
     def _setup(
         self,
@@ -187,7 +225,11 @@ class RedisStore(Store):
         self._refusal: str | None = None
         #: The process that found the server fit for writes (see ``_check_topology``).
         self._checked_pid = 0
-        self.prefix = prefix + ":"
+        #: On a Redis Cluster: the prefix is a hash tag (one slot holds the whole store).
+        self._cluster = self._make_cluster is not None
+        self.prefix = "{" + prefix + "}:" if self._cluster else prefix + ":"
+        #: The key an ``FCALL`` names on a Cluster (the client routes the call by its slot).
+        self._slot_key = self.prefix + "meta"
         #: When set (``MemoryStore(clock=...)``), every batch runs at this clock's time, not the server's.
         self._clock = clock
         self._loader = _library.Loader(url, embedded=url == "memory://")
@@ -201,7 +243,7 @@ class RedisStore(Store):
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, OSError, ClusterDownError, RedisClusterException) as exc:
             raise StoreUnavailable(f"store {self.url} unreachable: {_reason(exc)}") from exc
         except RedisError as exc:
             if "DB index is out of range" in str(exc):
@@ -209,7 +251,7 @@ class RedisStore(Store):
                 raise StoreUnavailable(f"store {self.url} unusable: the server has no such database ({exc})") from exc
             if _connect.is_readonly(exc):
                 raise self._refused_readonly() from exc
-            if _connect.is_cluster_refusal(exc):
+            if _connect.is_cluster_refusal(exc) and not self._cluster:
                 raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}") from exc
             raise StoreError(f"store {self.url} refused {what}: {exc}") from exc
 
@@ -233,7 +275,7 @@ class RedisStore(Store):
         call would leave half its writes behind; a replica refuses every write. One ``INFO``
         per process, repeated while the server is unfit (a replica may be promoted).
         """
-        if self._embedded or self._checked_pid == os.getpid():
+        if self._embedded or self._cluster or self._checked_pid == os.getpid():
             return
         info = self._call("a check", self.client.execute_command, "INFO", "replication", "cluster")
         self._refusal = _connect.topology_error(info, self.url)
@@ -245,6 +287,12 @@ class RedisStore(Store):
         """Warnings about the store's server (its eviction policy); see :meth:`Store.check_server`."""
         if self._embedded:
             return []
+        if self._cluster:
+            warnings: list[str] = []
+            for node in self._call("a check", self._primaries):
+                info = self._call("a check", node.info, "memory")
+                warnings.extend(_connect.server_problems(info, self.url)[1])
+            return sorted(set(warnings))
         info = self._call("a check", self.client.execute_command, "INFO", "replication", "memory", "cluster")
         error, warnings = _connect.server_problems(info, self.url)
         self._refusal = error
@@ -256,11 +304,22 @@ class RedisStore(Store):
         """A key under this store's prefix: ``k("job", id)`` → ``dr:job:<id>``."""
         return self.prefix + ":".join(parts)
 
+    def _primaries(self) -> list[redis.Redis]:
+        """A Cluster's primaries, a client each (the slots are asked for again first)."""
+        cluster = self.client
+        cluster.nodes_manager.initialize()
+        return [node.redis_connection for node in cluster.get_primaries()]
+
     def _ensure_library(self) -> None:
-        """Load the library once per process (see :mod:`._library`), on a server fit for writes."""
+        """Load the library once per process (see :mod:`._library`), on a server fit for writes
+        (on a Cluster: on every primary)."""
         self._check_topology()
         if self._loaded_pid != os.getpid():
-            self._call("the library load", self._loader.ensure, self.client)
+            if self._cluster:
+                for node in self._call("the library load", self._primaries):
+                    self._call("the library load", self._loader.ensure, node)
+            else:
+                self._call("the library load", self._loader.ensure, self.client)
             self._loaded_pid = os.getpid()
 
     def _payload(self, batch: dict[str, Any]) -> str:
@@ -287,6 +346,9 @@ class RedisStore(Store):
 
     def _apply_pooled(self, payload: str) -> Any:
         """The ``FCALL`` over the pool, and the replicas' ``WAIT`` in the same round trip."""
+        if self._cluster:
+            call = ("FCALL", _library.APPLY, 1, self._slot_key, self.prefix, payload)
+            return self._call("a batch", self.client.execute_command, *call)
         wait = self._replicas.command()
         if wait is None:
             return self._call("a batch", self.client.fcall, _library.APPLY, 0, self.prefix, payload)
@@ -296,7 +358,7 @@ class RedisStore(Store):
         """The batch and a ``WAIT`` for the replicas, on one connection (``WAIT`` covers its own)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.fcall(_library.APPLY, 0, self.prefix, payload)
-        pipe.execute_command(*wait)  # type: ignore[no-untyped-call]
+        pipe.execute_command(*wait)
         raw, acked = pipe.execute(raise_on_error=False)
         if not isinstance(acked, BaseException):
             self._replicas.acked(int(acked))
@@ -309,14 +371,17 @@ class RedisStore(Store):
         errors = [Exception(r.get("error") or "") for r in results if r.get("error")]
         if any(_connect.is_readonly(e) for e in errors):
             raise self._refused_readonly()  # on a replica, no op of the batch was written
-        if any(_connect.is_cluster_refusal(e) for e in errors):
+        if not self._cluster and any(_connect.is_cluster_refusal(e) for e in errors):
             raise StoreUnavailable(f"store {self.url} is a Redis Cluster node: {_connect.CLUSTER_REFUSAL}")
         return results
 
     def apply_serial(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """``apply`` over a connection of this process's own, without the pool's per-call cost."""
+        """``apply`` over a connection of this process's own, without the pool's per-call cost
+        (on a Cluster: ``apply``, whose client keeps a connection per node)."""
         if not batch.get("ops"):
             return []
+        if self._cluster:
+            return self.apply(batch)
         payload = self._payload(batch)
         self._ensure_library()
         with self._serial_lock:
@@ -599,7 +664,8 @@ class RedisStore(Store):
             if self._serial is not None and self._serial_pid == os.getpid():
                 self._serial.disconnect()
             self._serial = None
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _results(raw: bytes | str) -> list[dict[str, Any]]:
