@@ -293,7 +293,7 @@ class ClusterStore(RedisStore):
         records = self._load_records([job_id for _, job_id, _ in wanted])
         jobs: dict[str, list[dict[str, Any]]] = {}
         for (proc, job_id, meta), rec in zip(wanted, records, strict=True):
-            data = rec if isinstance(rec, dict) else {}
+            data = _stored.absolute(rec) if isinstance(rec, dict) else {}
             entry = {"id": job_id, "a": meta.get("a") or data.get("actor"), "q": meta.get("q") or data.get("queue")}
             entry.update(start=data.get("start"), att=data.get("att"), st=data.get("status"))
             jobs.setdefault(proc, []).append({k: v for k, v in entry.items() if v is not None})
@@ -351,6 +351,43 @@ class ClusterStore(RedisStore):
         found.sort(reverse=True)
         return found[:count]
 
+    def _actors(self) -> list[str]:
+        pipe = self._pipe()
+        for s in self._slots():
+            pipe.smembers(self._shard_prefixes[s] + "jobs:actors")
+        return sorted({_text(a) for members in self._call("a listing", pipe.execute) for a in members})
+
+    def _fetch_indexes(
+        self, indexes: Sequence[str], position: _paging.Entry | None, count: int
+    ) -> list[list[_paging.Entry]]:
+        """The first page of every index of every shard in one pipelined round trip; an index
+        that one shard's first page cannot answer is read on shard by shard (:meth:`_zpages`)."""
+        top: float | str = "+inf" if position is None else position[0]
+        slots = list(self._slots())
+        pipe = self._pipe()
+        for index in indexes:
+            for s in slots:
+                key = self._shard_prefixes[s] + "jobs:" + index
+                pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 16, withscores=True)
+        replies = iter(self._call("a listing", pipe.execute))
+        out: list[list[_paging.Entry]] = []
+        for index in indexes:
+            found: list[_paging.Entry] = []
+            whole = True
+            for _ in slots:
+                rows = next(replies)
+                kept = [(float(score), _text(m)) for m, score in rows]
+                kept = [e for e in kept if _paging.after(e, position)]
+                found.extend(kept)
+                if len(rows) == count + 16 and len(kept) < count:
+                    whole = False
+            if whole:
+                found.sort(reverse=True)
+                out.append(found[:count])
+            else:
+                out.append(self._fetch_index(index, position, count))
+        return out
+
     def _member(self, index: str, ids: Sequence[str]) -> list[bool]:
         groups: dict[int, list[int]] = {}
         for i, job_id in enumerate(ids):
@@ -392,12 +429,15 @@ class ClusterStore(RedisStore):
 
     def count_jobs(self, statuses: Sequence[Status | str] | None = None) -> dict[str, int]:
         names = statuses_to_count(statuses)
+        actors = self._actors()
+        slots = list(self._slots())
         pipe = self._pipe()
-        for s in self._slots():
-            for name in names:
-                pipe.zcard(f"{self._shard_prefixes[s]}jobs:status:{name}")
-        counts = self._call("a count", pipe.execute)
-        return {name: sum(int(counts[i + j * len(names)]) for j in self._slots()) for i, name in enumerate(names)}
+        for name in names:
+            for s in slots:
+                for actor in actors:
+                    pipe.zcard(self._shard_prefixes[s] + "jobs:" + _paging.index_name(name, actor))
+        counts = iter(self._call("a count", pipe.execute) if actors else [])
+        return {name: sum(int(next(counts)) for _ in range(len(slots) * len(actors))) for name in names}
 
     def stats_minutes(self, first: int, last: int) -> dict[int, dict[str, int]]:
         minutes = list(range(first, last + 1))
