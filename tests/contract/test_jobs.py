@@ -281,6 +281,8 @@ def test_the_indexes_a_call_writes_are_cleaned_at_once(store) -> None:
 
 
 def test_records_indexed_by_library_v2_are_moved_into_the_v3_indexes(store) -> None:
+    if hasattr(store, "job_key"):  # a ClusterStore
+        pytest.skip("a store on a Redis Cluster was never written by library v2 (it began with v3)")
     # Given records and indexes as library v2 wrote them (times since the epoch, ``ev``)
     client = store.client
     v2 = [("a", "done", "invoice"), ("b", "failed", "mail"), ("c", "done", "mail")]

@@ -70,6 +70,11 @@ def test_unknown_fields_kinds_and_null_values_are_refused(store: dr.Store) -> No
 
 
 def test_an_op_whose_later_handler_raises_applies_nothing(store: dr.Store) -> None:
+    if hasattr(store, "job_key"):  # a ClusterStore
+        pytest.skip(
+            "on a Redis Cluster a keyed finish is two calls, its key's shard first (docs/scaling.md): "
+            "the op is atomic per call, not across them"
+        )
     # Given a running job holding its key's lease, with its record and checkpoints
     claim = {"k": "claim", "id": "j1", "idem": {"key": "a:x", "token": "t1", "lease_ms": 60_000}}
     start = {"k": "start", "id": "j1", "job": {"actor": "a", "queue": "q", "att": 1, "worker": "w"}}
