@@ -6,6 +6,8 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+import pytest
+
 import dramatiq_reliable as dr
 from dramatiq_reliable.store import ops
 
