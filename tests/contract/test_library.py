@@ -29,21 +29,32 @@ def test_a_library_lost_by_the_server_is_loaded_again_once() -> None:
     assert [store.get_job(i) is not None for i in ("j1", "j2", "j3")] == [True, True, True]
 
 
-def test_another_version_is_left_alone_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("other", "level", "text"),
+    [
+        (f"{_library.FAMILY}{_library.VERSION - 1}", logging.INFO, "an older dramatiq-reliable's"),
+        (f"{_library.FAMILY}{_library.VERSION + 1}", logging.WARNING, "upgrade it to the fleet's release"),
+    ],
+    ids=["older", "newer"],
+)
+def test_another_version_is_left_alone_and_said_once(
+    caplog: pytest.LogCaptureFixture, other: str, level: int, text: str
+) -> None:
     # Given a server where another version of the library is loaded (a rolling upgrade)
     store = dr.MemoryStore()
-    other = "dramatiq_reliable_v1"
     store.client.function_load(f"#!lua name={other}\nredis.register_function('{other}_apply', function() return 1 end)")
     # When this version's store is used
-    with caplog.at_level(logging.WARNING, logger="dramatiq_reliable.store"):
+    with caplog.at_level(logging.INFO, logger="dramatiq_reliable.store"):
         enqueue(store, "j1")
         store._loaded_pid = 0
         enqueue(store, "j2")
-    # Then both libraries are loaded, this process calls its own, and it said so once
+    # Then both libraries are loaded, this process calls its own, and it said so once: an older
+    # one (what an upgrade leaves behind) as information, a newer one as a warning
     names = {lib[b"library_name"] if isinstance(lib, dict) else lib[1] for lib in store.client.function_list()}
     assert {n.decode() if isinstance(n, bytes) else n for n in names} == {other, _library.NAME}
-    said = [r.getMessage() for r in caplog.records if other in r.getMessage()]
-    assert len(said) == 1 and "this process calls its own" in said[0]
+    said = [r for r in caplog.records if other in r.getMessage()]
+    assert len(said) == 1 and "this process calls its own" in said[0].getMessage(), said
+    assert said[0].levelno == level and text in said[0].getMessage()
 
 
 def test_another_build_of_this_version_is_replaced(caplog: pytest.LogCaptureFixture) -> None:

@@ -104,13 +104,7 @@ class Loader:
             for name in others:
                 if name not in self._told:
                     self._told.add(name)
-                    logger.warning(
-                        "Store %s also has library %s loaded (another version of dramatiq-reliable uses it); "
-                        "this process calls its own, %s.",
-                        self.url,
-                        name,
-                        NAME,
-                    )
+                    _say_other(self.url, name)
             if loaded == digest():
                 return
             if loaded is not None:
@@ -122,6 +116,35 @@ class Loader:
                     digest(),
                 )
             client.function_load(code(), replace=True)
+
+
+def _version(name: str) -> int | None:
+    tail = name[len(FAMILY) :]
+    return int(tail) if tail.isdigit() else None
+
+
+def _say_other(url: str, name: str) -> None:
+    """Say, once, that the server has another version's library too: an older one is what a
+    rolling upgrade leaves (info); a newer one means this process runs an older release than
+    another process of the fleet (warning). Each version calls its own functions: they never mix."""
+    other = _version(name)
+    if other is not None and other < VERSION:
+        logger.info(
+            "Store %s also has library %s loaded (an older dramatiq-reliable's); this process calls its own, %s. "
+            "Once no process of that version runs, FUNCTION DELETE %s frees it.",
+            url,
+            name,
+            NAME,
+            name,
+        )
+    else:
+        logger.warning(
+            "Store %s also has library %s loaded (a newer dramatiq-reliable uses it); this process calls its own, %s; "
+            "upgrade it to the fleet's release.",
+            url,
+            name,
+            NAME,
+        )
 
 
 def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
