@@ -319,10 +319,6 @@ class ClusterStore(RedisStore):
         raws = self._call("a read", self.client.mget_nonatomic, [self.job_key(i, "job", i) for i in ids])
         return [_paging.decode_record(raw) for raw in raws]
 
-    def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
-        top: float | str = "+inf" if position is None else position[0]
-        return self._zpages("jobs:" + index, top, "-inf", position, count)
-
     def _zpages(
         self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
     ) -> list[_paging.Entry]:
@@ -506,15 +502,6 @@ class ClusterStore(RedisStore):
         )
 
     # -- dead letters ----------------------------------------------------------------------------
-
-    def _fetch_dead(
-        self, index: str, position: _paging.Entry | None, count: int, low: float, high: float
-    ) -> list[_paging.Entry]:
-        top: float | str = "+inf" if high == float("inf") else f"({high}"
-        if position is not None:
-            top = position[0] if position[0] < high else top
-        bottom: float | str = "-inf" if low == float("-inf") else low
-        return self._zpages("deads:" + index, top, bottom, position, count)
 
     def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         if not ids:

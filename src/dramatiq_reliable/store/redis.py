@@ -480,7 +480,7 @@ class RedisStore(Store):
 
     def _fetch_index(self, index: str, position: _paging.Entry | None, count: int) -> list[_paging.Entry]:
         top: float | str = "+inf" if position is None else position[0]
-        return self._zpage(self.prefix + "jobs:" + index, top, "-inf", position, count)
+        return self._zpages("jobs:" + index, top, "-inf", position, count)
 
     def _fetch_indexes(
         self, indexes: Sequence[str], position: _paging.Entry | None, count: int
@@ -500,6 +500,12 @@ class RedisStore(Store):
             else:
                 out.append(self._fetch_index(index, position, count))
         return out
+
+    def _zpages(
+        self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
+    ) -> list[_paging.Entry]:
+        """:meth:`_zpage` of zset ``name`` under this store's prefix (a Cluster store: of every shard)."""
+        return self._zpage(self.prefix + name, top, bottom, position, count)
 
     def _zpage(
         self, name: str, top: float | str, bottom: float | str, position: _paging.Entry | None, count: int
@@ -579,7 +585,7 @@ class RedisStore(Store):
         if position is not None:
             top = position[0] if position[0] < high else top
         bottom: float | str = "-inf" if low == float("-inf") else low
-        return self._zpage(self.prefix + "deads:" + index, top, bottom, position, count)
+        return self._zpages("deads:" + index, top, bottom, position, count)
 
     def _load_dead(self, ids: Sequence[str]) -> list[tuple[_dead.Stored, _dead.Stored]]:
         if not ids:

@@ -56,6 +56,20 @@ local function wd_bury(proc, why, s, out)
   wd_abandon(proc, why, s, out)
 end
 
+-- A process found dead beats again: the jobs of its run hash that were marked abandoned run
+-- again (``running``). Returns how many.
+local function wd_revive_runs(proc, s)
+  local back = 0
+  for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
+    local e = load(id)
+    if e.rec and e.rec.wp == proc and e.rec.status == 'abandoned' then
+      set_status(e, 'running', 'running again: its worker ' .. proc .. ' answers again', s)
+      back = back + 1
+    end
+  end
+  return back
+end
+
 local function wd_sweep(s)
   local out = {abandoned = {}, dead = {}, pending = {}, bids = {}}
   for _, housekeeping in ipairs(SWEEPS) do housekeeping() end
@@ -97,15 +111,7 @@ on('beat', 30, 'wd',
     W('ZREM', K.wd('dead'), proc)
     ctx.res.revived = true
     if W('SREM', K.wd('pending'), proc) == 0 and wd_info(proc).bid then ctx.res.recovered = true end
-    local back = 0
-    for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
-      local e = load(id)
-      if e.rec and e.rec.wp == proc and e.rec.status == 'abandoned' then
-        set_status(e, 'running', 'running again: its worker ' .. proc .. ' answers again', s)
-        back = back + 1
-      end
-    end
-    ctx.res.back = back
+    ctx.res.back = wd_revive_runs(proc, s)
   end
   W('ZADD', K.wd('procs'), NOW + s.abandon_ms, proc)
   if s.info then W('HSET', K.wd('info'), proc, cjson.encode(s.info)) end

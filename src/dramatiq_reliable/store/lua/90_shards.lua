@@ -52,15 +52,7 @@ end)
 on('shard_revive', 30, 'wd', {proc = 'string', hist = 'number?'}, function(ctx, s)
   local proc = s.proc
   redis.call('ZREM', K.wd('dead'), proc)
-  local back = 0
-  for _, id in ipairs(redis.call('HKEYS', wd_run(proc))) do
-    local e = load(id)
-    if e.rec and e.rec.wp == proc and e.rec.status == 'abandoned' then
-      set_status(e, 'running', 'running again: its worker ' .. proc .. ' answers again', s)
-      back = back + 1
-    end
-  end
-  ctx.res.back = back
+  ctx.res.back = wd_revive_runs(proc, s)
 end)
 
 -- A job starts in a shard before its process's first beat: the fleet knows the process from now.
