@@ -291,17 +291,21 @@ def redis_cluster(tmp_path: Path) -> Iterator[Any]:
 def _cluster(folder: Path) -> Iterator[Any]:
     from tests.servers import RedisCluster
 
-    cluster = RedisCluster(folder)
+    yield from _started(RedisCluster(folder))
+
+
+def _started(servers: Any) -> Iterator[Any]:
+    """Start private servers (``tests/servers.py``), yield them, and stop them whatever happens."""
     try:
-        cluster.start()
+        servers.start()
     except FileNotFoundError as exc:
-        cluster.stop()
+        servers.stop()
         _unreachable("redis-server", "PATH", exc)
     except BaseException:
-        cluster.stop()
+        servers.stop()
         raise
-    yield cluster
-    cluster.stop()
+    yield servers
+    servers.stop()
 
 
 @pytest.fixture
@@ -309,14 +313,4 @@ def redis_sentinel(tmp_path: Path) -> Iterator[Any]:
     """A private primary + replica + Sentinel (see ``tests/servers.py``); killed after the test."""
     from tests.servers import SentinelTrio
 
-    trio = SentinelTrio(tmp_path)
-    try:
-        trio.start()
-    except FileNotFoundError as exc:
-        trio.stop()
-        _unreachable("redis-server", "PATH", exc)
-    except BaseException:
-        trio.stop()
-        raise
-    yield trio
-    trio.stop()
+    yield from _started(SentinelTrio(tmp_path))

@@ -39,7 +39,6 @@ from redis.exceptions import ResponseError
 
 from .. import _stored
 from ..errors import ConfigurationError, CorruptRecord, StoreUnavailable
-from ..fleet import WorkerProcess, build_processes
 from ..records import DeadStats, JobRecord
 from ..status import Status
 from . import _dead, _library, _paging
@@ -455,51 +454,23 @@ class ClusterStore(RedisStore):
 
     # -- step checkpoints (in the shard of their key) ---------------------------------------------
 
-    def once_get(self, scope: str, name: str) -> str | None:
-        self._check_meta()
-        raw = self._call("a checkpoint read", self.client.hget, self._once_key(scope), name)
-        return raw.decode() if isinstance(raw, bytes) else raw
-
-    def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
-        self._check_meta()
-        key = self._once_key(scope)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, name, result_json)
-        pipe.pexpire(key, ttl_ms)
-        self._call("a checkpoint write", pipe.execute)
-
     def _once_key(self, scope: str) -> str:
+        self._check_meta()
         return f"{self._shard_prefixes[self._router.of_key(scope)]}idem:once:{scope}"
 
     # -- Watchdog --------------------------------------------------------------------------------
 
-    def worker_processes(self) -> list[WorkerProcess]:
+    def _running_counts(self, procs: Sequence[str]) -> dict[str, int]:
+        """A process's run hash is one per shard: their sizes add up."""
+        if not procs:
+            return {}
+        slots = list(self._slots())
         pipe = self._pipe()
-        pipe.zrange(self.k("wd", "procs"), 0, -1, withscores=True)
-        pipe.zrange(self.k("wd", "dead"), 0, -1, withscores=True)
-        pipe.hgetall(self.k("wd", "info"))
-        pipe.smembers(self.k("wd", "pending"))
-        procs_raw, dead_raw, info_raw, pending_raw = self._call("a read", pipe.execute)
-        procs = {_text(m): float(s) for m, s in procs_raw}
-        dead = {_text(m): float(s) for m, s in dead_raw}
-        names = [*procs, *dead]
-        counts = dict.fromkeys(names, 0)
-        if names:
-            pipe = self._pipe()
-            for proc in names:
-                for s in self._slots():
-                    pipe.hlen(f"{self._shard_prefixes[s]}wd:run:{proc}")
-            found = self._call("a read", pipe.execute)
-            n = self._router.n
-            for i, proc in enumerate(names):
-                counts[proc] = sum(int(c) for c in found[i * n : (i + 1) * n])
-        return build_processes(
-            procs,
-            dead,
-            {_text(k): _text(v) for k, v in info_raw.items()},
-            counts,
-            {_text(m) for m in pending_raw},
-        )
+        for proc in procs:
+            for s in slots:
+                pipe.hlen(f"{self._shard_prefixes[s]}wd:run:{proc}")
+        found = iter(self._call("a read", pipe.execute))
+        return {proc: sum(int(next(found)) for _ in slots) for proc in procs}
 
     # -- dead letters ----------------------------------------------------------------------------
 

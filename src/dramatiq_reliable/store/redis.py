@@ -542,15 +542,19 @@ class RedisStore(Store):
     # -- step checkpoints -----------------------------------------------------------------------
 
     def once_get(self, scope: str, name: str) -> str | None:
-        raw = self._call("a checkpoint read", self.client.hget, self.k("idem", "once", scope), name)
+        raw = self._call("a checkpoint read", self.client.hget, self._once_key(scope), name)
         return raw.decode() if isinstance(raw, bytes) else raw
 
     def once_set(self, scope: str, name: str, result_json: str, ttl_ms: int) -> None:
-        key = self.k("idem", "once", scope)
+        key = self._once_key(scope)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, name, result_json)
         pipe.pexpire(key, ttl_ms)
         self._call("a checkpoint write", pipe.execute)
+
+    def _once_key(self, scope: str) -> str:
+        """The hash of the ``dr.once`` checkpoints of key ``scope``."""
+        return self.k("idem", "once", scope)
 
     # -- Watchdog -------------------------------------------------------------------------------
 
@@ -564,17 +568,22 @@ class RedisStore(Store):
         procs = {_text(m): float(s) for m, s in procs_raw}
         dead = {_text(m): float(s) for m, s in dead_raw}
         names = [*procs, *dead]
-        pipe = self.client.pipeline(transaction=False)
-        for proc in names:
-            pipe.hlen(self.k("wd", "run", proc))
-        counts = self._call("a read", pipe.execute) if names else []
         return build_processes(
             procs,
             dead,
             {_text(k): _text(v) for k, v in info_raw.items()},
-            dict(zip(names, counts, strict=True)),
+            self._running_counts(names),
             {_text(m) for m in pending_raw},
         )
+
+    def _running_counts(self, procs: Sequence[str]) -> dict[str, int]:
+        """How many jobs each process runs now (or ran when it died): its run hash's size."""
+        if not procs:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for proc in procs:
+            pipe.hlen(self.k("wd", "run", proc))
+        return {proc: int(n) for proc, n in zip(procs, self._call("a read", pipe.execute), strict=True)}
 
     # -- dead letters ---------------------------------------------------------------------------
 
